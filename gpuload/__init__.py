@@ -1,0 +1,67 @@
+"""gpuload: TensorFlow checkpoints into GPU memory, fast, with TensorFlow's semantics.
+
+The names are TensorFlow's (``tf.train`` and ``tf.compat.v1``), so a TensorFlow program
+ports by changing one import::
+
+    import gpuload as tf1
+
+    with tf1.variable_scope("new_scope_2"):
+        emb = tf1.get_variable("emb", [4194304, 64], partitioner=tf1.fixed_size_partitioner(8))
+    tf1.init_from_checkpoint("/ckpts/run1", {"old_scope/emb": "new_scope_2/emb"})
+    tf1.global_variables_initializer().run()   # streams the checkpoint into the GPU parts
+
+Reading checkpoints: :func:`list_variables`, :func:`load_checkpoint`,
+:func:`load_variable`, :func:`latest_checkpoint`; writing them: :func:`save_checkpoint`.
+Settings: :mod:`gpuload.config`. Errors: :mod:`gpuload.errors`.
+"""
+
+from gpuload import config, errors
+from gpuload.device.placement import is_gpu_available
+from gpuload.format.reader import (
+    CheckpointReader,
+    latest_checkpoint,
+    list_variables,
+    load_checkpoint,
+    load_variable,
+)
+from gpuload.format.writer import save_checkpoint
+from gpuload.graph.init_from_checkpoint import init_from_checkpoint
+from gpuload.graph.initializers import (
+    constant_initializer,
+    glorot_uniform_initializer,
+    ones_initializer,
+    random_normal_initializer,
+    random_uniform_initializer,
+    truncated_normal_initializer,
+    zeros_initializer,
+)
+from gpuload.graph.partition import (
+    fixed_size_partitioner,
+    min_max_variable_partitioner,
+    variable_axis_size_partitioner,
+)
+from gpuload.graph.store import (
+    PartitionedVariable,
+    Variable,
+    device,
+    get_variable,
+    global_variables,
+    global_variables_initializer,
+    reset_default_graph,
+    variable_scope,
+    variables_initializer,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "config", "errors", "is_gpu_available",
+    "CheckpointReader", "latest_checkpoint", "list_variables", "load_checkpoint", "load_variable",
+    "save_checkpoint", "init_from_checkpoint",
+    "constant_initializer", "glorot_uniform_initializer", "ones_initializer",
+    "random_normal_initializer", "random_uniform_initializer", "truncated_normal_initializer",
+    "zeros_initializer",
+    "fixed_size_partitioner", "min_max_variable_partitioner", "variable_axis_size_partitioner",
+    "PartitionedVariable", "Variable", "device", "get_variable", "global_variables",
+    "global_variables_initializer", "reset_default_graph", "variable_scope", "variables_initializer",
+]

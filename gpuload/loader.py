@@ -1,0 +1,76 @@
+"""Run the checkpoint initializers of a set of variables: plan, stream, then assign.
+
+This is where the graph layer meets the data path. Variables are grouped by checkpoint;
+each checkpoint gets one plan (so a stored tensor feeding many parts is read once) and one
+streamed execution. Values are assigned only after every checkpoint loaded completely.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from gpuload import config as config_mod
+from gpuload.scheduler import LoadStats, execute
+
+__all__ = ["load_checkpoint_sources", "last_stats"]
+
+_last_stats: list[LoadStats] = []
+
+
+def last_stats() -> list[LoadStats]:
+    """Statistics of the most recent initializer run, one entry per checkpoint loaded."""
+    return list(_last_stats)
+
+
+def plan_for(prefix, variables, *, cfg=None):
+    """The :class:`~gpuload.plan.Plan` that loads ``variables`` (all from checkpoint ``prefix``)."""
+    from gpuload.format.bundle import Bundle
+    from gpuload.plan import Request, build_plan
+
+    cfg = cfg or config_mod.get()
+    bundle = Bundle.open(prefix)
+    requests = [Request(v.op.name, v._init_source.tensor, v._init_source.box, v.dtype, v.device)
+                for v in variables]
+    plan = build_plan(bundle, requests, chunk_bytes=cfg.chunk_bytes, gap_bytes=cfg.gap_bytes,
+                      verify_crc=cfg.verify_crc,
+                      allow_cast=any(v._init_source.allow_cast for v in variables))
+    return bundle, plan
+
+
+def load_checkpoint_sources(variables) -> None:
+    """Load every variable's ``_init_source`` and assign the values, all or nothing.
+
+    Raises whatever the load raised (``ChecksumError``, ``ShardReadError``, ...) with no
+    variable assigned.
+    """
+    from gpuload.device.placement import backend_for
+    from gpuload.format.reader import CheckpointReader
+
+    cfg = config_mod.get()
+    groups = collections.defaultdict(list)
+    for v in variables:
+        groups[v._init_source.prefix].append(v)
+    results = []
+    stats_all = []
+    for prefix, group in groups.items():
+        bundle, plan = plan_for(prefix, group, cfg=cfg)
+        backends = {d.device: backend_for(d.device) for d in plan.destinations}
+        reader = None
+
+        def host_loader(source, box, _prefix=prefix):
+            nonlocal reader
+            if reader is None:
+                reader = CheckpointReader(_prefix, verify_crc=cfg.verify_crc)
+            return reader.get_slice(source, box)
+
+        stats = LoadStats()
+        try:
+            arrays = execute(plan, backends, config=cfg, host_loader=host_loader, stats=stats)
+        finally:
+            if reader is not None:
+                reader.close()
+        results.extend(zip(group, arrays))
+        stats_all.append(stats)
+    for v, array in results:
+        v._assign(array)
+    _last_stats[:] = stats_all

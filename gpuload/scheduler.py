@@ -1,0 +1,255 @@
+"""Run a :class:`~gpuload.plan.Plan`: reads, host-to-device copies and kernels, overlapped.
+
+Threads and hand-offs
+---------------------
+* ``reader_threads`` readers each take a free ring slot, then the next chunk index (in
+  that order, so the lowest unread chunks always own the slots and the in-order consumer
+  cannot starve), ``preadv`` the chunk into the slot and CRC the chunk's spans there,
+  in parallel.
+* The calling thread consumes chunks in plan order: it hands each to the backend of every
+  device the chunk has copies for (an async H2D + kernels on CUDA; a NumPy copy on the
+  host) and folds the chunk's span CRCs into their entries' running CRCs.
+* A releaser thread waits on the backends' tokens (CUDA events) in submission order and
+  returns slots to the ring, so a slot is reused only when no device reads it any more.
+
+Host memory is the ring (``ring_bytes``) whatever the checkpoint's size. Destination
+buffers are allocated up front and handed back only when every chunk has landed and every
+CRC matched: a failed load leaves nothing half-written where a caller could see it.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import queue
+import threading
+import time
+
+import numpy as np
+
+from gpuload.errors import ChecksumError
+from gpuload.format import crc as crcmod
+from gpuload.io.reader import ShardFiles
+from gpuload.io.ring import ALIGN, Ring, RingClosed
+
+__all__ = ["LoadStats", "execute"]
+
+
+@dataclasses.dataclass
+class LoadStats:
+    """What one load did and where its time went (seconds are summed over threads)."""
+
+    bytes_read: int = 0
+    bytes_written: int = 0
+    chunks: int = 0
+    read_s: float = 0.0
+    crc_s: float = 0.0
+    submit_s: float = 0.0
+    wait_read_s: float = 0.0
+    drain_s: float = 0.0
+    wall_s: float = 0.0
+    ring_bytes: int = 0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class _Abort(Exception):
+    pass
+
+
+def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None = None):
+    """Fill every destination of ``plan``; return the destination arrays, in plan order.
+
+    Parameters
+    ----------
+    plan:
+        The :class:`~gpuload.plan.Plan` to run.
+    backends:
+        Mapping from device string to backend (see :mod:`gpuload.device`); must have an
+        entry for every destination's device.
+    config:
+        The :class:`~gpuload.config.Config` (ring size, readers, O_DIRECT, progress).
+    host_loader:
+        ``(source, box) -> np.ndarray`` for the plan's host loads (string tensors).
+    stats:
+        Filled in with byte counts and per-stage times when given.
+
+    Raises
+    ------
+    ChecksumError
+        A stored CRC32C did not match the bytes read.
+    ShardReadError
+        A data file could not be read (missing, truncated, I/O error).
+    """
+    stats = stats if stats is not None else LoadStats()
+    t0 = time.perf_counter()
+    dests = [backends[d.device].empty(d.shape, d.dtype) for d in plan.destinations]
+    dtypes = [(d.src_dtype, d.dtype) for d in plan.destinations]
+    for h in plan.host_loads:
+        value = host_loader(h.source, h.box)
+        dests[h.dest][...] = value
+    if plan.chunks:
+        _stream(plan, backends, dests, dtypes, config, stats)
+    stats.bytes_written = plan.bytes_written
+    stats.wall_s = time.perf_counter() - t0
+    return dests
+
+
+def _ring_backend(plan, backends):
+    """Pinned slots as soon as any destination is on a GPU; page-aligned host memory otherwise."""
+    for d in plan.destinations:
+        b = backends[d.device]
+        if not d.device.startswith("/device:CPU"):
+            return b
+    return backends[plan.destinations[0].device]
+
+
+def _stream(plan, backends, dests, dtypes, config, stats):
+    chunks = plan.chunks
+    largest = max(c.size for c in chunks)
+    nslots = max(1, min(config.ring_slots, len(chunks)))
+    slot_bytes = largest + (2 * ALIGN if config.direct_io else 0)
+    ring = Ring(_ring_backend(plan, backends), nslots, slot_bytes)
+    stats.ring_bytes = ring.nbytes
+    files = ShardFiles(plan.files, direct=config.direct_io)
+
+    # Each chunk's copies grouped by device, computed once.
+    by_device = []
+    for c in chunks:
+        groups = collections.defaultdict(list)
+        for cp in c.copies:
+            groups[plan.destinations[cp.dest].device].append(cp)
+        by_device.append(list(groups.items()))
+
+    done = {}  # chunk index -> (slot, view, span crcs)
+    cond = threading.Condition()
+    next_chunk = [0]
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    read_s = [0.0]
+    crc_s = [0.0]
+
+    def reader():
+        try:
+            while True:
+                slot = ring.acquire()
+                with lock:
+                    idx = next_chunk[0]
+                    next_chunk[0] += 1
+                if idx >= len(chunks):
+                    ring.release(slot)
+                    return
+                c = chunks[idx]
+                t = time.perf_counter()
+                view = files.read(c.file, c.offset, c.size, ring.slots[slot])
+                t1 = time.perf_counter()
+                crcs = [crcmod.crc32c(view[s.chunk_offset: s.chunk_offset + s.size]) for s in c.crc_spans]
+                t2 = time.perf_counter()
+                with cond:
+                    read_s[0] += t1 - t
+                    crc_s[0] += t2 - t1
+                    done[idx] = (slot, view, crcs)
+                    cond.notify_all()
+        except RingClosed:
+            return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            with cond:
+                errors.append(exc)
+                cond.notify_all()
+
+    release_q: queue.SimpleQueue = queue.SimpleQueue()
+
+    def releaser():
+        while True:
+            item = release_q.get()
+            if item is None:
+                return
+            slot, tokens = item
+            try:
+                for tok in tokens:
+                    tok.wait()
+            except BaseException as exc:
+                with cond:
+                    errors.append(exc)
+                    cond.notify_all()
+            ring.release(slot)
+
+    threads = [threading.Thread(target=reader, name=f"gpuload-reader-{i}", daemon=True)
+               for i in range(max(1, min(config.reader_threads, len(chunks))))]
+    rel_thread = threading.Thread(target=releaser, name="gpuload-releaser", daemon=True)
+    running = [0] * len(plan.checks)  # running raw CRC per check
+    seen = [0] * len(plan.checks)
+    bar = _progress(config, plan.bytes_read)
+    try:
+        for t in threads:
+            t.start()
+        rel_thread.start()
+        for idx, chunk in enumerate(chunks):
+            tw = time.perf_counter()
+            with cond:
+                while idx not in done and not errors:
+                    cond.wait()
+                if errors:
+                    raise errors[0]
+                slot, view, crcs = done.pop(idx)
+            ts = time.perf_counter()
+            stats.wait_read_s += ts - tw
+            chunk_bytes = np.frombuffer(view, dtype=np.uint8)
+            tokens = []
+            for device, copies in by_device[idx]:
+                tokens.append(backends[device].submit(slot, chunk_bytes, copies, dests, dtypes))
+            release_q.put((slot, tokens))
+            for span, value in zip(chunk.crc_spans, crcs):
+                running[span.check] = crcmod.crc32c_combine(running[span.check], value, span.size) \
+                    if seen[span.check] else value
+                seen[span.check] += span.size
+                check = plan.checks[span.check]
+                if seen[span.check] == check.size:
+                    _verify(plan, check, running[span.check])
+            stats.submit_s += time.perf_counter() - ts
+            stats.chunks += 1
+            stats.bytes_read += chunk.size
+            if bar is not None:
+                bar.update(chunk.size)
+        td = time.perf_counter()
+        release_q.put(None)
+        rel_thread.join()
+        for b in {id(b): b for b in backends.values()}.values():
+            b.synchronize()
+        stats.drain_s += time.perf_counter() - td
+        if errors:
+            raise errors[0]
+    except BaseException:
+        ring.abort()
+        release_q.put(None)
+        raise
+    finally:
+        for t in threads:
+            t.join()
+        if rel_thread.is_alive():
+            rel_thread.join()
+        files.close()
+        ring.close()
+        if bar is not None:
+            bar.close()
+        stats.read_s += read_s[0]
+        stats.crc_s += crc_s[0]
+
+
+def _verify(plan, check, raw_crc: int) -> None:
+    stored = crcmod.unmask(check.masked_crc)
+    if raw_crc != stored:
+        raise ChecksumError(
+            f"crc32c mismatch in tensor {check.tensor!r} (entry {check.key!r}, {check.size} bytes): "
+            f"stored 0x{stored:08x}, computed 0x{raw_crc:08x}. The data file may be truncated or corrupt.",
+            path=plan.files[check.file], tensor=check.tensor, offset=check.offset,
+        )
+
+
+def _progress(config, total):
+    if not config.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="gpuload", leave=False)

@@ -1,0 +1,49 @@
+"""Test-suite wiring: the golden data's location and the `gpu` marker's skip/fail rule."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def golden_dir() -> Path:
+    """``../shared/golden`` next to the repository (or ``GPULOAD_GOLDEN_DIR``)."""
+    env = os.environ.get("GPULOAD_GOLDEN_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "golden"
+
+
+@pytest.fixture(scope="session")
+def golden() -> Path:
+    path = golden_dir()
+    if not (path / "cases.json").exists():
+        if os.environ.get("GPULOAD_ALLOW_NO_GOLDEN") == "1":
+            pytest.skip(f"golden data not found at {path} (GPULOAD_ALLOW_NO_GOLDEN=1)")
+        pytest.fail(f"golden data not found at {path}; set GPULOAD_GOLDEN_DIR", pytrace=False)
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    from gpuload.device.placement import is_gpu_available
+
+    if is_gpu_available():
+        return
+    if os.environ.get("GPULOAD_REQUIRE_GPU") == "1":
+        for item in gpu_items:
+            item.add_marker(pytest.mark.usefixtures("_require_gpu"))
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none visible); GPULOAD_REQUIRE_GPU=1 fails instead")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+@pytest.fixture
+def _require_gpu():
+    pytest.fail("GPULOAD_REQUIRE_GPU=1 but no CUDA device is usable (is CuPy installed? "
+                "CUDA_VISIBLE_DEVICES?)", pytrace=False)
