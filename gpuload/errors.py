@@ -21,6 +21,7 @@ __all__ = [
     "PlanError",
     "ShardReadError",
     "DeviceUnavailableError",
+    "UninitializedVariableError",
 ]
 
 
@@ -88,3 +89,7 @@ class ShardReadError(GpuloadError, OSError):
 
 class DeviceUnavailableError(GpuloadError, RuntimeError):
     """A device was asked for that is not there (no CUDA device, no CuPy, bad index)."""
+
+
+class UninitializedVariableError(GpuloadError, RuntimeError):
+    """A variable's value was asked for before any initializer ran (TF's FailedPrecondition)."""

@@ -67,8 +67,21 @@ class ShardFiles:
                 self._short(index, offset, size, start + got)
             skip = offset - start
             return buf[skip: skip + size]
-        got = self._pread_full(fd, index, buf[:size], offset)
+        self._pread_full(fd, index, buf[:size], offset)
         return buf[:size]
+
+    def read_into(self, index: int, offset: int, buffers) -> None:
+        """Read consecutive bytes at ``offset`` of file ``index`` into ``buffers``, in order.
+
+        The scatter form lets a chunk that lands whole in destination memory skip the ring
+        (the host backend's zero-copy path). Not used with ``O_DIRECT``, whose alignment
+        rules destination buffers do not meet.
+        """
+        fd = self._fd(index)
+        for buf in buffers:
+            view = memoryview(buf).cast("B")
+            self._pread_full(fd, index, view, offset)
+            offset += len(view)
 
     def _pread_full(self, fd, index, view, offset, allow_short=False) -> int:
         done = 0

@@ -39,7 +39,11 @@ class Ring:
     def __init__(self, backend, nslots: int, slot_bytes: int):
         self.backend = backend
         self.slot_bytes = slot_bytes
-        self.slots = backend.alloc_host_slots(nslots, slot_bytes)
+        self.nslots = nslots
+        # Memory is allocated when a slot is first used: a load whose chunks all land in
+        # place (row parts on the host) never allocates any.
+        self.slots: list = [None] * nslots
+        self._alloc_lock = threading.Lock()
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for i in range(nslots):
             self._free.put(i)
@@ -47,7 +51,18 @@ class Ring:
 
     @property
     def nbytes(self) -> int:
-        return len(self.slots) * self.slot_bytes
+        """Bytes of staging memory allocated so far."""
+        return sum(self.slot_bytes for s in self.slots if s is not None)
+
+    def buffer(self, index: int):
+        """The memory of slot ``index`` (allocated on first use)."""
+        buf = self.slots[index]
+        if buf is None:
+            with self._alloc_lock:
+                buf = self.slots[index]
+                if buf is None:
+                    buf = self.slots[index] = self.backend.alloc_host_slots(1, self.slot_bytes)[0]
+        return buf
 
     def acquire(self) -> int:
         """Block until a slot is free and return its index; raise RingClosed after abort()."""
@@ -69,8 +84,9 @@ class Ring:
     def close(self) -> None:
         """Free the slots' memory. Idempotent."""
         self._closed.set()
-        if self.slots:
-            slots, self.slots = self.slots, []
+        with self._alloc_lock:
+            slots, self.slots = [s for s in self.slots if s is not None], []
+        if slots:
             self.backend.free_host_slots(slots)
 
     def __enter__(self):

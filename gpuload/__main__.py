@@ -1,0 +1,7 @@
+"""``python -m gpuload``: the same as the ``gpuload`` command."""
+
+import sys
+
+from gpuload.cli import main
+
+sys.exit(main())

@@ -1,0 +1,294 @@
+"""``save_checkpoint``: write a TensorBundle V2 checkpoint TensorFlow can read.
+
+Data files hold the tensors' bytes back to back in the order given (no padding, TF's
+default ``data_alignment`` of 1). Numeric tensors are their raw little-endian row-major
+buffers; ``DT_STRING`` tensors are::
+
+    varint64 len[0] ... len[n-1] | fixed32 mask(crc_L) | bytes[0] ... bytes[n-1]
+
+where ``crc_L`` is the CRC32C of the lengths written as 4-byte little-endian integers
+(8 bytes for lengths >= 2**32), and the entry CRC continues from ``crc_L`` over the 4
+checksum bytes and the string bytes (``WriteStringTensor``, ``tensor_bundle.cc``).
+
+The index is written with the same table layout and separator keys as TensorFlow's
+``TableBuilder``, so for the same tensors in the same order every file is byte-identical
+to what TensorFlow writes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import numpy as np
+
+from gpuload.format import dtypes as _dt
+from gpuload.format.bundle import data_filename
+from gpuload.format.crc import crc32c, mask
+from gpuload.format.keys import encode_tensor_name_slice
+from gpuload.format.proto import encode_entry, encode_header, encode_varint
+from gpuload.format.slices import Box
+from gpuload.format.sstable import TableWriter
+from gpuload.format.state import update_checkpoint_state
+
+__all__ = ["save_checkpoint", "WRITE_PIECE_BYTES"]
+
+WRITE_PIECE_BYTES = 64 << 20  # bound on one write and one CRC call
+
+
+class _Item:
+    """One data entry to write."""
+
+    __slots__ = ("key", "label", "code", "shape", "array", "strings", "size", "shard", "offset", "crc")
+
+    def __init__(self, key: bytes, label: str, code: int, shape, array=None, strings=None):
+        self.key, self.label, self.code, self.shape = key, label, code, tuple(shape)
+        self.array, self.strings = array, strings
+        if strings is not None:
+            self.size = sum(len(encode_varint(len(s))) for s in strings) + 4 + sum(len(s) for s in strings)
+        else:
+            self.size = array.nbytes
+        self.shard = self.offset = self.crc = 0
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"tensor names must be str, got {type(name).__name__}: {name!r}")
+    if not name:
+        raise ValueError("tensor name is empty (the empty key is reserved for the bundle header)")
+    if name.startswith("\x00"):
+        raise ValueError(f"tensor name {name!r} starts with NUL, which is reserved for slice keys")
+    return name
+
+
+def _to_bytes(x, name) -> bytes:
+    if isinstance(x, bytes):
+        return x
+    if isinstance(x, str):
+        return x.encode("utf-8")
+    if isinstance(x, (bytearray, memoryview)):
+        return bytes(x)
+    raise TypeError(f"tensor {name!r}: string tensor element {x!r} is not bytes or str")
+
+
+def _as_array(value, name) -> np.ndarray:
+    """``value`` as a contiguous native-endian array (copies only when it must)."""
+    if isinstance(value, (str, bytes)):
+        arr = np.empty((), dtype=object)
+        arr[()] = value
+    else:
+        arr = np.asarray(value)
+    if arr.dtype.kind in "SU":
+        arr = np.array(arr.tolist(), dtype=object).reshape(arr.shape) if arr.ndim else _scalar_obj(arr.item())
+    try:
+        code = _dt.tf_code(arr.dtype)
+    except ValueError as e:
+        raise ValueError(f"tensor {name!r}: {e}") from None
+    if code != _dt.DT_STRING:
+        if arr.dtype.byteorder not in "=|":
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        if not arr.flags.c_contiguous:
+            arr = arr.copy(order="C")  # (np.ascontiguousarray would turn a scalar into shape (1,))
+    return arr
+
+
+def _scalar_obj(x):
+    arr = np.empty((), dtype=object)
+    arr[()] = x
+    return arr
+
+
+def _item_for(key: bytes, label: str, arr: np.ndarray) -> _Item:
+    code = _dt.tf_code(arr.dtype)
+    if code == _dt.DT_STRING:
+        strings = [_to_bytes(x, label) for x in arr.reshape(-1).tolist()]
+        return _Item(key, label, code, arr.shape, strings=strings)
+    return _Item(key, label, code, arr.shape, array=arr)
+
+
+def _parse_sliced(name, spec):
+    """``[(Box, array), ...]`` or ``(full_shape, [(Box, array), ...])`` -> (shape, pairs)."""
+    if (isinstance(spec, tuple) and len(spec) == 2 and not isinstance(spec[0], Box)
+            and isinstance(spec[1], (list, tuple))):
+        full_shape, pairs = tuple(int(d) for d in spec[0]), list(spec[1])
+    else:
+        pairs = list(spec)
+        full_shape = None
+    if not pairs:
+        raise ValueError(f"sliced tensor {name!r}: no slices given")
+    out = []
+    for i, pair in enumerate(pairs):
+        try:
+            box, value = pair
+        except (TypeError, ValueError):
+            raise TypeError(f"sliced tensor {name!r}: slice {i} must be a (Box, array) pair") from None
+        if not isinstance(box, Box):
+            raise TypeError(f"sliced tensor {name!r}: slice {i}: expected a Box, got {type(box).__name__}")
+        arr = _as_array(value, name)
+        if arr.shape != box.shape:
+            raise ValueError(f"sliced tensor {name!r}: slice {box} has data of shape {arr.shape}, "
+                             f"expected {box.shape}")
+        out.append((box, arr))
+    if full_shape is None:
+        rank = out[0][0].rank
+        if any(b.rank != rank for b, _ in out):
+            raise ValueError(f"sliced tensor {name!r}: slices of different ranks")
+        full_shape = tuple(max(b.stop[d] for b, _ in out) for d in range(rank))
+    return full_shape, out
+
+
+def save_checkpoint(prefix, tensors=None, *, update_state: bool = True, max_shard_bytes: int | None = None,
+                    slices=None) -> str:
+    """Write ``tensors`` as the checkpoint ``prefix`` (``prefix.index`` + data files).
+
+    Parameters
+    ----------
+    prefix:
+        Checkpoint prefix, e.g. ``"/ckpt/model.ckpt-100"``; missing directories are made.
+    tensors:
+        Mapping name -> array (NumPy arrays of any supported dtype including
+        ``ml_dtypes.bfloat16``, bool and complex; object arrays of ``bytes``/``str`` or
+        ``S``/``U`` arrays for ``DT_STRING``; scalars; empty arrays). Written in mapping
+        order. Non-contiguous or big-endian arrays are copied first; contiguous ones are
+        streamed from their own buffer in pieces of at most 64 MiB.
+    update_state:
+        Update the directory's ``checkpoint`` state file, as ``Saver.save`` does.
+    max_shard_bytes:
+        Start a new data file when the next tensor would take the current one past this
+        size (a tensor never spans files), giving the layout of a sharded ``Saver``
+        (``.data-0000K-of-0000N``). ``None``: one data file.
+    slices:
+        Mapping name -> partitioned ("sliced save") tensor, written as TF's
+        ``BundleWriter::AddSlice`` does: a full entry listing the slices, and each slice's
+        data under its slice key. The value is a list of ``(Box, array)`` pairs, or
+        ``(full_shape, [(Box, array), ...])`` when the slices do not reach the end of every
+        dimension. Written after ``tensors``.
+
+    Returns
+    -------
+    str
+        ``prefix``.
+
+    Notes
+    -----
+    Files are written under temporary names and renamed into place (data files first,
+    the index last), so a reader never sees a half-written checkpoint.
+    """
+    prefix = os.fsdecode(os.fspath(prefix))
+    if not prefix or prefix.endswith(("/", os.sep)) or os.path.isdir(prefix):
+        raise ValueError(f"checkpoint prefix {prefix!r} must name a file prefix, not a directory")
+    tensors = {} if tensors is None else tensors
+    slices = {} if slices is None else slices
+    if max_shard_bytes is not None and max_shard_bytes < 1:
+        raise ValueError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
+
+    items: list[_Item] = []
+    full_entries: dict[bytes, bytes] = {}  # partitioned full entries, no data
+    seen = set()
+    for name, value in tensors.items():
+        _check_name(name)
+        seen.add(name)
+        items.append(_item_for(name.encode("utf-8", "surrogateescape"), name, _as_array(value, name)))
+    for name, spec in slices.items():
+        _check_name(name)
+        if name in seen:
+            raise ValueError(f"tensor {name!r} is given both in tensors and in slices")
+        seen.add(name)
+        full_shape, pairs = _parse_sliced(name, spec)
+        codes = {_dt.tf_code(a.dtype) for _, a in pairs}
+        if len(codes) != 1:
+            raise ValueError(f"sliced tensor {name!r}: slices have different dtypes "
+                             f"{sorted(_dt.tf_name(c) for c in codes)}")
+        code = codes.pop()
+        boxes = [b for b, _ in pairs]
+        for b in boxes:
+            if b.rank != len(full_shape) or not b.within(full_shape):
+                raise ValueError(f"sliced tensor {name!r}: slice {b} is not inside shape {list(full_shape)}")
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                inter = a.intersect(b)
+                if inter is not None and inter.size:
+                    raise ValueError(f"sliced tensor {name!r}: slices {a} and {b} overlap")
+        key = name.encode("utf-8", "surrogateescape")
+        if len(pairs) == 1 and boxes[0].is_full(full_shape):
+            items.append(_item_for(key, name, pairs[0][1]))  # AddSlice of a full slice is a plain Add
+            continue
+        full_entries[key] = encode_entry(code, full_shape, slices=[list(zip(b.start, b.shape)) for b in boxes])
+        for box, arr in pairs:
+            items.append(_item_for(encode_tensor_name_slice(name, box), f"{name} slice {box}", arr))
+
+    # shard assignment: fill data files in order
+    shard, used = 0, 0
+    for it in items:
+        if max_shard_bytes is not None and used and used + it.size > max_shard_bytes:
+            shard, used = shard + 1, 0
+        it.shard, it.offset = shard, used
+        used += it.size
+    num_shards = shard + 1
+
+    dirname = os.path.dirname(prefix)
+    if dirname:
+        os.makedirs(dirname, exist_ok=True)
+    tag = secrets.token_hex(8)
+    temps: list[tuple[str, str]] = []
+    try:
+        for s in range(num_shards):
+            final = data_filename(prefix, s, num_shards)
+            tmp = f"{final}.tempstate{tag}"
+            temps.append((tmp, final))
+            with open(tmp, "wb", buffering=1 << 20) as f:
+                for it in items:
+                    if it.shard == s:
+                        it.crc = _write_item(f, it)
+        table = TableWriter()
+        table.add(b"", encode_header(num_shards=num_shards))
+        entries = {it.key: encode_entry(it.code, it.shape, it.shard, it.offset, it.size, it.crc) for it in items}
+        dup = set(entries) & set(full_entries)
+        if dup or len(entries) != len(items):
+            raise ValueError(f"duplicate table keys: {sorted(dup)!r}")
+        entries.update(full_entries)
+        for key in sorted(entries):
+            table.add(key, entries[key])
+        index_tmp = f"{prefix}.index.tempstate{tag}"
+        temps.append((index_tmp, prefix + ".index"))
+        with open(index_tmp, "wb") as f:
+            f.write(table.finish())
+        for tmp, final in temps:  # the index goes last: readers never see it before its data
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp, _ in temps:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise
+    if update_state:
+        update_checkpoint_state(dirname or ".", prefix)
+    return prefix
+
+
+def _write_item(f, it: _Item) -> int:
+    """Write one entry's bytes; return its masked CRC32C."""
+    if it.strings is not None:
+        lengths = [len(s) for s in it.strings]
+        f.write(b"".join(encode_varint(n) for n in lengths))
+        if all(n <= 0xFFFFFFFF for n in lengths):
+            crc = crc32c(np.asarray(lengths, dtype="<u4").tobytes())
+        else:
+            crc = 0
+            for n in lengths:
+                crc = crc32c(n.to_bytes(4 if n <= 0xFFFFFFFF else 8, "little"), crc)
+        length_checksum = mask(crc).to_bytes(4, "little")
+        f.write(length_checksum)
+        crc = crc32c(length_checksum, crc)
+        for s in it.strings:
+            f.write(s)
+            crc = crc32c(s, crc)
+        return mask(crc)
+    flat = it.array.reshape(-1).view(np.uint8)
+    crc = 0
+    for start in range(0, flat.size, WRITE_PIECE_BYTES):
+        piece = flat[start:start + WRITE_PIECE_BYTES]
+        f.write(piece)
+        crc = crc32c(piece, crc)
+    return mask(crc)
