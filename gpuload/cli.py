@@ -190,5 +190,15 @@ def _verify(bundle, out, progress: bool) -> int:
     return 0
 
 
+def _demo_args(p: argparse.ArgumentParser):
+    from gpuload.demo import fill_parser
+
+    return fill_parser(p)
+
+
+subcommand("demo", help="write a checkpoint, load it with init_from_checkpoint into a partitioned "
+                        "variable, and check it")(_demo_args)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

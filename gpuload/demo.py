@@ -16,17 +16,17 @@ import time
 
 import numpy as np
 
-__all__ = ["main", "add_parser"]
+__all__ = ["main", "fill_parser", "run"]
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="write a checkpoint, load it with init_from_checkpoint, verify it")
+def fill_parser(p: argparse.ArgumentParser):
+    """Arguments of ``gpuload demo``; returns the handler."""
     p.add_argument("--rows", type=int, default=1 << 20, help="embedding rows (default 1048576)")
     p.add_argument("--cols", type=int, default=64, help="embedding columns (default 64)")
     p.add_argument("--parts", type=int, default=8, help="row partitions of the variable (default 8)")
     p.add_argument("--device", default=None, help="device for the variable (default: GPU 0 if present, else CPU)")
     p.add_argument("--dir", default=None, help="where to write the checkpoint (default: a temporary directory)")
-    p.set_defaults(func=run)
+    return run
 
 
 def run(args) -> int:
@@ -77,8 +77,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="gpuload")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["demo", *(argv or [])])
-    return args.func(args)
+    """``gpuload demo [options]`` as a function."""
+    from gpuload.cli import main as cli_main
+
+    return cli_main(["demo", *(argv or [])])
