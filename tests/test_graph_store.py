@@ -524,7 +524,7 @@ def _fake_loader(monkeypatch, fn):
     monkeypatch.setitem(sys.modules, "gpuload.loader", mod)
 
 
-def test_run_sends_sourced_variables_to_the_loader_first(monkeypatch):
+def test_own_values_are_computed_before_the_load(monkeypatch):
     order = []
     v = get_variable("v", [2], initializer=lambda shape, dtype: order.append("own") or np.ones(shape))
     src = get_variable("src", [2, 3])
@@ -537,8 +537,22 @@ def test_run_sends_sourced_variables_to_the_loader_first(monkeypatch):
 
     _fake_loader(monkeypatch, load)
     global_variables_initializer().run()
-    assert order == [("load", ["src"]), "own"]
+    assert order == ["own", ("load", ["src"])]
     assert (src.numpy() == 9).all() and (v.numpy() == 1).all()
+
+
+def test_failing_own_initializer_stops_before_the_load(monkeypatch):
+    def bad(shape, dtype):
+        raise ValueError("bad constant")
+
+    get_variable("v", [2], initializer=bad)
+    src = get_variable("src", [2])
+    src._init_source = object()
+    loads = []
+    _fake_loader(monkeypatch, lambda variables: loads.append(variables))
+    with pytest.raises(ValueError, match="bad constant"):
+        global_variables_initializer().run()
+    assert loads == [] and not src.is_initialized()
 
 
 def test_loader_failure_leaves_nothing_initialized(monkeypatch):

@@ -1131,24 +1131,18 @@ class InitOp:
 def _run_initializers(variables: Sequence[Variable]) -> None:
     """Initialize ``variables``: checkpoint-sourced ones through the loader, the rest by their initializers.
 
-    The loader (``gpuload.loader.load_checkpoint_sources``) runs first and is
-    all-or-nothing; own initializers are computed only after it succeeded, all of them
-    before any is installed, so a failure leaves no variable of this run half-initialized.
-    Overridable (tests, the lead's loader) by replacing this module attribute.
+    Own initial values are computed first (they may fail, e.g. for a bad constant), then
+    the loader (``gpuload.loader.load_checkpoint_sources``, all-or-nothing) runs, and only
+    then are the own values installed: a failure anywhere leaves every variable of this run
+    as it was. Overridable (tests) by replacing this module attribute.
     """
+    from gpuload.loader import load_checkpoint_sources
+
     variables = list(dict.fromkeys(variables))  # keep order, drop duplicates
     sourced = [v for v in variables if v._init_source is not None]
     own = [v for v in variables if v._init_source is None]
+    values = [v._initializer_fn() for v in own]
     if sourced:
-        try:
-            from gpuload.loader import load_checkpoint_sources
-        except ModuleNotFoundError as e:
-            if e.name not in ("gpuload.loader", "gpuload"):
-                raise
-            raise ImportError(
-                f"{len(sourced)} variables (e.g. {sourced[0].name!r}) have checkpoint "
-                "initializers but gpuload.loader is not available"
-            ) from e
         load_checkpoint_sources(sourced)
         missing = [v.name for v in sourced if v._value is None]
         if missing:
@@ -1157,7 +1151,6 @@ def _run_initializers(variables: Sequence[Variable]) -> None:
                 + ", ".join(missing[:10])
                 + (" ..." if len(missing) > 10 else "")
             )
-    values = [v._initializer_fn() for v in own]
     for v, val in zip(own, values):
         v._assign(val)
 
