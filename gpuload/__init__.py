@@ -15,7 +15,7 @@ Reading checkpoints: :func:`list_variables`, :func:`load_checkpoint`,
 Settings: :mod:`gpuload.config`. Errors: :mod:`gpuload.errors`.
 """
 
-from gpuload import config, errors
+from gpuload import config, device, errors  # device: a subpackage, callable as tf.device
 from gpuload.device.placement import is_gpu_available
 from gpuload.format.reader import (
     CheckpointReader,
@@ -43,7 +43,6 @@ from gpuload.graph.partition import (
 from gpuload.graph.store import (
     PartitionedVariable,
     Variable,
-    device,
     get_variable,
     global_variables,
     global_variables_initializer,

@@ -676,3 +676,14 @@ def test_gpu_variables():
     b = get_variable("b", [3], dtype="bfloat16", device="/gpu:0", initializer=constant_initializer(-3.5))
     b.initializer.run()
     assert (b.numpy().astype(np.float32) == -3.5).all()
+
+
+def test_gpuload_device_is_both_tf_device_and_the_subpackage():
+    import gpuload
+    import gpuload.device.host
+
+    with gpuload.device("/cpu:0") as dev:
+        v = gpuload.get_variable("placed", [2])
+    assert dev == "/device:CPU:0" and v.device == "/device:CPU:0"
+    assert gpuload.device.host.HostBackend.device == "/device:CPU:0"
+    assert gpuload.device.placement.canonical_device("gpu:1") == "/device:GPU:1"

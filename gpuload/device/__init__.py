@@ -1,0 +1,87 @@
+"""Moving staged chunks into destination buffers: the CPU twin and the CUDA backend.
+
+A backend executes :class:`gpuload.plan.copies.BoxCopy` operations for one device:
+
+- :class:`gpuload.device.host.HostBackend` (``"/device:CPU:0"``) runs the NumPy twin of
+  the kernels; it is the reference, and the explicit ``device="cpu"`` mode.
+- :class:`gpuload.device.cuda.CudaBackend` (``"/device:GPU:N"``) stages each chunk on the
+  GPU and runs the kernels of ``kernels/box_copy.cu``.
+
+Use :func:`backend_for` to get the (cached) backend of a device string. Importing this
+package never imports CuPy.
+
+The package is also callable: ``gpuload.device("/gpu:1")`` is TensorFlow's ``tf.device``
+context manager (:func:`gpuload.graph.store.device`), so that name can be both the
+public API TensorFlow users expect and this subpackage.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any, Protocol
+
+import numpy as np
+
+from gpuload.device.placement import (
+    backend_for,
+    canonical_device,
+    check_device,
+    default_device,
+    gpu_count,
+    is_gpu_available,
+)
+
+__all__ = [
+    "Backend",
+    "Token",
+    "backend_for",
+    "canonical_device",
+    "check_device",
+    "default_device",
+    "gpu_count",
+    "is_gpu_available",
+]
+
+
+class Token(Protocol):
+    """Completion handle of one :meth:`Backend.submit`."""
+
+    def wait(self) -> None:
+        """Block until the host slot (and any device staging buffer) may be reused."""
+
+    def done(self) -> bool:
+        """Whether :meth:`wait` would return at once."""
+
+
+class Backend(Protocol):
+    """What the scheduler calls; see :class:`gpuload.device.host.HostBackend` for the docs."""
+
+    device: str
+    stats: dict
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any: ...
+
+    def to_host(self, array: Any) -> np.ndarray: ...
+
+    def alloc_host_slots(self, n: int, nbytes: int) -> list[np.ndarray]: ...
+
+    def free_host_slots(self, slots: list[np.ndarray]) -> None: ...
+
+    def submit(self, slot_index: int, chunk: np.ndarray, copies: list, dests: list,
+               dtypes: list) -> Token: ...
+
+    def synchronize(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, spec):
+        """``with gpuload.device("/gpu:1"):`` places the variables created inside."""
+        from gpuload.graph.store import device  # late: the graph layer sits above this one
+
+        return device(spec)
+
+
+sys.modules[__name__].__class__ = _CallableModule

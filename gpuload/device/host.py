@@ -1,0 +1,359 @@
+"""The NumPy twin of ``kernels/box_copy.cu``, and the CPU backend built on it.
+
+:func:`box_copy` executes one :class:`~gpuload.plan.copies.BoxCopy` with NumPy: the source
+box and the destination box become strided views (``as_strided``) and one ``np.copyto``
+moves and converts the elements, so a dense copy runs at ``memcpy`` speed and nothing
+loops over elements in Python. It accepts exactly the dtype pairs the kernels do (see
+:func:`cast_code`), with the same results bit for bit: NumPy's and ml_dtypes' casts are
+the definition the kernels are tested against.
+
+:class:`HostBackend` is the ``"/device:CPU:0"`` backend: destinations are NumPy arrays,
+the staging ring is page-aligned anonymous memory, and :meth:`HostBackend.submit` runs
+synchronously. This module never imports CuPy.
+
+Notes
+-----
+Supported conversions (every other pair of different dtypes raises
+:class:`~gpuload.errors.PlanError`; identical dtypes of 1, 2, 4, 8 or 16 bytes are copied
+as raw bytes, so NaN payloads, ``bool`` and complex values pass unchanged):
+
+- float32 <-> bfloat16, float32 <-> float16, bfloat16 <-> float16, float64 <-> float32
+- float64 -> bfloat16, float64 -> float16, bfloat16 -> float64, float16 -> float64
+
+Rounding is to nearest, ties to even; subnormals are kept; overflow gives inf. NaNs follow
+NumPy / ml_dtypes on x86-64: to bfloat16 (and bfloat16 -> float16) a NaN becomes the
+canonical quiet NaN of its sign; float32 <-> float64 keep the payload and set the quiet
+bit; NumPy's float16 casts keep the payload's top bits as they are. float64 -> bfloat16
+rounds twice, through float32, exactly as ml_dtypes does.
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from gpuload.errors import PlanError
+from gpuload.plan.copies import BoxCopy
+
+__all__ = [
+    "MAX_RANK",
+    "VARIANTS",
+    "CompletedToken",
+    "HostBackend",
+    "box_copy",
+    "cast_code",
+    "check_copy",
+    "is_supported_cast",
+]
+
+#: Highest rank a BoxCopy may have (the kernels' descriptor holds this many axes).
+MAX_RANK = 8
+
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+_FLOAT_CODES = {
+    np.dtype(np.float16): "f16",
+    _BF16: "bf16",
+    np.dtype(np.float32): "f32",
+    np.dtype(np.float64): "f64",
+}
+_CASTS = (
+    "f32_bf16", "bf16_f32", "f32_f16", "f16_f32", "bf16_f16", "f16_bf16",
+    "f64_f32", "f32_f64", "f64_bf16", "f64_f16", "bf16_f64", "f16_f64",
+)  # fmt: skip
+_RAW_SIZES = (1, 2, 4, 8, 16)
+
+#: Every kernel variant, in the order of GPULOAD_BOX_COPY_VARIANTS in box_copy.cuh.
+VARIANTS: tuple[str, ...] = tuple(f"b{n}_b{n}" for n in _RAW_SIZES) + _CASTS
+
+# The raw dtype an identity copy moves (bit-exact for every dtype of that size).
+_RAW_DTYPES = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32),
+               8: np.dtype(np.uint64), 16: np.dtype("V16")}  # fmt: skip
+
+_PAGE = mmap.PAGESIZE
+
+
+def cast_code(src_dtype: Any, dst_dtype: Any) -> str:
+    """Name the kernel variant that copies ``src_dtype`` elements into ``dst_dtype``.
+
+    Parameters
+    ----------
+    src_dtype, dst_dtype:
+        Anything :class:`numpy.dtype` accepts; ``ml_dtypes.bfloat16`` for bfloat16.
+
+    Returns
+    -------
+    str
+        ``"b<itemsize>_b<itemsize>"`` for identical dtypes (a raw copy), else
+        ``"<src>_<dst>"`` with codes ``f16``, ``bf16``, ``f32``, ``f64``.
+
+    Raises
+    ------
+    PlanError
+        No kernel converts between the two dtypes (see the module notes for the list).
+    """
+    src, dst = np.dtype(src_dtype), np.dtype(dst_dtype)
+    if src == dst:
+        if src.hasobject or src.itemsize not in _RAW_SIZES:
+            raise PlanError(
+                f"cannot copy elements of dtype {src} ({src.itemsize} bytes): box copies move "
+                f"fixed-size elements of 1, 2, 4, 8 or 16 bytes"
+            )
+        return f"b{src.itemsize}_b{src.itemsize}"
+    code = f"{_FLOAT_CODES.get(src, '?')}_{_FLOAT_CODES.get(dst, '?')}"
+    if code not in _CASTS:
+        raise PlanError(
+            f"no box-copy kernel converts {src} to {dst}: supported conversions are "
+            f"float32<->bfloat16, float32<->float16, bfloat16<->float16, float64<->float32, "
+            f"float64->bfloat16/float16 and bfloat16/float16->float64 (native byte order); "
+            f"load into a variable of the checkpoint's dtype ({src}) instead"
+        )
+    return code
+
+
+def is_supported_cast(src_dtype: Any, dst_dtype: Any) -> bool:
+    """Whether :func:`cast_code` accepts the pair (the planner can check early)."""
+    try:
+        cast_code(src_dtype, dst_dtype)
+    except PlanError:
+        return False
+    return True
+
+
+def check_copy(copy: BoxCopy, src_nbytes: int, src_itemsize: int, dst_size: int) -> None:
+    """Check that ``copy`` reads inside the chunk and writes inside the destination.
+
+    Parameters
+    ----------
+    copy:
+        The copy to check. Rank 0 (a scalar, as an unnormalised plan may produce) is one
+        element.
+    src_nbytes:
+        Bytes in the staged chunk.
+    src_itemsize:
+        Bytes per source element.
+    dst_size:
+        Elements in the destination buffer.
+
+    Raises
+    ------
+    PlanError
+        Malformed copy (rank, negative offset, stride or extent) or a box that reaches
+        outside the chunk or the destination. The kernels do not check bounds: every
+        backend calls this first.
+    """
+    rank = len(copy.shape)
+    if rank > MAX_RANK or len(copy.src_strides) != rank or len(copy.dst_strides) != rank:
+        raise PlanError(
+            f"BoxCopy to destination {copy.dest}: rank {rank} with {len(copy.src_strides)} "
+            f"source and {len(copy.dst_strides)} destination strides; expected rank 0..{MAX_RANK} "
+            f"and one stride per axis"
+        )
+    values = (copy.src_offset, copy.dst_offset, *copy.shape, *copy.src_strides, *copy.dst_strides)
+    if any(v < 0 for v in values):
+        raise PlanError(f"BoxCopy to destination {copy.dest} has a negative offset, extent or stride: {copy}")
+    if 0 in copy.shape:
+        return
+    src_end = copy.src_offset + src_itemsize * (1 + sum((n - 1) * s for n, s in zip(copy.shape, copy.src_strides)))
+    if src_end > src_nbytes:
+        raise PlanError(
+            f"BoxCopy to destination {copy.dest} reads chunk bytes [{copy.src_offset}, {src_end}) "
+            f"but the chunk holds {src_nbytes} bytes"
+        )
+    dst_end = copy.dst_offset + 1 + sum((n - 1) * d for n, d in zip(copy.shape, copy.dst_strides))
+    if dst_end > dst_size:
+        raise PlanError(
+            f"BoxCopy to destination {copy.dest} writes elements [{copy.dst_offset}, {dst_end}) "
+            f"but the destination holds {dst_size} elements"
+        )
+
+
+def _chunk_bytes(src: np.ndarray) -> np.ndarray:
+    if not isinstance(src, np.ndarray) or src.ndim != 1 or src.dtype != np.uint8 or not src.flags.c_contiguous:
+        raise TypeError(f"chunk must be a contiguous 1-D uint8 numpy array, got {type(src).__name__} "
+                        f"{getattr(src, 'dtype', '')}{getattr(src, 'shape', '')}")  # fmt: skip
+    return src
+
+
+def _flat_dest(dst: np.ndarray, dst_dtype: np.dtype) -> np.ndarray:
+    if not isinstance(dst, np.ndarray) or not dst.flags.c_contiguous:
+        # reshape(-1) would silently copy a non-contiguous array and the writes would be lost.
+        raise TypeError("destination must be a C-contiguous numpy array")
+    if not dst.flags.writeable:
+        raise ValueError("destination array is read-only")
+    flat = dst.reshape(-1)
+    if flat.dtype != dst_dtype:
+        if flat.nbytes % dst_dtype.itemsize:
+            raise TypeError(f"destination of {flat.nbytes} bytes cannot be viewed as {dst_dtype}")
+        flat = flat.view(np.uint8).view(dst_dtype)
+    return flat
+
+
+def box_copy(src: np.ndarray, src_dtype: Any, dst: np.ndarray, dst_dtype: Any, copy: BoxCopy) -> None:
+    """Execute one BoxCopy on the host (the NumPy twin of the CUDA kernels).
+
+    Parameters
+    ----------
+    src:
+        The staged chunk: a contiguous 1-D ``uint8`` array. Its base may have any
+        alignment; NumPy handles unaligned element views.
+    src_dtype:
+        dtype of the checkpoint's elements in the chunk.
+    dst:
+        Destination buffer: any C-contiguous array; it is addressed as a flat array of
+        ``dst_dtype`` elements (viewed, never copied).
+    dst_dtype:
+        dtype of the destination elements.
+    copy:
+        What to copy; see :class:`~gpuload.plan.copies.BoxCopy`.
+
+    Raises
+    ------
+    PlanError
+        Unsupported dtype pair, or a copy outside the chunk or the destination.
+    TypeError
+        ``src`` or ``dst`` is not an array of the expected layout.
+    """
+    src_dtype, dst_dtype = np.dtype(src_dtype), np.dtype(dst_dtype)
+    cast_code(src_dtype, dst_dtype)  # the twin refuses exactly what the kernels refuse
+    chunk = _chunk_bytes(src)
+    flat = _flat_dest(dst, dst_dtype)
+    check_copy(copy, chunk.nbytes, src_dtype.itemsize, flat.size)
+    if copy.size == 0:
+        return
+    if src_dtype == dst_dtype:
+        # Identity: move raw bits (keeps NaN payloads and any bool byte as they are).
+        src_dtype = dst_dtype = _RAW_DTYPES[src_dtype.itemsize]
+        flat = flat.view(dst_dtype)
+    s_size, d_size = src_dtype.itemsize, dst_dtype.itemsize
+    src_extent = 1 + sum((n - 1) * s for n, s in zip(copy.shape, copy.src_strides))
+    dst_extent = 1 + sum((n - 1) * d for n, d in zip(copy.shape, copy.dst_strides))
+    base = chunk[copy.src_offset : copy.src_offset + src_extent * s_size].view(src_dtype)
+    sview = as_strided(base, shape=copy.shape, strides=tuple(s * s_size for s in copy.src_strides), writeable=False)
+    target = flat[copy.dst_offset : copy.dst_offset + dst_extent]
+    dview = as_strided(target, shape=copy.shape, strides=tuple(d * d_size for d in copy.dst_strides))
+    # Overflow to inf and NaN conversions are the specified results, not errors.
+    with np.errstate(all="ignore"):
+        np.copyto(dview, sview, casting="unsafe")
+
+
+class CompletedToken:
+    """A :class:`~gpuload.device.Token` whose work is already done (host submits)."""
+
+    __slots__ = ()
+
+    def wait(self) -> None:
+        """Return at once: host work completes inside ``submit``."""
+
+    def done(self) -> bool:
+        """Always ``True``."""
+        return True
+
+    def __repr__(self) -> str:
+        return "CompletedToken()"
+
+
+_COMPLETED = CompletedToken()
+
+
+class HostBackend:
+    """The CPU backend: destinations in host memory, copies run by :func:`box_copy`.
+
+    It implements the backend interface the scheduler drives (the CUDA backend has the
+    same methods). It exists for tests and debugging and is chosen only explicitly with
+    ``device="cpu"``.
+
+    Attributes
+    ----------
+    device:
+        ``"/device:CPU:0"``.
+    stats:
+        Cumulative counters: ``submits``, ``copies``, ``chunk_bytes`` (bytes handed to
+        :meth:`submit`), ``bytes_written`` (destination bytes), ``copy_seconds``.
+    """
+
+    device = "/device:CPU:0"
+    #: Work is done when submit() returns, so the scheduler may call submit() from its
+    #: reader threads (in parallel, on cache-warm chunks) rather than from its consumer.
+    synchronous = True
+
+    def __init__(self) -> None:
+        self.stats: dict = {"submits": 0, "copies": 0, "chunk_bytes": 0, "bytes_written": 0, "copy_seconds": 0.0}
+
+    def __repr__(self) -> str:
+        return f"HostBackend(device={self.device!r})"
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A C-contiguous, uninitialised destination array."""
+        return np.empty(shape, dtype=dtype)
+
+    def to_host(self, array: Any) -> np.ndarray:
+        """The array itself (already in host memory)."""
+        return np.asarray(array)
+
+    def alloc_host_slots(self, n: int, nbytes: int) -> list[np.ndarray]:
+        """Allocate the staging ring: ``n`` page-aligned ``uint8`` buffers of ``nbytes``.
+
+        One anonymous ``mmap`` backs all slots; each slot starts on a page boundary (what
+        ``O_DIRECT`` reads need). The memory is returned to the OS when the last view of
+        it is dropped.
+        """
+        if n < 1 or nbytes < 1:
+            raise ValueError(f"need n >= 1 slots of nbytes >= 1, got n={n}, nbytes={nbytes}")
+        stride = -(-nbytes // _PAGE) * _PAGE
+        buf = mmap.mmap(-1, stride * n)
+        whole = np.frombuffer(buf, dtype=np.uint8)
+        return [whole[i * stride : i * stride + nbytes] for i in range(n)]
+
+    def free_host_slots(self, slots: list[np.ndarray]) -> None:
+        """Release the ring. Host work is synchronous, so nothing can still read it."""
+        # The mmap is unmapped when its last view dies; callers drop `slots` after this.
+
+    def submit(
+        self,
+        slot_index: int,
+        chunk: np.ndarray,
+        copies: list[BoxCopy],
+        dests: list,
+        dtypes: list[tuple[Any, Any]],
+    ) -> CompletedToken:
+        """Apply every copy of one staged chunk, synchronously.
+
+        Parameters
+        ----------
+        slot_index:
+            Ring slot the chunk lives in (unused on the host; part of the interface).
+        chunk:
+            ``uint8`` view of the filled bytes of that slot.
+        copies:
+            The chunk's copies; ``dests[c.dest]`` is each one's destination array and
+            ``dtypes[c.dest]`` its ``(source dtype, destination dtype)``.
+
+        Returns
+        -------
+        CompletedToken
+            Already done: the slot may be refilled at once.
+        """
+        t0 = time.perf_counter()
+        written = 0
+        for c in copies:
+            src_dtype, dst_dtype = dtypes[c.dest]
+            box_copy(chunk, src_dtype, dests[c.dest], dst_dtype, c)
+            written += c.size * np.dtype(dst_dtype).itemsize
+        st = self.stats
+        st["submits"] += 1
+        st["copies"] += len(copies)
+        st["chunk_bytes"] += int(chunk.nbytes)
+        st["bytes_written"] += written
+        st["copy_seconds"] += time.perf_counter() - t0
+        return _COMPLETED
+
+    def synchronize(self) -> None:
+        """Nothing to wait for: host work is synchronous."""
+
+    def close(self) -> None:
+        """Nothing to release (kept for interface parity with the CUDA backend)."""

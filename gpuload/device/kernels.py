@@ -1,0 +1,333 @@
+"""The only module that reads ``kernels/*.cu``: source assembly, compilation, launch shapes.
+
+Kernel sources live in ``kernels/`` at the repository root (``GPULOAD_KERNEL_DIR``
+overrides it). :func:`source` inlines their local ``#include "x.cuh"`` lines, with
+``#line`` markers so that compiler messages still name the right file and line, because
+CuPy's kernel cache hashes the source string it is given but not headers found through
+``-I``: an edited header would otherwise reuse a stale cubin.
+
+Each variant (:data:`gpuload.device.host.VARIANTS`, e.g. ``"f32_bf16"``) is compiled as its
+own :class:`cupy.RawModule` with ``-DGPULOAD_ONLY="<variant>"``: the whole file takes
+about 7 s of NVRTC per GPU architecture, one variant about half a second, and a load
+usually needs one or two. CuPy caches cubins on disk (``CUPY_CACHE_DIR``), so this is paid
+once per machine; call :func:`warmup` to pay it before a timed load.
+
+Compile-time constants are passed only as ``-D`` options (:data:`DEFINES`); the ``.cu``
+guards each with ``#ifndef`` so the file also compiles standalone with ``nvcc``.
+CuPy is imported lazily: this module imports without it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuload.device.host import MAX_RANK, VARIANTS, cast_code
+from gpuload.errors import GpuloadError
+
+__all__ = [
+    "BLOCK_THREADS",
+    "DEFINES",
+    "DESC_DTYPE",
+    "ITEMS_PER_THREAD",
+    "KERNEL_DIR_ENV",
+    "OPTIONS",
+    "KernelCompileError",
+    "get_kernel",
+    "kernel_dir",
+    "kernel_name",
+    "launch_geometry",
+    "options",
+    "pack_descriptors",
+    "source",
+    "warmup",
+]
+
+#: Environment variable naming a directory of kernel sources to use instead of the repo's.
+KERNEL_DIR_ENV = "GPULOAD_KERNEL_DIR"
+
+#: Threads per block of every box-copy launch (passed to the kernels as -D).
+BLOCK_THREADS = 256
+#: Work items per thread per grid-stride step (passed to the kernels as -D).
+ITEMS_PER_THREAD = 2
+#: Largest gridDim.y; more descriptors are looped over inside the kernel.
+MAX_GRID_Y = 65535
+
+#: Every -D the kernels get. The Python side relies on the same values.
+DEFINES: tuple[tuple[str, int], ...] = (
+    ("GPULOAD_MAX_RANK", MAX_RANK),
+    ("GPULOAD_BLOCK_THREADS", BLOCK_THREADS),
+    ("GPULOAD_ITEMS_PER_THREAD", ITEMS_PER_THREAD),
+)
+
+#: Pinned explicitly: CuPy 13 defaults to C++11, CuPy 14 to C++17.
+OPTIONS: tuple[str, ...] = ("-std=c++17",)
+
+#: Host image of ``struct gpuload_box_desc`` (box_copy.cuh); a test checks the layout.
+DESC_DTYPE = np.dtype(
+    [
+        ("rank", "<i8"),
+        ("count", "<i8"),
+        ("src_offset", "<i8"),
+        ("dst_offset", "<i8"),
+        ("dst", "<u8"),
+        ("shape", "<i8", (MAX_RANK,)),
+        ("src_strides", "<i8", (MAX_RANK,)),
+        ("dst_strides", "<i8", (MAX_RANK,)),
+    ]
+)
+
+_MAIN_SOURCE = "box_copy.cu"
+_INCLUDE_RE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"(?P<name>[^"]+)"[ \t]*(?://.*)?$')
+
+
+class KernelCompileError(GpuloadError, RuntimeError):
+    """A kernel source failed to compile.
+
+    The message names the file, the variant and the options; the CuPy
+    ``CompileException`` is the ``__cause__`` and :meth:`dump` prints its log with the
+    numbered source.
+    """
+
+    def __init__(self, message: str, *, path: Path, options: tuple[str, ...], cause: BaseException):
+        super().__init__(message)
+        self.path = path
+        self.options = options
+        self.cause = cause
+
+    def dump(self, f) -> None:
+        """Write the compiler log and the numbered source to file object ``f``."""
+        dump = getattr(self.cause, "dump", None)
+        if dump is not None:
+            dump(f)
+        else:
+            f.write(str(self.cause))
+
+
+def kernel_dir() -> Path:
+    """Directory holding the ``.cu`` sources.
+
+    ``$GPULOAD_KERNEL_DIR`` if set, else ``kernels/`` at the repository root (a checkout or
+    an editable install), else ``gpuload/kernels/`` inside the package (where a wheel that
+    maps ``kernels/`` into the package puts them).
+
+    Raises
+    ------
+    FileNotFoundError
+        None of these holds ``box_copy.cu``.
+    """
+    override = os.environ.get(KERNEL_DIR_ENV)
+    if override:
+        path = Path(override)
+        if not (path / _MAIN_SOURCE).is_file():
+            raise FileNotFoundError(f"{KERNEL_DIR_ENV}={override!r} has no {_MAIN_SOURCE}")
+        return path
+    here = Path(__file__).resolve()
+    candidates = (here.parents[2] / "kernels", here.parents[1] / "kernels")
+    for path in candidates:
+        if (path / _MAIN_SOURCE).is_file():
+            return path
+    raise FileNotFoundError(
+        f"kernel sources ({_MAIN_SOURCE}) not found in {' or '.join(map(str, candidates))}; "
+        f"set {KERNEL_DIR_ENV} to the directory holding them"
+    )
+
+
+def _inline(path: Path, seen: set[Path]) -> list[str]:
+    lines = [f'#line 1 "{path.name}"']
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        m = _INCLUDE_RE.match(line)
+        if m is None:
+            lines.append(line)
+            continue
+        target = (path.parent / m.group("name")).resolve()
+        if not target.is_file():
+            raise FileNotFoundError(f"{path}:{lineno}: #include \"{m.group('name')}\": no such file in {path.parent}")
+        if target not in seen:  # #pragma once semantics; the headers also have guards
+            seen.add(target)
+            lines.extend(_inline(target, seen))
+        lines.append(f'#line {lineno + 1} "{path.name}"')
+    return lines
+
+
+def source(name: str = _MAIN_SOURCE) -> str:
+    """The text of ``kernels/<name>`` with its local ``#include "..."`` lines inlined.
+
+    ``#include <...>`` lines are left alone. Needs no CuPy.
+    """
+    path = kernel_dir() / name
+    return "\n".join(_inline(path.resolve(), {path.resolve()})) + "\n"
+
+
+def options(variant: str | None = None) -> tuple[str, ...]:
+    """Compiler options for one variant (or all variants, for ``None``)."""
+    opts = OPTIONS + tuple(f"-D{k}={v}" for k, v in DEFINES)
+    if variant is not None:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown box-copy variant {variant!r}; known: {', '.join(VARIANTS)}")
+        opts += (f'-DGPULOAD_ONLY="{variant}"',)
+    return opts
+
+
+def kernel_name(src_dtype: Any, dst_dtype: Any) -> str:
+    """``gpuload_box_copy_<variant>`` for a dtype pair (raises PlanError if unsupported)."""
+    return f"gpuload_box_copy_{cast_code(src_dtype, dst_dtype)}"
+
+
+_lock = threading.Lock()
+_modules: dict[str, Any] = {}  # variant -> cupy.RawModule (CuPy compiles it per device)
+_functions: dict[tuple[int, str], Any] = {}  # (device id, variant) -> compiled kernel
+
+
+def _module(variant: str):
+    """The RawModule of one variant (CuPy compiles it lazily, once per device)."""
+    import cupy
+
+    mod = _modules.get(variant)
+    if mod is None:
+        mod = _modules[variant] = cupy.RawModule(code=source(), options=options(variant))
+    return mod
+
+
+def get_kernel(src_dtype: Any, dst_dtype: Any):
+    """The compiled ``gpuload_box_copy_<variant>`` for a dtype pair, on the current CuPy device.
+
+    Compiles on first use per device (cached in memory here and on disk by CuPy).
+
+    Raises
+    ------
+    PlanError
+        No kernel for this dtype pair.
+    KernelCompileError
+        The source does not compile; the message names the file and options.
+    """
+    return _variant_kernel(cast_code(src_dtype, dst_dtype))
+
+
+def _variant_kernel(variant: str):
+    import cupy
+
+    key = (cupy.cuda.Device().id, variant)
+    fn = _functions.get(key)
+    if fn is not None:
+        return fn
+    with _lock:
+        fn = _functions.get(key)
+        if fn is None:
+            opts = options(variant)
+            try:
+                fn = _module(variant).get_function(f"gpuload_box_copy_{variant}")
+                fn.attributes  # noqa: B018 - forces the compile and load now, inside the try
+            except cupy.cuda.compiler.CompileException as e:
+                path = kernel_dir() / _MAIN_SOURCE
+                raise KernelCompileError(
+                    f"{path}: variant {variant!r} failed to compile with options {opts}:\n{e}",
+                    path=path,
+                    options=opts,
+                    cause=e,
+                ) from e
+            _functions[key] = fn
+    return fn
+
+
+def warmup(variants: Iterable[str] | None = None, devices: Iterable[int] | None = None) -> None:
+    """Compile kernels now, so that compilation never lands inside a measured load.
+
+    Parameters
+    ----------
+    variants:
+        Variant names (``"f32_bf16"``, ``"b4_b4"``, ...; see
+        :data:`gpuload.device.host.VARIANTS`); all of them by default.
+    devices:
+        CUDA device ids; all visible devices by default.
+
+    Raises
+    ------
+    ValueError
+        An unknown variant name.
+    KernelCompileError
+        A variant does not compile.
+    """
+    import cupy
+
+    variants = tuple(VARIANTS if variants is None else variants)
+    for v in variants:
+        options(v)  # validates the name before anything is compiled
+    devices = range(cupy.cuda.runtime.getDeviceCount()) if devices is None else devices
+    for dev in devices:
+        with cupy.cuda.Device(dev):
+            for v in variants:
+                _variant_kernel(v)
+
+
+def pack_descriptors(copies: Iterable, dst_ptrs: Iterable[int], src_base: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+    """Build the ``gpuload_box_desc`` array for a batch of copies.
+
+    Parameters
+    ----------
+    copies:
+        :class:`~gpuload.plan.copies.BoxCopy` objects (already checked with
+        :func:`~gpuload.device.host.check_copy`).
+    dst_ptrs:
+        Address of each copy's destination buffer (element 0).
+    src_base:
+        Byte offset of the kernel's ``src`` pointer within the chunk: the staged copy of
+        the chunk may start later than the chunk itself.
+    out:
+        Optional array of :data:`DESC_DTYPE` to fill (e.g. a view of pinned memory).
+
+    Returns
+    -------
+    numpy.ndarray
+        One :data:`DESC_DTYPE` record per copy.
+    """
+    copies = list(copies)
+    ptrs = list(dst_ptrs)
+    if len(ptrs) != len(copies):
+        raise ValueError(f"{len(copies)} copies but {len(ptrs)} destination addresses")
+    descs = np.zeros(len(copies), DESC_DTYPE) if out is None else out[: len(copies)]
+    if not copies:
+        return descs
+    # Column-wise assignment: one numpy call per field rather than per copy and field
+    # (half the time for the 32 copies of a partitioned chunk; submit() is on the hot path).
+    # Every field of every record is written, so a reused `out` needs no clearing.
+    pad = (0,) * MAX_RANK
+    rows = [(c.shape, c.src_strides, c.dst_strides) if c.shape else ((1,), (1,), (1,)) for c in copies]  # rank 0: one element
+    descs["rank"] = [len(r[0]) for r in rows]
+    descs["count"] = [c.size for c in copies]
+    descs["src_offset"] = [c.src_offset - src_base for c in copies]
+    descs["dst_offset"] = [c.dst_offset for c in copies]
+    descs["dst"] = ptrs
+    descs["shape"] = [(r[0] + pad)[:MAX_RANK] for r in rows]
+    descs["src_strides"] = [(r[1] + pad)[:MAX_RANK] for r in rows]
+    descs["dst_strides"] = [(r[2] + pad)[:MAX_RANK] for r in rows]
+    return descs
+
+
+def launch_geometry(counts: Iterable[int], sm_count: int) -> tuple[tuple[int, int], tuple[int]]:
+    """Grid and block for one batched launch over descriptors of ``counts`` elements.
+
+    ``gridDim.y`` is one descriptor per row (capped at 65535, the kernel loops beyond);
+    ``gridDim.x`` covers the largest descriptor but stops at about eight blocks per SM in
+    total, since the grid-stride loop does the rest and more blocks only add scheduling.
+
+    Returns
+    -------
+    (grid, block)
+        ``((gx, gy), (BLOCK_THREADS,))``.
+    """
+    counts = list(counts)
+    if not counts:
+        raise ValueError("launch_geometry needs at least one descriptor")
+    per_block = BLOCK_THREADS * ITEMS_PER_THREAD
+    need = max(-(-max(c, 1) // per_block) for c in counts)
+    gy = min(len(counts), MAX_GRID_Y)
+    budget = max(1, -(-8 * max(sm_count, 1) // gy))
+    gx = max(1, min(need, budget, 2**31 - 1))
+    return (gx, gy), (BLOCK_THREADS,)
