@@ -35,15 +35,16 @@ def pytest_collection_modifyitems(config, items):
     if is_gpu_available():
         return
     if os.environ.get("GPULOAD_REQUIRE_GPU") == "1":
-        for item in gpu_items:
-            item.add_marker(pytest.mark.usefixtures("_require_gpu"))
-        return
+        return  # pytest_runtest_setup fails them
     skip = pytest.mark.skip(reason="needs a CUDA device (none visible); GPULOAD_REQUIRE_GPU=1 fails instead")
     for item in gpu_items:
         item.add_marker(skip)
 
 
-@pytest.fixture
-def _require_gpu():
-    pytest.fail("GPULOAD_REQUIRE_GPU=1 but no CUDA device is usable (is CuPy installed? "
-                "CUDA_VISIBLE_DEVICES?)", pytrace=False)
+def pytest_runtest_setup(item):
+    if "gpu" in item.keywords and os.environ.get("GPULOAD_REQUIRE_GPU") == "1":
+        from gpuload.device.placement import is_gpu_available
+
+        if not is_gpu_available():
+            pytest.fail("GPULOAD_REQUIRE_GPU=1 but no CUDA device is usable (is CuPy installed? "
+                        "CUDA_VISIBLE_DEVICES?)", pytrace=False)
