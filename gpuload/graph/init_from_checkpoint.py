@@ -198,8 +198,9 @@ def _scope(ckpt, key, target, store, allow_cast):
         close = difflib.get_close_matches(str(target), names, n=3)
         hint = f" Close variable names: {', '.join(map(repr, close))}." if close else ""
         raise AssignmentMapError(
-            f"no variable named {target!r} (the target of checkpoint tensor {key!r}). To map a "
-            f"whole scope, end both names with '/': {{'scope/': 'other_scope/'}}.{hint}")
+            f"no variable named {target!r} (the target of tensor {key!r} of checkpoint "
+            f"{ckpt.where()}). To map a whole scope, end both names with '/': "
+            f"{{'scope/': 'other_scope/'}}.{hint}")
     if target == "/" or target == "":
         scope = ""
     elif "/" in target:
@@ -214,8 +215,8 @@ def _scope(ckpt, key, target, store, allow_cast):
     members = sorted(set(members))
     if not members:
         raise AssignmentMapError(
-            f"scope {scope + '/' if scope else '/'!r} (the target of checkpoint scope {key!r}) holds no "
-            f"variables")
+            f"scope {scope + '/' if scope else '/'!r} (the target of scope {key!r} of checkpoint "
+            f"{ckpt.where()}) holds no variables")
     out = []
     for n in members:
         rest = n[len(scope):]
