@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 problem found, 2 usage/open error)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        return _run_bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -198,6 +201,32 @@ def _demo_args(p: argparse.ArgumentParser):
 
 subcommand("demo", help="write a checkpoint, load it with init_from_checkpoint into a partitioned "
                         "variable, and check it")(_demo_args)
+
+
+def _bench_args(p: argparse.ArgumentParser):
+    # Listed here for `gpuload --help`; main() hands `gpuload bench ...` to the benchmark's
+    # own parser, which lives in the source checkout and is loaded only when it runs.
+    return None
+
+
+def _run_bench(argv) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_load.py"
+    if not path.exists():
+        print(f"gpuload bench: the benchmark lives in the source checkout ({path} not found); "
+              "see bench/README.md", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location("gpuload_bench_load", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(argv)
+
+
+subcommand("bench",
+           help="the load benchmark against the machine's limits and the peers "
+                "(source checkout; see bench/README.md)")(_bench_args)
 
 
 if __name__ == "__main__":  # pragma: no cover
