@@ -15,7 +15,7 @@ Reading checkpoints: :func:`list_variables`, :func:`load_checkpoint`,
 Settings: :mod:`gpuload.config`. Errors: :mod:`gpuload.errors`.
 """
 
-from gpuload import config, device, errors  # device: a subpackage, callable as tf.device
+from gpuload import config, device, errors, loader  # device: a subpackage, callable as tf.device
 from gpuload.device.placement import is_gpu_available
 from gpuload.format.reader import (
     CheckpointReader,
@@ -54,7 +54,7 @@ from gpuload.graph.store import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "config", "errors", "is_gpu_available",
+    "config", "errors", "loader", "is_gpu_available",
     "CheckpointReader", "latest_checkpoint", "list_variables", "load_checkpoint", "load_variable",
     "save_checkpoint", "init_from_checkpoint",
     "constant_initializer", "glorot_uniform_initializer", "ones_initializer",

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import collections
 
+# Imported here, not inside run(): a load's clock starts at run() and imports are not load time.
+import gpuload.device.host  # noqa: F401  (the CPU backend, built by backend_for)
 from gpuload import config as config_mod
+from gpuload.device.placement import backend_for
+from gpuload.format.bundle import Bundle
+from gpuload.format.reader import CheckpointReader
+from gpuload.plan import Request, build_plan
 from gpuload.scheduler import LoadStats, execute
 
 __all__ = ["load_checkpoint_sources", "last_stats"]
@@ -24,9 +30,6 @@ def last_stats() -> list[LoadStats]:
 
 def plan_for(prefix, variables, *, cfg=None):
     """The :class:`~gpuload.plan.Plan` that loads ``variables`` (all from checkpoint ``prefix``)."""
-    from gpuload.format.bundle import Bundle
-    from gpuload.plan import Request, build_plan
-
     cfg = cfg or config_mod.get()
     bundle = Bundle.open(prefix)
     requests = [Request(v.op.name, v._init_source.tensor, v._init_source.box, v.dtype, v.device)
@@ -43,9 +46,6 @@ def load_checkpoint_sources(variables) -> None:
     Raises whatever the load raised (``ChecksumError``, ``ShardReadError``, ...) with no
     variable assigned.
     """
-    from gpuload.device.placement import backend_for
-    from gpuload.format.reader import CheckpointReader
-
     cfg = config_mod.get()
     groups = collections.defaultdict(list)
     for v in variables:

@@ -167,6 +167,10 @@ def _stream(plan, backends, dests, dtypes, config, stats):
                     for device, copies in by_device[idx]:
                         backends[device].submit(slot, chunk_bytes, copies, dests, dtypes).wait()
                     view = None
+                if view is None:
+                    # Nothing reads the slot any more: free it now rather than when the
+                    # in-order consumer gets here, so one slow chunk stalls no other reader.
+                    ring.release(slot)
                 t3 = time.perf_counter()
                 with cond:
                     read_s[0] += t2 - t - tc
@@ -218,9 +222,7 @@ def _stream(plan, backends, dests, dtypes, config, stats):
                 slot, view, crcs = done.pop(idx)
             ts = time.perf_counter()
             stats.wait_read_s += ts - tw
-            if view is None:  # read in place, or copied by the reader: the slot is free
-                ring.release(slot)
-            else:
+            if view is not None:  # else the reader read in place or copied, and freed the slot
                 chunk_bytes = np.frombuffer(view, dtype=np.uint8)
                 tokens = []
                 for device, copies in by_device[idx]:

@@ -35,16 +35,18 @@ def fresh_graph():
 
 @pytest.mark.parametrize("parts", [[1, 1], [8, 1], [7, 1], [1, 4], [3, 5]])
 @pytest.mark.parametrize("verify", [True, False])
-def test_partitioned_embedding_small_chunks(tmp_path, parts, verify):
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "o_direct"])
+def test_partitioned_embedding_small_chunks(tmp_path, parts, verify, direct):
     rng = np.random.default_rng(0)
     table = rng.standard_normal((1000, 24)).astype(np.float32)
     prefix = make_ckpt(tmp_path, {"emb": table, "other": np.arange(5.0)})
     v = gpuload.get_variable("e", shape=table.shape, dtype="float32",
                              partitioner=lambda shape, dtype: parts, device="/cpu:0")
     gpuload.init_from_checkpoint(prefix, {"emb": "e"})
-    with config.set(chunk_bytes=4096, ring_bytes=3 * 4096, reader_threads=3, verify_crc=verify):
+    with config.set(chunk_bytes=4096, ring_bytes=3 * 4096, reader_threads=3, verify_crc=verify,
+                    direct_io=direct):
         gpuload.global_variables_initializer().run()
-    full = v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+    full = v.numpy()
     np.testing.assert_array_equal(full, table)
     for part in v._get_variable_list():
         np.testing.assert_array_equal(part.numpy(), table[part._save_slice_info.box.as_slices()])
