@@ -249,3 +249,25 @@ def test_empty_cuda_visible_devices_means_no_gpu():
         {"CUDA_VISIBLE_DEVICES": ""},
     )
     assert out.split() == ["False", "0", "/device:CPU:0"]
+
+
+def test_empty_large_destinations_are_their_own_mappings():
+    import mmap
+
+    from gpuload.device.host import HostBackend
+
+    b = HostBackend()
+    big = b.empty((1024, 1024), np.float32)  # 4 MiB: anonymous mapping with huge pages asked for
+    assert big.shape == (1024, 1024) and big.dtype == np.float32
+    assert big.flags.c_contiguous and big.flags.writeable
+    base = big
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    assert isinstance(base, mmap.mmap)
+    assert big.ctypes.data % 4096 == 0
+    big[...] = 3.0
+    assert float(big.sum()) == 3.0 * big.size
+    small = b.empty((3, 4), np.float64)
+    assert small.shape == (3, 4) and small.base is None
+    strings = b.empty((2 << 20,), object)
+    assert strings.dtype == object

@@ -29,6 +29,7 @@ rounds twice, through float32, exactly as ml_dtypes does.
 
 from __future__ import annotations
 
+import math
 import mmap
 import time
 from typing import Any
@@ -244,6 +245,20 @@ def box_copy(src: np.ndarray, src_dtype: Any, dst: np.ndarray, dst_dtype: Any, c
         np.copyto(dview, sview, casting="unsafe")
 
 
+_HUGE = 2 << 20
+
+
+def _anonymous(nbytes: int) -> mmap.mmap:
+    """Private anonymous memory (page-aligned), with huge pages asked for where Linux has them."""
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if nbytes >= _HUGE and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            buf.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # THP disabled or unsupported: 4 KiB pages still work
+            pass
+    return buf
+
+
 def _copy_rows(chunk: np.ndarray, flat: np.ndarray, itemsize: int, copy: BoxCopy) -> None:
     """Same-dtype copy whose innermost axis is dense on both sides, one record per row.
 
@@ -306,8 +321,19 @@ class HostBackend:
         return f"HostBackend(device={self.device!r})"
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        """A C-contiguous, uninitialised destination array."""
-        return np.empty(shape, dtype=dtype)
+        """A C-contiguous, uninitialised destination array.
+
+        Arrays of 2 MiB or more get their own anonymous mapping with transparent huge
+        pages requested: the load's first touch of every page is then one fault per 2 MiB
+        instead of per 4 KiB. Measured on the benchmark VM (2026-11-25), reading into such
+        memory ran at ~7 GB/s against 2 GB/s for 4 KiB pages and 0.5-5 GB/s (erratic) for
+        ``np.empty``, whose malloc'd ranges are not 2 MiB aligned.
+        """
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if dtype.hasobject or nbytes < _HUGE:
+            return np.empty(shape, dtype=dtype)
+        return np.frombuffer(_anonymous(nbytes), dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
 
     def to_host(self, array: Any) -> np.ndarray:
         """The array itself (already in host memory)."""
@@ -323,8 +349,7 @@ class HostBackend:
         if n < 1 or nbytes < 1:
             raise ValueError(f"need n >= 1 slots of nbytes >= 1, got n={n}, nbytes={nbytes}")
         stride = -(-nbytes // _PAGE) * _PAGE
-        buf = mmap.mmap(-1, stride * n)
-        whole = np.frombuffer(buf, dtype=np.uint8)
+        whole = np.frombuffer(_anonymous(stride * n), dtype=np.uint8)
         return [whole[i * stride : i * stride + nbytes] for i in range(n)]
 
     def free_host_slots(self, slots: list[np.ndarray]) -> None:
