@@ -44,8 +44,10 @@ class Ring:
         # place (row parts on the host) never allocates any.
         self.slots: list = [None] * nslots
         self._alloc_lock = threading.Lock()
-        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for i in range(nslots):
+        # LIFO: the most recently freed slot is reused first, so only as many slots as are
+        # ever in flight at once get allocated, and the one reused is still warm in cache.
+        self._free: queue.LifoQueue[int] = queue.LifoQueue()
+        for i in reversed(range(nslots)):
             self._free.put(i)
         self._closed = threading.Event()
 
