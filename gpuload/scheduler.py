@@ -291,7 +291,8 @@ def _direct_targets(plan, chunk, dests):
 
 #: Reads are issued in pieces of this size and each piece is checksummed right after it
 #: lands, while it is still in the CPU cache: CRC then costs no extra trip to memory.
-_PIECE = 1 << 20
+#: 4 MiB beat 1 MiB on the benchmark VM (10.0 vs 9.3 GB/s, CRC on): fewer GIL hand-offs.
+_PIECE = 4 << 20
 
 
 def _read_crc(files, chunk, buffers):
