@@ -26,6 +26,14 @@ def golden() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def golden_ckpts() -> Path:
+    """The golden ``checkpoints/`` directory (the format-layer tests' view of it)."""
+    from format_helpers import golden_checkpoints
+
+    return golden_checkpoints()
+
+
 def pytest_collection_modifyitems(config, items):
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:

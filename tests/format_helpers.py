@@ -24,8 +24,9 @@ GOLDEN_NAMES = ["seed_example", "partitioned_save", "dtypes", "sharded", "multi_
 
 
 def golden_root() -> Path:
-    env = os.environ.get("GPULOAD_GOLDEN_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+    from conftest import golden_dir  # one place decides where the golden data lives
+
+    return golden_dir()
 
 
 def golden_checkpoints() -> Path:
@@ -36,11 +37,6 @@ def golden_checkpoints() -> Path:
             pytest.skip(f"golden checkpoints not found at {path} (GPULOAD_ALLOW_NO_GOLDEN=1)")
         pytest.fail(f"golden checkpoints not found at {path}; set GPULOAD_GOLDEN_DIR", pytrace=False)
     return path
-
-
-@pytest.fixture(scope="session")
-def golden_ckpts() -> Path:
-    return golden_checkpoints()
 
 
 def copy_golden(name: str, dest: Path) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from format_helpers import (  # noqa: F401
+from format_helpers import (
     block_ranges,
     copy_golden,
     edit_entry,
@@ -23,7 +23,6 @@ from format_helpers import (  # noqa: F401
     fix_block_crcs,
     overwrite,
     golden_checkpoints,
-    golden_ckpts,
     rewrite_index,
 )
 from hypothesis import HealthCheck, given, settings

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from format_helpers import copy_golden, golden_ckpts, overwrite  # noqa: F401
+from format_helpers import copy_golden, overwrite
 
 from gpuload.cli import main
 from gpuload.format import Bundle

@@ -8,7 +8,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-from format_helpers import GOLDEN_NAMES, bits, copy_golden, expected, golden_checkpoints, golden_ckpts  # noqa: F401
+from format_helpers import GOLDEN_NAMES, bits, copy_golden, expected, golden_checkpoints
 
 from gpuload.errors import CheckpointFormatError, CheckpointNotFoundError, UnsupportedCheckpointError
 from gpuload.format import Bundle, CheckpointReader, latest_checkpoint, list_variables, load_checkpoint, load_variable

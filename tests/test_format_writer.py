@@ -8,7 +8,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-from format_helpers import GOLDEN_NAMES, bits, golden_ckpts  # noqa: F401
+from format_helpers import GOLDEN_NAMES, bits
 
 from gpuload.format import Bundle, latest_checkpoint, list_variables, load_checkpoint, save_checkpoint
 from gpuload.format.crc import crc32c, mask
