@@ -222,7 +222,7 @@ def test_snappy_block_without_cramjam(golden_ckpts, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "cramjam", None)  # as if not installed
     overwrite(index, _snappy_table(rows, lambda b: b"\x00" * 7 + b))
     with pytest.raises(UnsupportedCheckpointError,
-                       match=r"snappy-compressed index block; install cramjam \(pip install gpuload\[snappy\]\)"):
+                       match=r"snappy-compressed index block; install cramjam \(pip install cramjam\)"):
         Bundle.open(d)
 
 
