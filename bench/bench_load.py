@@ -71,9 +71,9 @@ def human(n: int) -> str:
     return f"{n}B"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "bench_load.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="bench_load.py", description=__doc__.split("\n\n")[0],
+        prog=prog, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     return p
@@ -421,8 +421,8 @@ def header(info) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv=None, prog: str = "bench_load.py") -> int:
+    args = build_parser(prog).parse_args(argv)
     if args.worker is not None:
         import _workers
 
