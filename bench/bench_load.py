@@ -48,7 +48,7 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECAS
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 RSS_SLACK = 64 * _MIB
 
-# Targets of issue #4 (benchmarks, not timed tests).
+# The project's performance targets (benchmarks, not timed tests; see bench/README.md).
 T_WARM_CPU = 0.8      # gpuload CPU warm >= 0.8 x one-thread readinto
 T_CRC_COST = 0.15     # CRC on costs <= 15% of CRC-off throughput
 T_COLD = 0.9          # cold (O_DIRECT) >= 0.9 x O_DIRECT sequential read
