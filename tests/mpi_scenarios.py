@@ -1,0 +1,186 @@
+"""Multi-process scenarios of the collective load, run under ``mpiexec -n 4``.
+
+Usage: ``mpiexec -n 4 python tests/mpi_scenarios.py SCENARIO WORKDIR [ROWS]``
+
+Every rank runs the scenario; rank 0 gathers every rank's result and prints one line
+``RESULT <json>``; the process exits 1 on any rank whose checks failed. The pytest wrapper
+(tests/test_distributed_mpi.py) launches this with a hard timeout.
+
+Scenarios (an embedding of ROWS x 64 float32, 1048576 rows = 256 MiB, saved whole):
+  replicated  every rank loads the 4 row parts; values exact; storage bytes summed <= 1.05x
+  sharded     part k on /job:worker/task:k: rank k holds part k only, reads <= 1.05x a part
+  corrupt     a flipped byte: every rank raises ChecksumError with the same text
+  rank_fails  rank 1's init_from_checkpoint raises: the others raise within the timeout
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+from mpi4py import MPI
+
+import gpuload as tf1
+from gpuload.distributed import NotLocalError
+from gpuload.errors import ChecksumError
+
+COLS = 64
+PARTS = 4
+
+
+def expected(rows):
+    # Every element distinct and bit-exact checkable (compared as uint32).
+    return np.arange(rows * COLS, dtype=np.uint32).reshape(rows, COLS).view(np.float32)
+
+
+def write(comm, workdir, rows, corrupt=False):
+    prefix = os.path.join(workdir, f"ckpt-{rows}")
+    if comm.rank == 0:
+        tf1.save_checkpoint(prefix, {"emb": expected(rows)})
+        if corrupt:
+            data = prefix + ".data-00000-of-00001"
+            with open(data, "r+b") as f:  # a byte in the middle of part 2
+                f.seek(os.path.getsize(data) * 5 // 8)
+                b = f.read(1)
+                f.seek(-1, 1)
+                f.write(bytes([b[0] ^ 0x40]))
+    comm.Barrier()
+    return prefix
+
+
+def make_emb(rows, devices):
+    tf1.reset_default_graph()
+    return tf1.get_variable("emb", shape=[rows, COLS], dtype="float32",
+                            partitioner=tf1.fixed_size_partitioner(PARTS), device=devices)
+
+
+def part_expected(rows, k):
+    full = expected(rows)
+    n = rows // PARTS
+    return full[k * n:(k + 1) * n]
+
+
+def run_load(comm, timeout=None):
+    settings = {"communicator": comm}
+    if timeout is not None:
+        settings["collective_timeout"] = timeout
+    with tf1.config.set(**settings):
+        t = time.perf_counter()
+        tf1.global_variables_initializer().run()
+        return time.perf_counter() - t
+
+
+def replicated(comm, workdir, rows):
+    prefix = write(comm, workdir, rows)
+    emb = make_emb(rows, "/device:CPU:0")
+    tf1.init_from_checkpoint(prefix, {"emb": "emb"})
+    wall = run_load(comm)
+    parts = emb._get_variable_list()
+    exact = all(np.array_equal(p.value().view(np.uint32), part_expected(rows, k).view(np.uint32))
+                for k, p in enumerate(parts))
+    st = tf1.loader.last_stats()[0]
+    return {"exact": exact, "bytes_read": st.bytes_read, "bytes_sent": st.bytes_sent,
+            "bytes_received": st.bytes_received, "wall_s": wall, "tensor_bytes": rows * COLS * 4}
+
+
+def sharded(comm, workdir, rows):
+    prefix = write(comm, workdir, rows)
+    emb = make_emb(rows, [f"/job:worker/replica:0/task:{k}/device:CPU:0" if k % 2 else
+                          f"/job:worker/task:{k}/device:CPU:0" for k in range(PARTS)])
+    tf1.init_from_checkpoint(prefix, {"emb": "emb"})
+    wall = run_load(comm)
+    parts = emb._get_variable_list()
+    mine = parts[comm.rank]
+    exact = np.array_equal(mine.value().view(np.uint32), part_expected(rows, comm.rank).view(np.uint32))
+    others_refuse = []
+    for k, p in enumerate(parts):
+        if k == comm.rank:
+            continue
+        try:
+            p.value()
+            others_refuse.append(False)
+        except NotLocalError as e:
+            others_refuse.append(isinstance(e, ValueError) and f"task {k}" in str(e))
+    st = tf1.loader.last_stats()[0]
+    return {"exact": exact, "others_refuse": all(others_refuse), "bytes_read": st.bytes_read,
+            "part_bytes": mine.value().nbytes, "wall_s": wall, "holds": mine.name,
+            "is_initialized_others": [p.is_initialized() for k, p in enumerate(parts) if k != comm.rank]}
+
+
+def corrupt(comm, workdir, rows):
+    prefix = write(comm, workdir, rows, corrupt=True)
+    emb = make_emb(rows, "/device:CPU:0")
+    tf1.init_from_checkpoint(prefix, {"emb": "emb"})
+    t = time.perf_counter()
+    try:
+        run_load(comm)
+        err = None
+    except ChecksumError as e:
+        err = str(e)
+    return {"error": err, "wall_s": time.perf_counter() - t,
+            "assigned": [p.is_initialized() for p in emb._get_variable_list()]}
+
+
+def rank_fails(comm, workdir, rows, timeout=10.0):
+    prefix = write(comm, workdir, rows)
+    make_emb(rows, "/device:CPU:0")
+    t = time.perf_counter()
+    try:
+        # Rank 1 maps a tensor the checkpoint lacks: ValueError at the call, it never runs the load.
+        tf1.init_from_checkpoint(prefix, {"missing_tensor" if comm.rank == 1 else "emb": "emb"})
+        run_load(comm, timeout=timeout)
+        return {"raised": None, "elapsed_s": time.perf_counter() - t, "timeout": timeout}
+    except Exception as e:  # noqa: BLE001 - the scenario records what each rank raised
+        return {"raised": type(e).__name__, "is_value_error": isinstance(e, ValueError),
+                "message": str(e)[:300], "elapsed_s": time.perf_counter() - t, "timeout": timeout}
+
+
+def check(name, results, rows):
+    """The pass/fail decision, made on rank 0 over every rank's result."""
+    tensor = rows * COLS * 4
+    if name == "replicated":
+        total = sum(r["bytes_read"] for r in results)
+        return all(r["exact"] for r in results) and total <= 1.05 * tensor, {"total_read": total,
+                                                                             "ratio": total / tensor}
+    if name == "sharded":
+        ok = all(r["exact"] and r["others_refuse"] and r["bytes_read"] <= 1.05 * r["part_bytes"]
+                 and not any(r["is_initialized_others"]) for r in results)
+        return ok, {"total_read": sum(r["bytes_read"] for r in results)}
+    if name == "corrupt":
+        texts = {r["error"] for r in results}
+        ok = None not in texts and len(texts) == 1 and not any(any(r["assigned"]) for r in results)
+        return ok, {"same_text": len(texts) == 1}
+    if name == "rank_fails":
+        others = [r for i, r in enumerate(results) if i != 1]
+        ok = (results[1]["raised"] == "AssignmentMapError" and
+              all(r["raised"] == "CollectiveTimeoutError" and r["elapsed_s"] <= r["timeout"] + 5 for r in others))
+        return ok, {"max_elapsed_s": max(r["elapsed_s"] for r in others)}
+    raise SystemExit(f"unknown scenario {name!r}")
+
+
+def main():
+    name, workdir = sys.argv[1], sys.argv[2]
+    rows = int(sys.argv[3]) if len(sys.argv) > 3 else 1 << 20
+    comm = MPI.COMM_WORLD
+    try:
+        result = globals()[name](comm, workdir, rows)
+    except Exception:  # noqa: BLE001 - reported, then the job fails
+        result = {"crash": traceback.format_exc()}
+    results = comm.gather(result, root=0)
+    ok = True
+    if comm.rank == 0:
+        if any("crash" in r for r in results):
+            ok, extra = False, {}
+        else:
+            ok, extra = check(name, results, rows)
+        print("RESULT " + json.dumps({"scenario": name, "ok": ok, "ranks": results, **extra}), flush=True)
+    ok = comm.bcast(ok, root=0)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
