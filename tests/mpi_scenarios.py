@@ -11,6 +11,7 @@ Scenarios (an embedding of ROWS x 64 float32, 1048576 rows = 256 MiB, saved whol
   sharded     part k on /job:worker/task:k: rank k holds part k only, reads <= 1.05x a part
   corrupt     a flipped byte: every rank raises ChecksumError with the same text
   rank_fails  rank 1's init_from_checkpoint raises: the others raise within the timeout
+  reader_fails  rank 2's reads fail mid-load: the others raise at once (abort message), not at the timeout
 """
 
 from __future__ import annotations
@@ -139,6 +140,28 @@ def rank_fails(comm, workdir, rows, timeout=10.0):
                 "message": str(e)[:300], "elapsed_s": time.perf_counter() - t, "timeout": timeout}
 
 
+def reader_fails(comm, workdir, rows, timeout=60.0):
+    """Rank 2's storage fails in the middle of the load: the others raise at once (abort message)."""
+    prefix = write(comm, workdir, rows)
+    emb = make_emb(rows, "/device:CPU:0")
+    tf1.init_from_checkpoint(prefix, {"emb": "emb"})
+    if comm.rank == 2:
+        from gpuload.errors import ShardReadError
+        from gpuload.io import reader
+
+        def broken(self, index, offset, buffers):
+            raise ShardReadError(5, "injected I/O error", self.paths[index])
+
+        reader.ShardFiles.read_into = broken
+    t = time.perf_counter()
+    try:
+        run_load(comm, timeout=timeout)
+        return {"raised": None, "elapsed_s": time.perf_counter() - t, "timeout": timeout}
+    except Exception as e:  # noqa: BLE001
+        return {"raised": type(e).__name__, "message": str(e)[:300], "elapsed_s": time.perf_counter() - t,
+                "timeout": timeout, "assigned": [p.is_initialized() for p in emb._get_variable_list()]}
+
+
 def check(name, results, rows):
     """The pass/fail decision, made on rank 0 over every rank's result."""
     tensor = rows * COLS * 4
@@ -158,6 +181,12 @@ def check(name, results, rows):
         others = [r for i, r in enumerate(results) if i != 1]
         ok = (results[1]["raised"] == "AssignmentMapError" and
               all(r["raised"] == "CollectiveTimeoutError" and r["elapsed_s"] <= r["timeout"] + 5 for r in others))
+        return ok, {"max_elapsed_s": max(r["elapsed_s"] for r in others)}
+    if name == "reader_fails":
+        others = [r for i, r in enumerate(results) if i != 2]
+        ok = (results[2]["raised"] == "ShardReadError" and not any(any(r["assigned"]) for r in results) and
+              all(r["raised"] == "CollectiveError" and "rank 2" in r["message"] and "injected" in r["message"]
+                  and r["elapsed_s"] < 10 for r in others))
         return ok, {"max_elapsed_s": max(r["elapsed_s"] for r in others)}
     raise SystemExit(f"unknown scenario {name!r}")
 
