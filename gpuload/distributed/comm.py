@@ -82,7 +82,7 @@ class Coordinator:
             )
         # Poll fast at first (MPI progresses on Test), then back off so that waiting ranks
         # leave the CPU to the ones reading.
-        self._nap = min(0.002, self._nap * 2 or 0.00005)
+        self._nap = min(0.0002, self._nap * 2 or 0.00005)
         time.sleep(self._nap)
 
     def wait(self, requests, what: str) -> None:
