@@ -10,8 +10,12 @@ Scenarios (an embedding of ROWS x 64 float32, 1048576 rows = 256 MiB, saved whol
   replicated  every rank loads the 4 row parts; values exact; storage bytes summed <= 1.05x
   sharded     part k on /job:worker/task:k: rank k holds part k only, reads <= 1.05x a part
   corrupt     a flipped byte: every rank raises ChecksumError with the same text
+  mixed       ranks with different checkpoints (one with none), strings, two loads in a row
   rank_fails  rank 1's init_from_checkpoint raises: the others raise within the timeout
   reader_fails  rank 2's reads fail mid-load: the others raise at once (abort message), not at the timeout
+  gpu_replicated, gpu_sharded  the first two on /device:GPU:0 of each rank (NCCL when every rank
+              has its own GPU, else MPI through pinned host memory); GPULOAD_TEST_EXPECT_TRANSPORT
+              checks which one ran
 """
 
 from __future__ import annotations
@@ -24,6 +28,14 @@ import traceback
 
 import numpy as np
 from mpi4py import MPI
+
+if os.environ.get("GPULOAD_TEST_GPU_PER_RANK") == "1":
+    # One process per GPU, as launchers do: rank k sees only the k-th visible GPU (set
+    # before CuPy initialises CUDA; gpuload imports CuPy only when a GPU is used).
+    _visible = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(
+        str(i) for i in range(int(os.environ.get("GPULOAD_TEST_NGPUS", "1"))))
+    _ids = _visible.split(",")
+    os.environ["CUDA_VISIBLE_DEVICES"] = _ids[MPI.COMM_WORLD.rank % len(_ids)]
 
 import gpuload as tf1
 from gpuload.distributed import NotLocalError
@@ -162,6 +174,70 @@ def reader_fails(comm, workdir, rows, timeout=60.0):
                 "timeout": timeout, "assigned": [p.is_initialized() for p in emb._get_variable_list()]}
 
 
+def gpu_replicated(comm, workdir, rows):
+    prefix = write(comm, workdir, rows)
+    emb = make_emb(rows, "/device:GPU:0")
+    tf1.init_from_checkpoint(prefix, {"emb": "emb"})
+    run_load(comm)  # the first load builds the NCCL communicator and compiles the kernels
+    wall = run_load(comm)
+    exact = all(np.array_equal(p.numpy().view(np.uint32), part_expected(rows, k).view(np.uint32))
+                for k, p in enumerate(emb._get_variable_list()))
+    st = tf1.loader.last_stats()[0]
+    return {"exact": exact, "bytes_read": st.bytes_read, "bytes_received": st.bytes_received,
+            "transport": st.transport, "wall_s": wall, "tensor_bytes": rows * COLS * 4,
+            "gbps_received": st.bytes_received / wall / 1e9}
+
+
+def gpu_sharded(comm, workdir, rows):
+    prefix = write(comm, workdir, rows)
+    emb = make_emb(rows, [f"/job:worker/task:{k % comm.size}/device:GPU:0" for k in range(PARTS)])
+    tf1.init_from_checkpoint(prefix, {"emb": "emb"})
+    wall = run_load(comm)
+    parts = emb._get_variable_list()
+    held = [k for k in range(PARTS) if k % comm.size == comm.rank]
+    exact = all(np.array_equal(parts[k].numpy().view(np.uint32), part_expected(rows, k).view(np.uint32))
+                for k in held)
+    st = tf1.loader.last_stats()[0]
+    return {"exact": exact, "bytes_read": st.bytes_read, "part_bytes": sum(parts[k].value().nbytes for k in held),
+            "transport": st.transport, "wall_s": wall}
+
+
+def mixed(comm, workdir, rows):
+    """Ranks with different checkpoints, nothing to load, strings, two loads in a row."""
+    rows = min(rows, 1 << 14)
+    a = write(comm, workdir, rows)
+    b = os.path.join(workdir, "ckpt-b")
+    w = np.arange(1000 * 8, dtype=np.float64).reshape(1000, 8)
+    words = np.array([b"alpha", b"beta", b"gamma"], dtype=object)
+    if comm.rank == 0:
+        tf1.save_checkpoint(b, {"w": w, "words": words})
+    comm.Barrier()
+    tf1.reset_default_graph()
+    got = {}
+    if comm.rank in (0, 1):
+        emb = tf1.get_variable("emb", shape=[rows, COLS], partitioner=tf1.fixed_size_partitioner(3))
+        tf1.init_from_checkpoint(a, {"emb": "emb"})
+        got["emb"] = lambda: np.concatenate([p.value() for p in emb._get_variable_list()]).view(np.uint32)
+    if comm.rank in (1, 3):
+        wv = tf1.get_variable("w", shape=[1000, 8], dtype="float64",
+                              device="/job:worker/task:3/device:CPU:0" if comm.rank == 3 else "/cpu:0")
+        sv = tf1.get_variable("words", shape=[3], dtype="string")
+        tf1.init_from_checkpoint(b, {"w": "w", "words": "words"})
+        got["w"] = lambda: wv.value()
+        got["words"] = lambda: sv.value()
+    own = tf1.get_variable("own", shape=[5], initializer=tf1.ones_initializer())
+    run_load(comm)
+    run_load(comm)  # a second collective load over the same communicator
+    ok = np.array_equal(own.value(), np.ones(5, np.float32))
+    if "emb" in got:
+        ok = ok and np.array_equal(got["emb"](), expected(rows).view(np.uint32))
+    if "w" in got:
+        ok = ok and np.array_equal(got["w"](), w) and list(got["words"]()) == list(words)
+    stats = tf1.loader.last_stats()
+    return {"ok": bool(ok), "loaded": sorted(got), "bytes_read": sum(s.bytes_read for s in stats),
+            "checkpoints": len(stats)}
+
+
 def check(name, results, rows):
     """The pass/fail decision, made on rank 0 over every rank's result."""
     tensor = rows * COLS * 4
@@ -188,6 +264,16 @@ def check(name, results, rows):
               all(r["raised"] == "CollectiveError" and "rank 2" in r["message"] and "injected" in r["message"]
                   and r["elapsed_s"] < 10 for r in others))
         return ok, {"max_elapsed_s": max(r["elapsed_s"] for r in others)}
+    if name == "mixed":
+        return all(r["ok"] for r in results) and all(r["checkpoints"] == 2 for r in results), {}
+    if name in ("gpu_replicated", "gpu_sharded"):
+        want = os.environ.get("GPULOAD_TEST_EXPECT_TRANSPORT")
+        total = sum(r["bytes_read"] for r in results)
+        ok = all(r["exact"] and (want is None or r["transport"] == want) for r in results)
+        ok = ok and total <= 1.05 * tensor
+        if name == "gpu_sharded":
+            ok = ok and all(r["bytes_read"] <= 1.05 * r["part_bytes"] for r in results)
+        return ok, {"total_read": total, "transport": sorted({r["transport"] for r in results})}
     raise SystemExit(f"unknown scenario {name!r}")
 
 

@@ -152,3 +152,22 @@ def test_single_process_does_not_import_mpi4py():
             "print('mpi4py' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_nccl_only_when_every_rank_has_its_own_gpu_and_every_destination_is_on_one():
+    pytest.importorskip("mpi4py")  # gpuload.distributed.load imports it
+    import types
+
+    from gpuload.distributed.load import use_nccl_for
+    from gpuload.distributed.nccl import nccl_device
+
+    gpu = types.SimpleNamespace(destinations=[types.SimpleNamespace(device="/device:GPU:0")] * 2)
+    cpu = types.SimpleNamespace(destinations=[types.SimpleNamespace(device="/device:CPU:0")])
+    a, b = (0, "host1:0000:1b:00.0"), (0, "host2:0000:1b:00.0")
+    assert use_nccl_for(gpu, [a, b])
+    assert not use_nccl_for(gpu, [a, a])  # two ranks on one GPU: NCCL refuses, MPI it is
+    assert not use_nccl_for(gpu, [a, None])  # a rank without NCCL
+    assert not use_nccl_for(cpu, [a, b])
+    assert not use_nccl_for(types.SimpleNamespace(destinations=[]), [a, b])
+    assert nccl_device(["/device:CPU:0"]) is None
+    assert nccl_device(["/device:GPU:0", "/device:GPU:1"]) is None  # one GPU per rank

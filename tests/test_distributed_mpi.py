@@ -25,7 +25,9 @@ def _mpiexec():
 
 def _missing():
     try:
-        import mpi4py  # noqa: F401
+        import mpi4py
+
+        del mpi4py
     except ImportError:
         return "mpi4py is not installed (pip install -e '.[mpi]')"
     if _mpiexec() is None:
@@ -36,8 +38,8 @@ def _missing():
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
 
 
-def run_scenario(name, tmp_path, rows=None, timeout=110):
-    cmd = [_mpiexec(), "-n", "4", sys.executable, str(ROOT / "tests" / "mpi_scenarios.py"), name, str(tmp_path)]
+def run_scenario(name, tmp_path, rows=None, timeout=110, ranks=4):
+    cmd = [_mpiexec(), "-n", str(ranks), sys.executable, str(ROOT / "tests" / "mpi_scenarios.py"), name, str(tmp_path)]
     if rows:
         cmd.append(str(rows))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -84,3 +86,8 @@ def test_rank_failing_before_the_load_times_out_the_others(tmp_path):
 def test_rank_failing_during_the_load_aborts_the_others_at_once(tmp_path):
     r = run_scenario("reader_fails", tmp_path)
     assert r["max_elapsed_s"] < 10  # the timeout is 60 s: the abort message, not the deadline
+
+
+def test_ranks_with_different_checkpoints_strings_and_nothing_to_load(tmp_path):
+    r = run_scenario("mixed", tmp_path, rows=1 << 14)
+    assert [x["loaded"] for x in r["ranks"]] == [["emb"], ["emb", "w", "words"], [], ["w", "words"]]

@@ -61,6 +61,7 @@ class Coordinator:
         self.timeout = 300.0
         self._last = time.monotonic()
         self._nap = 0.0
+        self.nccl: dict = {}  # CUDA device -> NcclTransport, built on first use (collectively)
 
     # ---- deadlines
 

@@ -30,7 +30,6 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-import gpuload.device.host  # noqa: F401  (the CPU backend)
 from gpuload.device.placement import CPU, backend_for
 from gpuload.distributed.assign import collective_plan
 from gpuload.distributed.comm import ABORT_TAG, CollectiveError, coordinator_for
@@ -42,7 +41,7 @@ from gpuload.io.ring import ALIGN
 from gpuload.plan import Request, build_plan
 from gpuload.scheduler import LoadStats, _verify
 
-__all__ = ["CollectiveStats", "collective_load"]
+__all__ = ["CollectiveStats", "collective_load", "use_nccl_for"]
 
 _PIECE = 4 << 20  # read and CRC in pieces of this size (the CRC runs while the piece is in cache)
 
@@ -60,6 +59,7 @@ class CollectiveStats(LoadStats):
     bytes_sent: int = 0
     bytes_received: int = 0
     bytes_read_per_rank: tuple = ()
+    transport: str = "mpi"  # "nccl" when chunks moved GPU to GPU
 
 
 def _requests(variables):
@@ -100,7 +100,9 @@ def collective_load(variables, cfg) -> list[CollectiveStats]:
             build_plan(Bundle.open(prefix), reqs, chunk_bytes=cfg.chunk_bytes, gap_bytes=cfg.gap_bytes,
                        verify_crc=cfg.verify_crc, allow_cast=allow_cast)
             needs[prefix] = (reqs, allow_cast)
-        payload = {"needs": needs, "settings": (cfg.chunk_bytes, cfg.gap_bytes, cfg.verify_crc)}
+        payload = {"needs": needs, "settings": (cfg.chunk_bytes, cfg.gap_bytes, cfg.verify_crc),
+                   "nccl": _nccl_device([v.device for v in variables]) if any(
+                       v.device != CPU for v in variables) or not variables else None}
     except Exception as exc:  # noqa: BLE001 - every error must reach the other ranks
         local_error = exc
         payload = {"error": f"{type(exc).__name__}: {exc}"}
@@ -188,7 +190,9 @@ def _load_one(co, cfg, prefix, everyone):
     plan = build_plan(bundle, requests, chunk_bytes=cfg.chunk_bytes, gap_bytes=cfg.gap_bytes,
                       verify_crc=cfg.verify_crc, allow_cast=allow_cast)
     cplan = collective_plan(plan, owners, co.size)
-    stats = CollectiveStats(rank=co.rank, nranks=co.size,
+    nccl_devs = [e.get("nccl") for e in everyone]
+    use_nccl = use_nccl_for(plan, nccl_devs)
+    stats = CollectiveStats(rank=co.rank, nranks=co.size, transport="nccl" if use_nccl else "mpi",
                             bytes_read_per_rank=tuple(cplan.bytes_read_by(r) for r in range(co.size)))
     mine = [i for i, o in enumerate(owners) if o == co.rank]
     backends = {plan.destinations[i].device: backend_for(plan.destinations[i].device) for i in mine}
@@ -206,7 +210,16 @@ def _load_one(co, cfg, prefix, everyone):
         finally:
             if reader is not None:
                 reader.close()
-        crcs = _execute(co, cfg, cplan, dests, backends, stats)
+        transport = None
+        if use_nccl:
+            from gpuload.distributed.nccl import NcclTransport
+
+            dev = nccl_devs[co.rank][0]
+            transport = co.nccl.get(dev)
+            if transport is None:
+                transport = co.nccl[dev] = NcclTransport(co, dev)
+            backends.setdefault(f"/device:GPU:{dev}", backend_for(f"/device:GPU:{dev}"))
+        crcs = _execute(co, cfg, cplan, dests, backends, stats, transport)
         for b in backends.values():
             b.synchronize()
     finally:
@@ -224,7 +237,25 @@ class _Op:
         self.t, self.slot, self.view, self.reqs, self.copied, self.tokens = t, slot, view, reqs, copied, []
 
 
-def _execute(co, cfg, cplan, dests, backends, stats):
+def use_nccl_for(plan, nccl_devs) -> bool:
+    """Whether a load moves chunks with NCCL: every destination on a GPU, every rank with
+    NCCL and a GPU of its own (NCCL refuses two ranks on one GPU).
+
+    ``nccl_devs``: each rank's :func:`gpuload.distributed.nccl.nccl_device` answer. The
+    decision uses only exchanged data, so every rank takes the same one.
+    """
+    return (bool(plan.destinations) and all(d is not None for d in nccl_devs)
+            and len({d[1] for d in nccl_devs}) == len(nccl_devs)
+            and all(d.device.startswith("/device:GPU:") for d in plan.destinations))
+
+
+def _nccl_device(devices):
+    from gpuload.distributed.nccl import nccl_device  # imports CuPy only when asked
+
+    return nccl_device(devices)
+
+
+def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
     """Move this rank's chunks: read its own, send and receive the rest; return its CRCs."""
     plan, rank = cplan.plan, co.rank
     involved = [t for t in cplan.transfers if t.reader == rank or rank in t.receivers]
@@ -239,8 +270,11 @@ def _execute(co, cfg, cplan, dests, backends, stats):
             if cplan.owners[cp.dest] == rank:
                 groups[plan.destinations[cp.dest].device].append(cp)
         by_device.append(list(groups.items()))
+    mine_copies = [[c for _, cs in groups for c in cs] for groups in by_device]
     # Pinned slots when this rank loads into a GPU, page-aligned host memory otherwise.
     gpu = [b for dev, b in backends.items() if dev != CPU]
+    if transport is not None:
+        gpu = [backends[f"/device:GPU:{transport.device}"]]
     slot_backend = gpu[0] if gpu else backend_for(CPU)
     nslots = max(2, min(cfg.ring_slots, len(involved)))
     slot_bytes = max(t.size for t in involved) + (2 * ALIGN if cfg.direct_io else 0)
@@ -317,16 +351,30 @@ def _execute(co, cfg, cplan, dests, backends, stats):
                     del reads[p]
                     view, crcs[t.chunk] = fut.result()
                     stats.bytes_read += t.size
-                    if t.broadcast:
+                    if transport is not None:
+                        reqs = []
+                    elif t.broadcast:
                         reqs = [co.pc.Ibcast([view, MPI.BYTE], root=rank)]
                     else:
                         reqs = [co.pc.Isend([view, MPI.BYTE], dest=r, tag=tag) for r in t.receivers]
                     stats.bytes_sent += t.size * len(t.receivers)
                     op = _Op(t, slot, view, reqs, copied=False)
-                    apply(op, p)  # the sends only read the slot too
+                    if transport is not None:
+                        op.reqs = []
+                        op.tokens.append(transport.post(t, rank, slot, view, mine_copies[p], dests, dtypes))
+                    else:
+                        apply(op, p)  # the sends only read the slot too
                     op.copied = True
                 else:
                     slot = recv_slots.pop(p)
+                    if transport is not None:  # NCCL receives straight into device staging
+                        op = _Op(t, slot, None, [], copied=True)
+                        op.tokens.append(transport.post(t, rank, slot, None, mine_copies[p], dests, dtypes))
+                        stats.bytes_received += t.size
+                        inflight[p] = op
+                        p += 1
+                        moved = True
+                        continue
                     view = memoryview(buffer(slot)).cast("B")[: t.size]
                     if t.broadcast:
                         reqs = [co.pc.Ibcast([view, MPI.BYTE], root=t.reader)]
@@ -359,6 +407,13 @@ def _execute(co, cfg, cplan, dests, backends, stats):
                 co.idle(f"moving chunk {involved[min(p, len(involved) - 1)].chunk} of {len(plan.chunks)}")
         ok = True
     finally:
+        if transport is not None:
+            if ok:
+                transport.close()
+            else:
+                co.retire("NCCL transfer abandoned")
+                transport.abort()
+                co.nccl.clear()
         if not ok and not _abandon(co, inflight, buffers):
             buffers = []  # kept alive by the coordinator: an abandoned MPI operation may touch them
         pool.shutdown(wait=True, cancel_futures=True)
