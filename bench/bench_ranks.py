@@ -54,9 +54,9 @@ def main(argv=None) -> int:
         print("gpuload bench --ranks: no mpiexec found; pip install 'gpuload[mpi]'", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        cmd = [mpiexec, "-n", str(args.ranks), sys.executable, __file__, "--worker", "--dir", tmp,
-               *[a for a in (argv if argv is not None else sys.argv[1:]) if a != "--worker"]]
-        # The user's --dir (if any) is replaced by the temporary folder inside it.
+        # The user's --dir (if any) gives way to the temporary folder inside it (argparse: last wins).
+        cmd = [mpiexec, "-n", str(args.ranks), sys.executable, __file__,
+               *[a for a in (argv if argv is not None else sys.argv[1:]) if a != "--worker"], "--worker", "--dir", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:

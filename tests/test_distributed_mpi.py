@@ -91,3 +91,14 @@ def test_rank_failing_during_the_load_aborts_the_others_at_once(tmp_path):
 def test_ranks_with_different_checkpoints_strings_and_nothing_to_load(tmp_path):
     r = run_scenario("mixed", tmp_path, rows=1 << 14)
     assert [x["loaded"] for x in r["ranks"]] == [["emb"], ["emb", "w", "words"], [], ["w", "words"]]
+
+
+def test_bench_ranks_reports_bytes_per_rank_for_both_loads(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "gpuload", "bench", "--ranks", "2", "--size", "2MiB",
+                          "--dir", str(tmp_path), "--json", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, timeout=110, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert sum(res["collective"]["bytes_read"]) == res["tensor_bytes"]  # each byte read once
+    assert sum(res["naive"]["bytes_read"]) == 2 * res["tensor_bytes"]  # every rank reads it all
+    assert "collective" in out.stdout and "naive" in out.stdout

@@ -61,6 +61,7 @@ class Coordinator:
         self.timeout = 300.0
         self._last = time.monotonic()
         self._nap = 0.0
+        self._idle_rounds = 0
         self.nccl: dict = {}  # CUDA device -> NcclTransport, built on first use (collectively)
 
     # ---- deadlines
@@ -69,6 +70,7 @@ class Coordinator:
         """Something moved: the deadline restarts."""
         self._last = time.monotonic()
         self._nap = 0.0
+        self._idle_rounds = 0
 
     def idle(self, what: str) -> None:
         """Nothing moved this round: check for aborts and the deadline, then nap briefly."""
@@ -83,7 +85,8 @@ class Coordinator:
             )
         # Poll fast at first (MPI progresses on Test), then back off so that waiting ranks
         # leave the CPU to the ones reading.
-        self._nap = min(0.0002, self._nap * 2 or 0.00005)
+        self._nap = min(0.0002, self._nap * 2 or 0.00001) if self._idle_rounds > 50 else 0.0
+        self._idle_rounds += 1
         time.sleep(self._nap)
 
     def wait(self, requests, what: str) -> None:

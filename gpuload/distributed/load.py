@@ -289,9 +289,14 @@ def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
             buffers[slot] = slot_backend.alloc_host_slots(1, slot_bytes)[0]
         return buffers[slot]
 
-    def read(t, slot):
+    # A chunk that is exactly one dense run of one host destination is read or received
+    # straight into it: no slot, no copy (row parts of a tensor saved whole).
+    direct = [None if cfg.direct_io or transport is not None else _single_target(plan, t, dests, rank, cplan.owners)
+              for t in involved]
+
+    def read(t, slot, target=None):
         chunk = plan.chunks[t.chunk]
-        buf = buffer(slot)
+        buf = buffer(slot) if target is None else target
         tr = time.perf_counter()
         if cfg.direct_io:
             view = files.read(chunk.file, chunk.offset, chunk.size, buf)
@@ -335,7 +340,7 @@ def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
                 slot = free.pop()
                 t = involved[a]
                 if t.reader == rank:
-                    reads[a] = (pool.submit(read, t, slot), slot)
+                    reads[a] = (pool.submit(read, t, slot, direct[a]), slot)
                 else:
                     recv_slots[a] = slot
                 a += 1
@@ -362,6 +367,8 @@ def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
                     if transport is not None:
                         op.reqs = []
                         op.tokens.append(transport.post(t, rank, slot, view, mine_copies[p], dests, dtypes))
+                    elif direct[p] is not None:
+                        pass  # read in place: the destination already holds the bytes
                     else:
                         apply(op, p)  # the sends only read the slot too
                     op.copied = True
@@ -375,12 +382,12 @@ def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
                         p += 1
                         moved = True
                         continue
-                    view = memoryview(buffer(slot)).cast("B")[: t.size]
+                    view = memoryview(buffer(slot) if direct[p] is None else direct[p]).cast("B")[: t.size]
                     if t.broadcast:
                         reqs = [co.pc.Ibcast([view, MPI.BYTE], root=t.reader)]
                     else:
                         reqs = [co.pc.Irecv([view, MPI.BYTE], source=t.reader, tag=tag)]
-                    op = _Op(t, slot, view, reqs, copied=False)
+                    op = _Op(t, slot, view, reqs, copied=direct[p] is not None)
                 inflight[p] = op
                 p += 1
                 moved = True
@@ -425,6 +432,22 @@ def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
         if live:
             slot_backend.free_host_slots(live)
     return crcs
+
+
+def _single_target(plan, t, dests, rank, owners):
+    """The destination bytes that are exactly chunk ``t`` (one dense host copy, no cast), else None."""
+    chunk = plan.chunks[t.chunk]
+    mine = [c for c in chunk.copies if owners[c.dest] == rank]
+    if len(mine) != 1:
+        return None
+    cp = mine[0]
+    d = plan.destinations[cp.dest]
+    if (d.src_dtype != d.dtype or d.device != CPU or not cp.is_contiguous()
+            or cp.src_offset != 0 or cp.size * d.dtype.itemsize != chunk.size
+            or not isinstance(dests[cp.dest], np.ndarray)):
+        return None
+    start = cp.dst_offset * d.dtype.itemsize
+    return dests[cp.dest].reshape(-1).view(np.uint8)[start:start + chunk.size]
 
 
 def _abandon(co, inflight, buffers) -> bool:
