@@ -120,18 +120,15 @@ def collective_load(variables, cfg) -> list[CollectiveStats]:
     results = []  # (variables, arrays), assigned only after every checkpoint loaded
     stats_all = []
     for prefix in sorted({p for e in everyone for p in e["needs"]}):
-        local_error = None
-        arrays, stats, crcs = {}, None, {}
         try:
             cplan, arrays, stats, crcs = _load_one(co, cfg, prefix, everyone)
             payload = {"crcs": crcs}
-        except Exception as exc:  # noqa: BLE001
-            local_error = exc
+        except BaseException as exc:  # also KeyboardInterrupt: the others must not wait for the timeout
             if co.broken is None:
                 co.abort(f"{type(exc).__name__}: {exc}")
             raise
+        # Doubles as the last barrier: a rank that failed sent an abort instead of joining.
         answers = co.allgather(payload, "exchanging the readers' CRCs")
-        _raise_if_failed(co, answers, local_error, "during the load")
         if cfg.verify_crc:
             _check_crcs(co, cplan.plan, answers)
         mine = groups.get(prefix, [])
