@@ -10,13 +10,17 @@ Steps of :func:`collective_load` (every rank runs them, in this order):
 3. Plan (pure, identical on every rank): per checkpoint, the global plan of all ranks'
    requests and the reader and receivers of each chunk
    (:func:`gpuload.distributed.assign.collective_plan`).
-4. Execute: reader threads read this rank's chunks into ring slots and CRC them; the
-   calling thread posts, in chunk order, ``Ibcast`` (chunks every rank needs) or
-   ``Isend``/``Irecv`` (the others) of each slot, and applies this rank's box copies to
-   each chunk that arrived, through the usual device backends.
-5. Exchange (``Iallgather``): the partial CRCs each reader computed, or its error. Every
-   rank combines them in order (``crc32c_combine``) and checks every entry: a mismatch
-   raises the same :class:`~gpuload.errors.ChecksumError` text on every rank.
+4. Execute: reader threads read this rank's chunks into ring slots (or straight into a
+   destination a chunk exactly fills) and CRC them; the calling thread posts, in chunk
+   order, ``Ibcast`` (chunks every rank needs) or ``Isend``/``Irecv`` (the others), and
+   applies this rank's box copies to each chunk that arrived, through the usual device
+   backends. With every destination on a GPU and one GPU per rank, chunks move GPU to GPU
+   with NCCL instead (:mod:`gpuload.distributed.nccl`).
+5. Exchange (``Iallgather``): the partial CRCs each reader computed. Every rank combines
+   them in order (``crc32c_combine``) and checks every entry: a mismatch raises the same
+   :class:`~gpuload.errors.ChecksumError` text on every rank. A rank that failed in step 4
+   sent the others an abort message instead (they raise
+   :class:`~gpuload.distributed.comm.CollectiveError` with its error text).
 6. Only then are the values assigned: a failed load assigns nothing on any rank.
 """
 
