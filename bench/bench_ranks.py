@@ -9,7 +9,8 @@ rank loads it into a variable of ``--parts`` row parts, twice, each after a barr
 * naive: no communicator: every rank reads everything it needs itself.
 
 Layouts: ``replicated`` (every rank holds every part) or ``sharded`` (part k on
-``/job:worker/task:k``, so rank k holds part k; needs ``--parts`` = N). It prints the
+``/job:worker/task:k``, so rank k holds part k; needs ``--parts`` = N), on the CPU or, with
+``--device gpu``, on one GPU per rank (chunks then move with NCCL). It prints the
 storage bytes read per rank and in total, and the wall time (slowest rank), for both.
 The page cache is warm after the first load, so times compare transport costs, not disks.
 """
@@ -35,6 +36,9 @@ def _parser():
     p.add_argument("--parts", type=int, help="row parts (default: --ranks)")
     p.add_argument("--layout", choices=["replicated", "sharded"], default="replicated")
     p.add_argument("--crc", choices=["on", "off"], default="on")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                   help="where the parts live; gpu: one GPU per rank (rank k sees the k-th visible GPU), "
+                        "chunks move with NCCL")
     p.add_argument("--dir", help="where the checkpoint is written (default: a temporary folder)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for the whole run")
@@ -71,8 +75,8 @@ def main(argv=None) -> int:
 
 def _report(res) -> str:
     mib = 1 << 20
-    out = [f"{res['ranks']} ranks, {res['layout']}, tensor {res['tensor_bytes'] / mib:.0f} MiB in "
-           f"{res['parts']} row parts, CRC {res['crc']}"]
+    out = [f"{res['ranks']} ranks, {res['layout']} on {res['device']}, tensor {res['tensor_bytes'] / mib:.0f} MiB "
+           f"in {res['parts']} row parts, CRC {res['crc']}, collective transport {res.get('transport', '-')}"]
     out.append(f"{'load':<11} {'wall s':>8} {'total read MiB':>15} {'x tensor':>9}   read MiB per rank")
     for mode in ("collective", "naive"):
         r = res[mode]
@@ -85,6 +89,15 @@ def _report(res) -> str:
 def _worker(args) -> int:
     import numpy as np
     from mpi4py import MPI
+
+    if args.device == "gpu":  # one process per GPU, before CuPy initialises CUDA
+        import subprocess as sp
+
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [
+            ln.split(":")[0].split()[-1] for ln in sp.run(["nvidia-smi", "-L"], capture_output=True,
+                                                          text=True).stdout.splitlines() if ln.startswith("GPU")]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ids[MPI.COMM_WORLD.rank % len(ids)]
 
     import gpuload as tf1
     from gpuload.config import parse_size
@@ -99,10 +112,10 @@ def _worker(args) -> int:
     if args.layout == "sharded":
         if parts != comm.size:
             raise SystemExit("--layout sharded needs --parts equal to --ranks")
-        devices = [f"/job:worker/task:{k}/device:CPU:0" for k in range(parts)]
+        devices = [f"/job:worker/task:{k}/device:{args.device.upper()}:0" for k in range(parts)]
     else:
-        devices = "/device:CPU:0"
-    res = {"ranks": comm.size, "layout": args.layout, "parts": parts, "crc": args.crc,
+        devices = f"/device:{args.device.upper()}:0"
+    res = {"ranks": comm.size, "layout": args.layout, "parts": parts, "crc": args.crc, "device": args.device,
            "tensor_bytes": rows * 64 * 4}
     for mode in ("collective", "naive"):
         tf1.reset_default_graph()
@@ -121,7 +134,10 @@ def _worker(args) -> int:
             else:
                 tf1.global_variables_initializer().run()
         wall = time.perf_counter() - t
-        read = sum(s.bytes_read for s in tf1.loader.last_stats())
+        stats = tf1.loader.last_stats()
+        read = sum(s.bytes_read for s in stats)
+        if mode == "collective" and comm.rank == 0:
+            res["transport"] = stats[0].transport if stats else "-"
         walls = comm.gather(wall, root=0)
         reads = comm.gather(read, root=0)
         if comm.rank == 0:
