@@ -216,7 +216,8 @@ def _run_bench(argv) -> int:
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_load.py"
+    ranks = any(a == "--ranks" or a.startswith("--ranks=") for a in argv)  # bench/bench_ranks.py
+    path = Path(__file__).resolve().parents[1] / "bench" / ("bench_ranks.py" if ranks else "bench_load.py")
     if not path.exists():
         print(f"gpuload bench: the benchmark lives in the source checkout ({path} not found); "
               "see bench/README.md", file=sys.stderr)

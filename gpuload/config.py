@@ -17,6 +17,11 @@ field                 environment variable       default       memory cost
 ``gap_bytes``         ``GPULOAD_GAP_BYTES``      1 MiB         none; holes smaller than this between
                                                                needed byte ranges are read through
 ``progress``          ``GPULOAD_PROGRESS``       off           none; a tqdm bar on stderr during loads
+``communicator``      (none: set in code)        None          none; an mpi4py communicator makes every
+                                                               initializer run collective over its ranks
+                                                               (see :mod:`gpuload.distributed`)
+``collective_timeout`` ``GPULOAD_COLLECTIVE_``   300 s         none; the longest any rank waits for the
+                      ``TIMEOUT``                              others in a collective load before raising
 ====================  =========================  ============  ==========================================
 
 Sizes accept suffixes (``64MiB``, ``1GiB``, ``512K``). Use :func:`get` to read the active
@@ -75,6 +80,10 @@ class Config:
     direct_io: bool = False
     gap_bytes: int = 1 * _MIB
     progress: bool = False
+    # An mpi4py communicator: no environment variable, never compared or hashed (MPI handles
+    # are not values), and gpuload never imports mpi4py unless one is set.
+    communicator: object = dataclasses.field(default=None, compare=False, hash=False, metadata={"env": False})
+    collective_timeout: float = 300.0
 
     def __post_init__(self):
         for name in ("ring_bytes", "chunk_bytes", "gap_bytes"):
@@ -93,6 +102,13 @@ class Config:
             raise ValueError(f"reader_threads must be >= 1, got {self.reader_threads}")
         if self.gap_bytes < 0:
             raise ValueError(f"gap_bytes must be >= 0, got {self.gap_bytes}")
+        object.__setattr__(self, "collective_timeout", float(self.collective_timeout))
+        if not self.collective_timeout > 0:
+            raise ValueError(f"collective_timeout must be > 0 seconds, got {self.collective_timeout}")
+        if self.communicator is not None and not (hasattr(self.communicator, "Get_rank")
+                                                  and hasattr(self.communicator, "Get_size")):
+            raise TypeError(f"communicator must be an mpi4py communicator (e.g. MPI.COMM_WORLD) or None, "
+                            f"got {type(self.communicator).__name__}")
 
     @property
     def ring_slots(self) -> int:
@@ -105,6 +121,8 @@ class Config:
         environ = os.environ if environ is None else environ
         kwargs, keys = {}, {}
         for f in dataclasses.fields(cls):
+            if f.metadata.get("env") is False:
+                continue
             key = "GPULOAD_" + f.name.upper()
             if key in environ:
                 kwargs[f.name] = environ[key]

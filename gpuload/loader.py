@@ -47,6 +47,11 @@ def load_checkpoint_sources(variables) -> None:
     variable assigned.
     """
     cfg = config_mod.get()
+    if cfg.communicator is not None:  # collective over the ranks: gpuload.distributed
+        from gpuload.distributed.load import collective_load
+
+        _last_stats[:] = collective_load(variables, cfg)
+        return
     groups = collections.defaultdict(list)
     for v in variables:
         groups[v._init_source.prefix].append(v)

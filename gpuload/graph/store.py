@@ -88,6 +88,12 @@ AUTO_REUSE = _ReuseMode.AUTO_REUSE
 # --------------------------------------------------------------------------- helpers
 
 
+def _task_of(spec):
+    from gpuload.distributed.placement import task_of  # pure string parsing, no MPI
+
+    return task_of(spec)
+
+
 def _placement():
     # Imported late: the device layer may import CuPy, and the store must import without it.
     from gpuload.device import placement
@@ -331,6 +337,8 @@ class Variable:
         self._save_slice_info = save_slice_info
         self._init_source = None
         self._value = None
+        self._task = None  # the task of a '/job:w/task:K/...' device: its rank under a communicator
+        self._not_local = None  # set by a collective run on ranks other than _task (no buffer here)
         self._frames = _frames or []
 
     # ---- identity
@@ -387,6 +395,8 @@ class Variable:
         UninitializedVariableError
             Before any initializer ran.
         """
+        if self._value is None and self._not_local is not None:
+            raise self._not_local(self)
         if self._value is None:
             raise UninitializedVariableError(
                 f"variable {self.name!r} is not initialized; run "
@@ -623,6 +633,7 @@ class _ThreadState(threading.local):
     def __init__(self):
         self.scopes: list[VariableScope] = [VariableScope(False)]
         self.devices: list[str | None] = []
+        self.tasks: list[int | None] = []
 
 
 _state = _ThreadState()
@@ -704,10 +715,12 @@ def device(spec):
     """
     dev = None if spec is None else _placement().canonical_device(spec)
     _state.devices.append(dev)
+    _state.tasks.append(_task_of(spec))
     try:
         yield dev
     finally:
         _state.devices.pop()
+        _state.tasks.pop()
 
 
 def _context_device() -> str:
@@ -820,6 +833,7 @@ class _VariableStore:
             dev = self._resolve_devices(device, 1, dtype, full)[0]
             fn = self._init_fn(full, initializer, value, shape, dtype, dev, None)
             var = Variable(full, shape, dtype, dev, fn, trainable=trainable, _frames=_creation_frames())
+            var._task = self._resolve_tasks(device, 1)[0]
             self.vars[full] = var
             return var
 
@@ -914,6 +928,7 @@ class _VariableStore:
                     f"was the extra shard {full}/part_{n}."
                 )
         devs = self._resolve_devices(device, n, dtype, full)
+        tasks = self._resolve_tasks(device, n)
         frames = _creation_frames()
         parts = []
         for i, (box, dev) in enumerate(zip(boxes, devs)):
@@ -935,6 +950,7 @@ class _VariableStore:
                 save_slice_info=SaveSliceInfo(full, shape, box.start, box.shape),
                 _frames=frames,
             )
+            var._task = tasks[i]
             parts.append(var)
         # Every check passed and every part exists: only now touch the store, so that a
         # failed get_variable leaves nothing half-made behind.
@@ -970,6 +986,17 @@ class _VariableStore:
         for d in dict.fromkeys(devs):
             placement.check_device(d)
         return devs
+
+    @staticmethod
+    def _resolve_tasks(device, n: int) -> list[int | None]:
+        """The task each part's device names (``/job:w/task:K/...``), ``None`` for none."""
+        if device is None:
+            return [_state.tasks[-1] if _state.tasks else None] * n
+        if isinstance(device, str):
+            return [_task_of(device)] * n
+        if isinstance(device, (list, tuple)):
+            return [_task_of(d) for d in device]
+        return [_task_of(device(i)) for i in range(n)]
 
     @staticmethod
     def _init_fn(full, initializer, value, shape, dtype, dev, partition_info):
@@ -1139,10 +1166,17 @@ def _run_initializers(variables: Sequence[Variable]) -> None:
     from gpuload.loader import load_checkpoint_sources
 
     variables = list(dict.fromkeys(variables))  # keep order, drop duplicates
+    from gpuload import config
+
+    collective = config.get().communicator is not None
+    if collective:
+        from gpuload.distributed import local_variables
+
+        variables = local_variables(variables)  # the others' parts hold no buffer on this rank
     sourced = [v for v in variables if v._init_source is not None]
     own = [v for v in variables if v._init_source is None]
     values = [v._initializer_fn() for v in own]
-    if sourced:
+    if sourced or collective:  # with a communicator every rank joins, even with nothing to load
         load_checkpoint_sources(sourced)
         missing = [v.name for v in sourced if v._value is None]
         if missing:

@@ -1,0 +1,301 @@
+"""Multi-process scenarios of the collective load, run under ``mpiexec -n 4``.
+
+Usage: ``mpiexec -n 4 python tests/mpi_scenarios.py SCENARIO WORKDIR [ROWS]``
+
+Every rank runs the scenario; rank 0 gathers every rank's result and prints one line
+``RESULT <json>``; the process exits 1 on any rank whose checks failed. The pytest wrapper
+(tests/test_distributed_mpi.py) launches this with a hard timeout.
+
+Scenarios (an embedding of ROWS x 64 float32, 1048576 rows = 256 MiB, saved whole):
+  replicated  every rank loads the 4 row parts; values exact; storage bytes summed <= 1.05x
+  sharded     part k on /job:worker/task:k: rank k holds part k only, reads <= 1.05x a part
+  corrupt     a flipped byte: every rank raises ChecksumError with the same text
+  mixed       ranks with different checkpoints (one with none), strings, two loads in a row
+  rank_fails  rank 1's init_from_checkpoint raises: the others raise within the timeout
+  reader_fails  rank 2's reads fail mid-load: the others raise at once (abort message), not at the timeout
+  gpu_replicated, gpu_sharded  the first two on /device:GPU:0 of each rank (NCCL when every rank
+              has its own GPU, else MPI through pinned host memory); GPULOAD_TEST_EXPECT_TRANSPORT
+              checks which one ran
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+from mpi4py import MPI
+
+if os.environ.get("GPULOAD_TEST_GPU_PER_RANK") == "1":
+    # One process per GPU, as launchers do: rank k sees only the k-th visible GPU (set
+    # before CuPy initialises CUDA; gpuload imports CuPy only when a GPU is used).
+    _visible = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(
+        str(i) for i in range(int(os.environ.get("GPULOAD_TEST_NGPUS", "1"))))
+    _ids = _visible.split(",")
+    os.environ["CUDA_VISIBLE_DEVICES"] = _ids[MPI.COMM_WORLD.rank % len(_ids)]
+
+import gpuload as tf1
+from gpuload.distributed import NotLocalError
+from gpuload.errors import ChecksumError
+
+COLS = 64
+PARTS = 4
+
+
+def expected(rows):
+    # Every element distinct and bit-exact checkable (compared as uint32).
+    return np.arange(rows * COLS, dtype=np.uint32).reshape(rows, COLS).view(np.float32)
+
+
+def write(comm, workdir, rows, corrupt=False):
+    prefix = os.path.join(workdir, f"ckpt-{rows}")
+    if comm.rank == 0:
+        tf1.save_checkpoint(prefix, {"emb": expected(rows)})
+        if corrupt:
+            data = prefix + ".data-00000-of-00001"
+            with open(data, "r+b") as f:  # a byte in the middle of part 2
+                f.seek(os.path.getsize(data) * 5 // 8)
+                b = f.read(1)
+                f.seek(-1, 1)
+                f.write(bytes([b[0] ^ 0x40]))
+    comm.Barrier()
+    return prefix
+
+
+def make_emb(rows, devices):
+    tf1.reset_default_graph()
+    return tf1.get_variable("emb", shape=[rows, COLS], dtype="float32",
+                            partitioner=tf1.fixed_size_partitioner(PARTS), device=devices)
+
+
+def part_expected(rows, k):
+    full = expected(rows)
+    n = rows // PARTS
+    return full[k * n:(k + 1) * n]
+
+
+def run_load(comm, timeout=None):
+    settings = {"communicator": comm}
+    if timeout is not None:
+        settings["collective_timeout"] = timeout
+    with tf1.config.set(**settings):
+        t = time.perf_counter()
+        tf1.global_variables_initializer().run()
+        return time.perf_counter() - t
+
+
+def replicated(comm, workdir, rows):
+    prefix = write(comm, workdir, rows)
+    emb = make_emb(rows, "/device:CPU:0")
+    tf1.init_from_checkpoint(prefix, {"emb": "emb"})
+    wall = run_load(comm)
+    parts = emb._get_variable_list()
+    exact = all(np.array_equal(p.value().view(np.uint32), part_expected(rows, k).view(np.uint32))
+                for k, p in enumerate(parts))
+    st = tf1.loader.last_stats()[0]
+    return {"exact": exact, "bytes_read": st.bytes_read, "bytes_sent": st.bytes_sent,
+            "bytes_received": st.bytes_received, "wall_s": wall, "tensor_bytes": rows * COLS * 4}
+
+
+def sharded(comm, workdir, rows):
+    prefix = write(comm, workdir, rows)
+    emb = make_emb(rows, [f"/job:worker/replica:0/task:{k}/device:CPU:0" if k % 2 else
+                          f"/job:worker/task:{k}/device:CPU:0" for k in range(PARTS)])
+    tf1.init_from_checkpoint(prefix, {"emb": "emb"})
+    wall = run_load(comm)
+    parts = emb._get_variable_list()
+    mine = parts[comm.rank]
+    exact = np.array_equal(mine.value().view(np.uint32), part_expected(rows, comm.rank).view(np.uint32))
+    others_refuse = []
+    for k, p in enumerate(parts):
+        if k == comm.rank:
+            continue
+        try:
+            p.value()
+            others_refuse.append(False)
+        except NotLocalError as e:
+            others_refuse.append(isinstance(e, ValueError) and f"task {k}" in str(e))
+    st = tf1.loader.last_stats()[0]
+    return {"exact": exact, "others_refuse": all(others_refuse), "bytes_read": st.bytes_read,
+            "part_bytes": mine.value().nbytes, "wall_s": wall, "holds": mine.name,
+            "is_initialized_others": [p.is_initialized() for k, p in enumerate(parts) if k != comm.rank]}
+
+
+def corrupt(comm, workdir, rows):
+    prefix = write(comm, workdir, rows, corrupt=True)
+    emb = make_emb(rows, "/device:CPU:0")
+    tf1.init_from_checkpoint(prefix, {"emb": "emb"})
+    t = time.perf_counter()
+    try:
+        run_load(comm)
+        err = None
+    except ChecksumError as e:
+        err = str(e)
+    return {"error": err, "wall_s": time.perf_counter() - t,
+            "assigned": [p.is_initialized() for p in emb._get_variable_list()]}
+
+
+def rank_fails(comm, workdir, rows, timeout=10.0):
+    prefix = write(comm, workdir, rows)
+    make_emb(rows, "/device:CPU:0")
+    t = time.perf_counter()
+    try:
+        # Rank 1 maps a tensor the checkpoint lacks: ValueError at the call, it never runs the load.
+        tf1.init_from_checkpoint(prefix, {"missing_tensor" if comm.rank == 1 else "emb": "emb"})
+        run_load(comm, timeout=timeout)
+        return {"raised": None, "elapsed_s": time.perf_counter() - t, "timeout": timeout}
+    except Exception as e:  # noqa: BLE001 - the scenario records what each rank raised
+        return {"raised": type(e).__name__, "is_value_error": isinstance(e, ValueError),
+                "message": str(e)[:300], "elapsed_s": time.perf_counter() - t, "timeout": timeout}
+
+
+def reader_fails(comm, workdir, rows, timeout=60.0):
+    """Rank 2's storage fails in the middle of the load: the others raise at once (abort message)."""
+    prefix = write(comm, workdir, rows)
+    emb = make_emb(rows, "/device:CPU:0")
+    tf1.init_from_checkpoint(prefix, {"emb": "emb"})
+    if comm.rank == 2:
+        from gpuload.errors import ShardReadError
+        from gpuload.io import reader
+
+        def broken(self, index, offset, buffers):
+            raise ShardReadError(5, "injected I/O error", self.paths[index])
+
+        reader.ShardFiles.read_into = broken
+    t = time.perf_counter()
+    try:
+        run_load(comm, timeout=timeout)
+        return {"raised": None, "elapsed_s": time.perf_counter() - t, "timeout": timeout}
+    except Exception as e:  # noqa: BLE001
+        return {"raised": type(e).__name__, "message": str(e)[:300], "elapsed_s": time.perf_counter() - t,
+                "timeout": timeout, "assigned": [p.is_initialized() for p in emb._get_variable_list()]}
+
+
+def gpu_replicated(comm, workdir, rows):
+    prefix = write(comm, workdir, rows)
+    emb = make_emb(rows, "/device:GPU:0")
+    tf1.init_from_checkpoint(prefix, {"emb": "emb"})
+    run_load(comm)  # the first load builds the NCCL communicator and compiles the kernels
+    wall = run_load(comm)
+    exact = all(np.array_equal(p.numpy().view(np.uint32), part_expected(rows, k).view(np.uint32))
+                for k, p in enumerate(emb._get_variable_list()))
+    st = tf1.loader.last_stats()[0]
+    return {"exact": exact, "bytes_read": st.bytes_read, "bytes_received": st.bytes_received,
+            "transport": st.transport, "wall_s": wall, "tensor_bytes": rows * COLS * 4,
+            "gbps_received": st.bytes_received / wall / 1e9}
+
+
+def gpu_sharded(comm, workdir, rows):
+    prefix = write(comm, workdir, rows)
+    emb = make_emb(rows, [f"/job:worker/task:{k % comm.size}/device:GPU:0" for k in range(PARTS)])
+    tf1.init_from_checkpoint(prefix, {"emb": "emb"})
+    wall = run_load(comm)
+    parts = emb._get_variable_list()
+    held = [k for k in range(PARTS) if k % comm.size == comm.rank]
+    exact = all(np.array_equal(parts[k].numpy().view(np.uint32), part_expected(rows, k).view(np.uint32))
+                for k in held)
+    st = tf1.loader.last_stats()[0]
+    return {"exact": exact, "bytes_read": st.bytes_read, "part_bytes": sum(parts[k].value().nbytes for k in held),
+            "transport": st.transport, "wall_s": wall}
+
+
+def mixed(comm, workdir, rows):
+    """Ranks with different checkpoints, nothing to load, strings, two loads in a row."""
+    rows = min(rows, 1 << 14)
+    a = write(comm, workdir, rows)
+    b = os.path.join(workdir, "ckpt-b")
+    w = np.arange(1000 * 8, dtype=np.float64).reshape(1000, 8)
+    words = np.array([b"alpha", b"beta", b"gamma"], dtype=object)
+    if comm.rank == 0:
+        tf1.save_checkpoint(b, {"w": w, "words": words})
+    comm.Barrier()
+    tf1.reset_default_graph()
+    got = {}
+    if comm.rank in (0, 1):
+        emb = tf1.get_variable("emb", shape=[rows, COLS], partitioner=tf1.fixed_size_partitioner(3))
+        tf1.init_from_checkpoint(a, {"emb": "emb"})
+        got["emb"] = lambda: np.concatenate([p.value() for p in emb._get_variable_list()]).view(np.uint32)
+    if comm.rank in (1, 3):
+        wv = tf1.get_variable("w", shape=[1000, 8], dtype="float64",
+                              device="/job:worker/task:3/device:CPU:0" if comm.rank == 3 else "/cpu:0")
+        sv = tf1.get_variable("words", shape=[3], dtype="string")
+        tf1.init_from_checkpoint(b, {"w": "w", "words": "words"})
+        got["w"] = lambda: wv.value()
+        got["words"] = lambda: sv.value()
+    own = tf1.get_variable("own", shape=[5], initializer=tf1.ones_initializer())
+    run_load(comm)
+    run_load(comm)  # a second collective load over the same communicator
+    ok = np.array_equal(own.value(), np.ones(5, np.float32))
+    if "emb" in got:
+        ok = ok and np.array_equal(got["emb"](), expected(rows).view(np.uint32))
+    if "w" in got:
+        ok = ok and np.array_equal(got["w"](), w) and list(got["words"]()) == list(words)
+    stats = tf1.loader.last_stats()
+    return {"ok": bool(ok), "loaded": sorted(got), "bytes_read": sum(s.bytes_read for s in stats),
+            "checkpoints": len(stats)}
+
+
+def check(name, results, rows):
+    """The pass/fail decision, made on rank 0 over every rank's result."""
+    tensor = rows * COLS * 4
+    if name == "replicated":
+        total = sum(r["bytes_read"] for r in results)
+        return all(r["exact"] for r in results) and total <= 1.05 * tensor, {"total_read": total,
+                                                                             "ratio": total / tensor}
+    if name == "sharded":
+        ok = all(r["exact"] and r["others_refuse"] and r["bytes_read"] <= 1.05 * r["part_bytes"]
+                 and not any(r["is_initialized_others"]) for r in results)
+        return ok, {"total_read": sum(r["bytes_read"] for r in results)}
+    if name == "corrupt":
+        texts = {r["error"] for r in results}
+        ok = None not in texts and len(texts) == 1 and not any(any(r["assigned"]) for r in results)
+        return ok, {"same_text": len(texts) == 1}
+    if name == "rank_fails":
+        others = [r for i, r in enumerate(results) if i != 1]
+        ok = (results[1]["raised"] == "AssignmentMapError" and
+              all(r["raised"] == "CollectiveTimeoutError" and r["elapsed_s"] <= r["timeout"] + 5 for r in others))
+        return ok, {"max_elapsed_s": max(r["elapsed_s"] for r in others)}
+    if name == "reader_fails":
+        others = [r for i, r in enumerate(results) if i != 2]
+        ok = (results[2]["raised"] == "ShardReadError" and not any(any(r["assigned"]) for r in results) and
+              all(r["raised"] == "CollectiveError" and "rank 2" in r["message"] and "injected" in r["message"]
+                  and r["elapsed_s"] < 10 for r in others))
+        return ok, {"max_elapsed_s": max(r["elapsed_s"] for r in others)}
+    if name == "mixed":
+        return all(r["ok"] for r in results) and all(r["checkpoints"] == 2 for r in results), {}
+    if name in ("gpu_replicated", "gpu_sharded"):
+        want = os.environ.get("GPULOAD_TEST_EXPECT_TRANSPORT")
+        total = sum(r["bytes_read"] for r in results)
+        ok = all(r["exact"] and (want is None or r["transport"] == want) for r in results)
+        ok = ok and total <= 1.05 * tensor
+        if name == "gpu_sharded":
+            ok = ok and all(r["bytes_read"] <= 1.05 * r["part_bytes"] for r in results)
+        return ok, {"total_read": total, "transport": sorted({r["transport"] for r in results})}
+    raise SystemExit(f"unknown scenario {name!r}")
+
+
+def main():
+    name, workdir = sys.argv[1], sys.argv[2]
+    rows = int(sys.argv[3]) if len(sys.argv) > 3 else 1 << 20
+    comm = MPI.COMM_WORLD
+    try:
+        result = globals()[name](comm, workdir, rows)
+    except Exception:  # noqa: BLE001 - reported, then the job fails
+        result = {"crash": traceback.format_exc()}
+    results = comm.gather(result, root=0)
+    ok = True
+    if comm.rank == 0:
+        if any("crash" in r for r in results):
+            ok, extra = False, {}
+        else:
+            ok, extra = check(name, results, rows)
+        print("RESULT " + json.dumps({"scenario": name, "ok": ok, "ranks": results, **extra}), flush=True)
+    ok = comm.bcast(ok, root=0)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
