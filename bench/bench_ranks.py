@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 
-def _parser():
-    p = argparse.ArgumentParser(prog="gpuload bench --ranks N", description=__doc__,
+def _parser(prog: str = "gpuload bench"):
+    p = argparse.ArgumentParser(prog=f"{prog} --ranks N", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ranks", type=int, required=True, help="MPI ranks to launch")
     p.add_argument("--size", default="256MiB", help="tensor size (default 256MiB)")
@@ -46,8 +46,8 @@ def _parser():
     return p
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv=None, prog: str = "gpuload bench") -> int:
+    args = _parser(prog).parse_args(argv)
     if args.worker:
         return _worker(args)
     if args.ranks < 1:
