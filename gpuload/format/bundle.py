@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import math
 import os
+import stat
 import sys
 import threading
 import weakref
@@ -27,10 +28,13 @@ import numpy as np
 from gpuload.errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
+    CheckpointFileError,
     ChecksumError,
     ShardReadError,
+    TruncatedCheckpointError,
     UnsupportedCheckpointError,
 )
+from gpuload.format.files import NotRegularFileError, file_kind, open_regular, read_regular
 from gpuload.format import dtypes as _dt
 from gpuload.format.crc import crc32c, unmask
 from gpuload.format.keys import encode_tensor_name_slice
@@ -182,8 +186,10 @@ class Bundle:
         """
         prefix = resolve_prefix(prefix)
         index_path = prefix + ".index"
-        with open(index_path, "rb") as f:
-            data = f.read()
+        try:
+            data, _ = read_regular(index_path)
+        except NotRegularFileError as e:
+            raise CheckpointFileError(f"checkpoint index {e.strerror}", path=index_path, errno=e.errno) from None
         rows = read_table(data, path=index_path, with_offsets=True)
         if not rows or rows[0][0] != b"":
             found = repr(rows[0][0]) if rows else "an empty table"
@@ -321,10 +327,10 @@ class Bundle:
                         f"{list(e.shape)} of {_dt.tf_name(e.dtype)}", tensor, voff)
         shard_size = self.shard_size(e.shard_id, tensor=tensor)
         if e.offset + e.size > shard_size:
-            raise self._format_error(
+            raise TruncatedCheckpointError(
                 f"entry bytes [{e.offset}, {e.offset + e.size}) run past the end of "
                 f"{os.path.basename(self.shard_path(e.shard_id))} ({shard_size} bytes); the data file may be truncated",
-                tensor, voff)
+                path=self.index_path, tensor=tensor, offset=voff)
 
     # --- metadata ---------------------------------------------------------------------
 
@@ -350,7 +356,11 @@ class Bundle:
                                             path=self.index_path, tensor=tensor)
             path = self.shard_path(shard_id)
             try:
-                size = os.stat(path).st_size
+                st = os.stat(path)
+                if not stat.S_ISREG(st.st_mode):
+                    raise CheckpointFileError(f"checkpoint data file is {file_kind(st.st_mode)}, not a regular "
+                                              f"file", path=path, tensor=tensor, errno=22)
+                size = st.st_size
             except FileNotFoundError:
                 who = f", which holds tensor {tensor!r}," if tensor is not None else ""
                 raise CheckpointNotFoundError(
@@ -435,10 +445,13 @@ class Bundle:
                 if fd is None:
                     path = self.shard_path(shard_id)
                     try:
-                        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                        fd = open_regular(path)
                     except FileNotFoundError:
                         raise CheckpointNotFoundError(
                             f"data file {path!r} (shard {shard_id} of {self.num_shards}) is missing") from None
+                    except NotRegularFileError as e:
+                        raise CheckpointFileError(f"checkpoint data file {e.strerror}", path=path,
+                                                  errno=e.errno) from None
                     self._fds[shard_id] = fd
         return fd
 
@@ -479,7 +492,7 @@ class Bundle:
                     f"{self.shard_path(entry.shard_id)}: reading tensor {self.tensor_of(entry)!r} "
                     f"({want} bytes at offset {entry.offset + start + pos}) failed: {e}") from e
             if got <= 0:
-                raise CheckpointFormatError(
+                raise TruncatedCheckpointError(
                     f"unexpected end of file: read {pos} of {n} bytes at offset {entry.offset + start}; the data file "
                     f"was truncated after the checkpoint was opened", path=self.shard_path(entry.shard_id),
                     tensor=self.tensor_of(entry), offset=entry.offset + start + pos)

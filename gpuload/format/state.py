@@ -19,7 +19,13 @@ import os
 import re
 import tempfile
 
-from gpuload.errors import CheckpointFormatError, CheckpointNotFoundError, UnsupportedCheckpointError
+from gpuload.errors import (
+    CheckpointFileError,
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+    UnsupportedCheckpointError,
+)
+from gpuload.format.files import NotRegularFileError, read_regular
 
 __all__ = [
     "CheckpointState", "parse_checkpoint_state", "get_checkpoint_state", "latest_checkpoint",
@@ -214,10 +220,14 @@ def get_checkpoint_state(checkpoint_dir, latest_filename: str | None = None) -> 
     """
     checkpoint_dir = os.fspath(checkpoint_dir)
     path = os.path.join(checkpoint_dir, latest_filename or STATE_FILENAME)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         return None
-    with open(path, "rb") as f:
-        text = f.read()
+    try:
+        text, _ = read_regular(path)
+    except NotRegularFileError as e:
+        raise CheckpointFileError(f"checkpoint state file {e.strerror}", path=path, errno=e.errno) from None
+    except FileNotFoundError:
+        return None
     state = parse_checkpoint_state(text, path)
     if not state.model_checkpoint_path:
         raise CheckpointFormatError("invalid checkpoint state: model_checkpoint_path is empty or missing", path=path)
