@@ -15,6 +15,7 @@ from gpuload import config as config_mod
 from gpuload.device.placement import backend_for
 from gpuload.format.bundle import Bundle
 from gpuload.format.reader import CheckpointReader
+from gpuload.graph.store import _assign_all
 from gpuload.plan import Request, build_plan
 from gpuload.scheduler import LoadStats, execute
 
@@ -73,6 +74,6 @@ def load_checkpoint_sources(variables) -> None:
                 b.close()  # GPU backends free their per-slot staging: a ring's worth per GPU
         results.extend(zip(group, arrays))
         stats_all.append(stats)
-    for v, array in results:
-        v._assign(array)
+    _assign_all(results)
     _last_stats[:] = stats_all
+

@@ -1142,17 +1142,39 @@ def _run_initializers(variables: Sequence[Variable]) -> None:
     sourced = [v for v in variables if v._init_source is not None]
     own = [v for v in variables if v._init_source is None]
     values = [v._initializer_fn() for v in own]
-    if sourced:
-        load_checkpoint_sources(sourced)
-        missing = [v.name for v in sourced if v._value is None]
-        if missing:
-            raise UninitializedVariableError(
-                f"the checkpoint loader returned without assigning {len(missing)} variables: "
-                + ", ".join(missing[:10])
-                + (" ..." if len(missing) > 10 else "")
-            )
-    for v, val in zip(own, values):
-        v._assign(val)
+    before = [(v, v._value) for v in sourced]
+    try:
+        if sourced:
+            load_checkpoint_sources(sourced)
+            missing = [v.name for v in sourced if v._value is None]
+            if missing:
+                raise UninitializedVariableError(
+                    f"the checkpoint loader returned without assigning {len(missing)} variables: "
+                    + ", ".join(missing[:10])
+                    + (" ..." if len(missing) > 10 else "")
+                )
+        _assign_all(zip(own, values))
+    except BaseException:
+        for v, old in before:  # the loaded ones too: all or nothing
+            v._value = old
+        raise
+
+
+def _assign_all(pairs) -> None:
+    """``v._assign(array)`` for every ``(v, array)`` pair, all or nothing.
+
+    A failure or an interrupt in the middle puts back the values the variables had, so a
+    failed ``run()`` never leaves some variables loaded and others not.
+    """
+    previous = []
+    try:
+        for v, array in pairs:
+            previous.append((v, v._value))  # before _assign: an interrupt right after it is undone too
+            v._assign(array)
+    except BaseException:
+        for v, old in previous:
+            v._value = old
+        raise
 
 
 def variables_initializer(var_list: Iterable, name: str = "init") -> InitOp:
