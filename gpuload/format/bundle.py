@@ -43,7 +43,7 @@ from gpuload.format.slices import Box
 from gpuload.format.sstable import read_table
 from gpuload.format.state import resolve_prefix
 
-__all__ = ["Bundle", "TensorEntry", "StoredPiece", "data_filename", "READ_PIECE_BYTES"]
+__all__ = ["Bundle", "TensorEntry", "StoredPiece", "IndexId", "data_filename", "READ_PIECE_BYTES"]
 
 READ_PIECE_BYTES = 64 << 20  # bound on one pread and one CRC call
 _MAX_RANK = 254  # TensorShape::MaxDimensions()
@@ -107,6 +107,24 @@ class TensorEntry:
 
 
 @dataclasses.dataclass(frozen=True)
+class IndexId:
+    """The identity of the ``.index`` file read, from ``fstat`` of the open descriptor.
+
+    A checkpoint saved again to the same prefix gets a new index file (a new inode, as
+    ``save_checkpoint`` and TensorFlow write a temporary file and rename it) or, written
+    in place, a new size or modification time.
+    """
+
+    dev: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    def describe(self) -> str:
+        return f"{self.size} bytes, inode {self.inode}, mtime_ns {self.mtime_ns}"
+
+
+@dataclasses.dataclass(frozen=True)
 class StoredPiece:
     """Where one stored region of a tensor lives.
 
@@ -160,6 +178,8 @@ class Bundle:
         self._shard_sizes: dict[int, int] = {}
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
+        #: Which ``.index`` file was read (set by :meth:`open`): tells a replaced checkpoint.
+        self.index_id: IndexId | None = None
         self._finalizer = weakref.finalize(self, _close_fds, self._fds)
 
     # --- opening and validation -------------------------------------------------------
@@ -187,7 +207,7 @@ class Bundle:
         prefix = resolve_prefix(prefix)
         index_path = prefix + ".index"
         try:
-            data, _ = read_regular(index_path)
+            data, st = read_regular(index_path)
         except NotRegularFileError as e:
             raise CheckpointFileError(f"checkpoint index {e.strerror}", path=index_path, errno=e.errno) from None
         rows = read_table(data, path=index_path, with_offsets=True)
@@ -198,6 +218,7 @@ class Bundle:
         header = decode_header(rows[0][1], Context(index_path, rows[0][2], None))
         _check_header(header, index_path)
         bundle = cls(prefix, header.num_shards, header.endianness == 1, {}, {}, {}, index_path)
+        bundle.index_id = IndexId(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         bundle._load_entries(rows[1:])
         return bundle
 

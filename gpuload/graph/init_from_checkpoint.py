@@ -43,6 +43,11 @@ class CheckpointSource:
     tensor: str
     box: Box
     allow_cast: bool = False
+    #: What the call validated, checked again when the load runs (``None``: not checked):
+    #: the stored tensor's ``(dtype code, shape, stored slices)``...
+    stored: tuple | None = None
+    #: ...and the identity of the index file it was read from (:class:`~gpuload.format.bundle.IndexId`).
+    index_id: object = None
 
 
 def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool = False) -> None:
@@ -123,6 +128,11 @@ class _Checkpoint:
     def __post_init__(self):
         self.names = frozenset(self.bundle.names())
 
+    def validated(self, key: str) -> tuple:
+        """``(stored, index_id)`` of a :class:`CheckpointSource` for tensor ``key``."""
+        e = self.bundle.entry(key)
+        return (e.dtype, e.shape, e.slices), self.bundle.index_id
+
     def where(self) -> str:
         return self.prefix if os.path.abspath(self.given) == os.path.abspath(self.prefix) \
             else f"{self.prefix} (from {self.given})"
@@ -169,7 +179,7 @@ def _one_to_one(ckpt, key, var, target, allow_cast):
                 f"shape of {label} {list(var.shape)} does not match tensor {key!r} "
                 f"{list(shape)} in checkpoint {ckpt.where()}")
         _check_dtype(ckpt, key, src_dtype, var, allow_cast)
-        return [(var, CheckpointSource(ckpt.prefix, key, Box.full(shape), allow_cast))]
+        return [(var, CheckpointSource(ckpt.prefix, key, Box.full(shape), allow_cast, *ckpt.validated(key)))]
     infos = [v._save_slice_info for v in var]
     if any(i is None for i in infos):
         bad = [v.op.name for v, i in zip(var, infos) if i is None]
@@ -188,7 +198,7 @@ def _one_to_one(ckpt, key, var, target, allow_cast):
     out = []
     for v, info in zip(var, infos):
         _check_dtype(ckpt, key, src_dtype, v, allow_cast)
-        out.append((v, CheckpointSource(ckpt.prefix, key, info.box, allow_cast)))
+        out.append((v, CheckpointSource(ckpt.prefix, key, info.box, allow_cast, *ckpt.validated(key))))
     return out
 
 
