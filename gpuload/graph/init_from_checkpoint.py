@@ -96,7 +96,8 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool =
     prefix = resolve_prefix(ckpt_dir_or_file)
     bundle = Bundle.open(prefix)
     ckpt = _Checkpoint(str(ckpt_dir_or_file), prefix, bundle)
-    store = store_mod._default_store()
+    # One consistent view of the variables: other threads may create variables meanwhile.
+    store = _StoreView(store_mod._default_store())
     pairs = list(assignment_map.items()) if isinstance(assignment_map, Mapping) else list(assignment_map)
     for item in pairs:
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
@@ -117,6 +118,17 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool =
                 plan[id(v)] = (v, src)
     for v, src in plan.values():
         v._init_source = src
+
+
+class _StoreView:
+    """The default graph's variables as they were when the call began (a snapshot)."""
+
+    def __init__(self, store):
+        self._store = store
+        self.vars = store.snapshot()
+
+    def collect_partitioned(self, name):
+        return self._store.collect_partitioned(name, self.vars)
 
 
 @dataclasses.dataclass

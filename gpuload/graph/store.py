@@ -49,6 +49,7 @@ from gpuload.graph.partition import part_boxes, validate_partitions
 
 __all__ = [
     "AUTO_REUSE",
+    "Graph",
     "InitOp",
     "PartitionedVariable",
     "SaveSliceInfo",
@@ -56,6 +57,7 @@ __all__ = [
     "Variable",
     "VariableScope",
     "device",
+    "get_default_graph",
     "get_variable",
     "get_variable_scope",
     "global_variables",
@@ -620,12 +622,21 @@ class VariableScope:
 
 
 class _ThreadState(threading.local):
+    """One thread's variable-scope and device stacks in one graph (TF keeps them per graph)."""
+
     def __init__(self):
         self.scopes: list[VariableScope] = [VariableScope(False)]
         self.devices: list[str | None] = []
 
 
-_state = _ThreadState()
+class _StateProxy:
+    """``_state.scopes`` / ``_state.devices``: the current thread's stacks in the default graph."""
+
+    def __getattr__(self, name):
+        return getattr(get_default_graph()._thread_state, name)
+
+
+_state = _StateProxy()
 
 
 def get_variable_scope() -> VariableScope:
@@ -738,17 +749,32 @@ class _VariableStore:
     def get(self, name: str) -> Variable | None:
         return self.vars.get(name)
 
-    def collect_partitioned(self, name: str) -> list[Variable] | None:
+    def snapshot(self) -> dict[str, Variable]:
+        """A copy of :attr:`vars`, taken under the store's lock.
+
+        Iterate over this, never over :attr:`vars` itself: another thread's
+        :func:`get_variable` may add to it at any moment.
+        """
+        with self._lock:
+            return dict(self.vars)
+
+    def snapshot_variables(self) -> list[Variable]:
+        with self._lock:
+            return list(self.vars.values())
+
+    def collect_partitioned(self, name: str, vars: dict | None = None) -> list[Variable] | None:
         """``name/part_0``, ``name/part_1``, ... up to the first missing index; ``None`` if no ``part_0``.
 
-        TensorFlow's ``_collect_partitioned_variable`` (``checkpoint_utils.py``).
+        TensorFlow's ``_collect_partitioned_variable`` (``checkpoint_utils.py``). Looks in
+        ``vars`` (a :meth:`snapshot`) when given, else in a fresh snapshot.
         """
-        if f"{name}/part_0" not in self.vars:
+        vars = self.snapshot() if vars is None else vars
+        if f"{name}/part_0" not in vars:
             return None
         out = []
         i = 0
-        while f"{name}/part_{i}" in self.vars:
-            out.append(self.vars[f"{name}/part_{i}"])
+        while f"{name}/part_{i}" in vars:
+            out.append(vars[f"{name}/part_{i}"])
             i += 1
         return out
 
@@ -998,24 +1024,102 @@ class _VariableStore:
         return fn
 
 
-_store_lock = threading.Lock()
-_store = _VariableStore()
+class Graph:
+    """A set of variables with their scopes (``tf.compat.v1.Graph``, for what gpuload keeps of it).
+
+    Every variable made by :func:`get_variable` goes into the *default graph* of the
+    calling thread, as in TensorFlow:
+
+    * inside ``with graph.as_default():`` that is ``graph`` (blocks nest; the stack of
+      default graphs is per thread);
+    * elsewhere it is the thread's own global default graph, created on first use;
+      :func:`reset_default_graph` replaces it (for the calling thread only).
+
+    So the TF1 "one graph per thread" patterns work: threads that each call
+    ``reset_default_graph()`` or each enter ``with gpuload.Graph().as_default():`` see
+    only their own variables. A graph may also be shared: threads that enter the same
+    graph's ``as_default()`` share its variables; its store is locked, so
+    :func:`get_variable` and :func:`init_from_checkpoint` may run in several threads at
+    once. Variable scopes and :func:`device` blocks are per graph and per thread.
+    """
+
+    def __init__(self):
+        self._store = _VariableStore()
+        self._thread_state = _ThreadState()
+
+    @contextlib.contextmanager
+    def as_default(self):
+        """Make this graph the calling thread's default graph inside a ``with`` block.
+
+        Yields
+        ------
+        Graph
+            This graph.
+        """
+        _graphs.stack.append(self)
+        try:
+            yield self
+        finally:
+            # Remove this entry even if inner blocks were left unbalanced (a generator
+            # closed late): the stack never keeps a graph whose block has ended.
+            stack = _graphs.stack
+            for i in range(len(stack) - 1, -1, -1):
+                if stack[i] is self:
+                    del stack[i:]
+                    break
+
+    def get_variables(self) -> list["Variable"]:
+        """Every variable of this graph, in creation order (parts, not their wrappers)."""
+        return self._store.snapshot_variables()
+
+    def __repr__(self):
+        return f"<gpuload.Graph at 0x{id(self):x}: {len(self._store.vars)} variables>"
+
+
+class _GraphStack(threading.local):
+    def __init__(self):
+        self.stack: list[Graph] = []  # graphs entered with as_default(), innermost last
+        self.global_default: Graph | None = None  # this thread's default outside any block
+
+
+_graphs = _GraphStack()
+
+
+def get_default_graph() -> Graph:
+    """The calling thread's default graph (``tf.compat.v1.get_default_graph``).
+
+    The innermost ``with graph.as_default():`` of this thread, else the thread's global
+    default graph (created on first use).
+    """
+    state = _graphs
+    if state.stack:
+        return state.stack[-1]
+    if state.global_default is None:
+        state.global_default = Graph()
+    return state.global_default
 
 
 def _default_store() -> _VariableStore:
     """The store :func:`get_variable` records variables in (TF's ``_get_default_variable_store()``)."""
-    return _store
+    return get_default_graph()._store
 
 
 def reset_default_graph() -> None:
-    """Forget every variable: :func:`get_variable` starts from an empty store.
+    """Give the calling thread a new, empty global default graph (``tf.compat.v1.reset_default_graph``).
 
-    Variables already handed out stay usable but are no longer in the store or in
-    :func:`global_variables`.
+    Affects only the calling thread, as in TensorFlow. Variables already handed out stay
+    usable but are no longer in the default graph or in :func:`global_variables`.
+
+    Raises
+    ------
+    AssertionError
+        Inside a ``with graph.as_default():`` block (TensorFlow's error and message).
     """
-    global _store
-    with _store_lock:
-        _store = _VariableStore()
+    if _graphs.stack:
+        raise AssertionError(
+            "Do not use tf.reset_default_graph() to clear nested graphs. If you need a cleared graph, "
+            "exit the nesting and create a new graph.")
+    _graphs.global_default = Graph()
 
 
 def get_variable(
@@ -1084,8 +1188,8 @@ def get_variable(
 
 
 def global_variables() -> list[Variable]:
-    """Every variable in the store in creation order (parts, not their wrappers)."""
-    return list(_default_store().vars.values())
+    """Every variable of the default graph in creation order (parts, not their wrappers)."""
+    return _default_store().snapshot_variables()
 
 
 def trainable_variables() -> list[Variable]:
