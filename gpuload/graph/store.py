@@ -622,17 +622,29 @@ class VariableScope:
 
 
 class _ThreadState(threading.local):
-    """One thread's variable-scope and device stacks in one graph (TF keeps them per graph)."""
+    """One thread's variable-scope stack in one graph (TF keeps it per graph)."""
 
     def __init__(self):
         self.scopes: list[VariableScope] = [VariableScope(False)]
+
+
+class _Devices(threading.local):
+    """One thread's :func:`device` stack. Per thread, not per graph: it survives
+    :func:`reset_default_graph` and applies inside ``Graph.as_default()`` blocks."""
+
+    def __init__(self):
         self.devices: list[str | None] = []
 
 
+_devices = _Devices()
+
+
 class _StateProxy:
-    """``_state.scopes`` / ``_state.devices``: the current thread's stacks in the default graph."""
+    """``_state.scopes`` (the thread's stack in the default graph) and ``_state.devices``."""
 
     def __getattr__(self, name):
+        if name == "devices":
+            return _devices.devices
         return getattr(get_default_graph()._thread_state, name)
 
 
@@ -685,11 +697,12 @@ def variable_scope(name_or_scope, reuse=None, initializer=None, partitioner=None
         partitioner=base.partitioner if partitioner is None else partitioner,
         dtype=base.dtype if dtype is None else dtype,
     )
-    _state.scopes.append(scope)
+    scopes = _state.scopes  # this graph's: popped from it even if the default graph changed inside
+    scopes.append(scope)
     try:
         yield scope
     finally:
-        _state.scopes.pop()
+        scopes.pop()
 
 
 @contextlib.contextmanager
@@ -1040,7 +1053,8 @@ class Graph:
     only their own variables. A graph may also be shared: threads that enter the same
     graph's ``as_default()`` share its variables; its store is locked, so
     :func:`get_variable` and :func:`init_from_checkpoint` may run in several threads at
-    once. Variable scopes and :func:`device` blocks are per graph and per thread.
+    once. Variable scopes are per graph and per thread; :func:`device` blocks are per
+    thread (they apply in whichever graph is the default).
     """
 
     def __init__(self):
