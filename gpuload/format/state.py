@@ -13,6 +13,7 @@ TF versions) are skipped. Strings use C escapes (octal for non-ASCII bytes).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -25,6 +26,7 @@ from gpuload.errors import (
     CheckpointNotFoundError,
     UnsupportedCheckpointError,
 )
+from gpuload.format.commit import JOURNAL_SUFFIX, prefix_lock, recover
 from gpuload.format.files import NotRegularFileError, read_regular
 
 __all__ = [
@@ -288,6 +290,17 @@ def _v1_error(prefix: str) -> UnsupportedCheckpointError:
         "tf.compat.v1.train.Saver(write_version=tf.compat.v1.train.SaverDef.V2)", path=prefix)
 
 
+def _recover_if_needed(prefix: str) -> None:
+    """Finish a save of ``prefix`` that was committed but interrupted (see :mod:`.commit`)."""
+    if os.path.exists(prefix + JOURNAL_SUFFIX):
+        try:
+            recover(prefix)
+        except OSError as e:
+            raise CheckpointFormatError(
+                f"a save of this checkpoint was interrupted after it committed, and finishing it failed: {e}. "
+                f"Open it once with write access to its directory", path=prefix + JOURNAL_SUFFIX) from None
+
+
 def resolve_prefix(ckpt_dir_or_file) -> str:
     """The checkpoint prefix for a directory, a prefix, or one of a checkpoint's files.
 
@@ -333,10 +346,12 @@ def resolve_prefix(ckpt_dir_or_file) -> str:
             raise CheckpointNotFoundError(
                 f"no checkpoint in directory {path!r}: no 'checkpoint' state file and no "
                 f"{path + '.index'!r}{hint}")
+        _recover_if_needed(prefix)
         if not _is_v2(prefix):
             raise _v1_error(prefix)
         return prefix
     prefix = _strip_file_suffix(path)
+    _recover_if_needed(prefix)
     if _is_v2(prefix):
         return prefix
     if _is_v1(prefix):
@@ -399,6 +414,19 @@ def update_checkpoint_state(directory, prefix, all_prefixes=None, *, latest_file
     """
     directory = os.fsdecode(os.fspath(directory))
     prefix = os.fsdecode(os.fspath(prefix))
+    os.makedirs(directory or ".", exist_ok=True)
+    # Read-modify-write of one file: savers of different prefixes in one directory take turns.
+    name = latest_filename or STATE_FILENAME
+    with prefix_lock(os.path.join(directory, name)):
+        leftover = re.compile(rf"^{re.escape(name)}\.tmp[A-Za-z0-9_]{{8}}$")  # of a write that was killed
+        for f in os.listdir(directory or "."):
+            if leftover.match(f):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, f))
+        return _update_checkpoint_state(directory, prefix, all_prefixes, latest_filename)
+
+
+def _update_checkpoint_state(directory, prefix, all_prefixes, latest_filename):
     absdir = os.path.abspath(directory)
 
     def rel(p):
@@ -430,12 +458,27 @@ def update_checkpoint_state(directory, prefix, all_prefixes=None, *, latest_file
             paths.remove(latest)
         paths.append(latest)
     text = format_checkpoint_state(latest, paths)
-    os.makedirs(directory or ".", exist_ok=True)
     target = os.path.join(directory, latest_filename or STATE_FILENAME)
-    fd, tmp = tempfile.mkstemp(prefix=(latest_filename or STATE_FILENAME) + ".tmp", dir=directory or ".")
+    _atomic_write(target, text)
+    return target
+
+
+def _atomic_write(target: str, text: str) -> None:
+    """Replace ``target`` by ``text``: temporary file, ``fsync``, rename, ``fsync`` of the directory.
+
+    Readers see the old or the new content, never a mix, and after a crash one of the two
+    is there (TF's ``atomic_write_string_to_file``, plus the fsyncs it leaves out).
+    """
+    from gpuload.format.commit import fsync_dir
+
+    directory = os.path.dirname(target) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(target) + ".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="ascii") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp, target)
     except BaseException:
@@ -444,4 +487,4 @@ def update_checkpoint_state(directory, prefix, all_prefixes=None, *, latest_file
         except OSError:
             pass
         raise
-    return target
+    fsync_dir(directory)
