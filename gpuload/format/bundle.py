@@ -15,7 +15,6 @@ unverified.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import stat
@@ -38,8 +37,9 @@ from gpuload.format.files import NotRegularFileError, file_kind, open_regular, r
 from gpuload.format import dtypes as _dt
 from gpuload.format.crc import crc32c, unmask
 from gpuload.format.keys import encode_tensor_name_slice
+from gpuload.format.names import close_matches
 from gpuload.format.proto import Context, decode_entry, decode_header, decode_varint
-from gpuload.format.slices import Box
+from gpuload.format.slices import Box, find_overlap
 from gpuload.format.sstable import read_table
 from gpuload.format.state import resolve_prefix
 
@@ -390,6 +390,12 @@ class Bundle:
             self._shard_sizes[shard_id] = size
         return size
 
+    def _names_list(self) -> list[str]:
+        names = getattr(self, "_names_cache", None)
+        if names is None or len(names) != len(self._entries):
+            names = self._names_cache = list(self._entries)
+        return names
+
     def names(self) -> list[str]:
         """Public tensor names, sorted (slice keys hidden)."""
         return list(self._entries)
@@ -412,7 +418,7 @@ class Bundle:
             name = name.decode("utf-8", "surrogateescape")
         e = self._entries.get(name)
         if e is None:
-            close = difflib.get_close_matches(str(name), self._entries, n=3) if len(self._entries) <= 20000 else []
+            close = close_matches(str(name), self._names_list())
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise CheckpointNotFoundError(
                 f"tensor {name!r} not found in checkpoint {self.prefix!r} ({len(self._entries)} tensors){hint}")
@@ -796,16 +802,11 @@ def _check_header(header, index_path):
 
 
 def _check_no_overlap(full: TensorEntry, bundle: Bundle, voff: int):
-    boxes = sorted((b for b in full.slices if b.size), key=lambda b: b.start)
-    rank = len(full.shape)
-    if rank == 0:
+    if not full.shape:
         if len(full.slices) > 1:
             raise bundle._format_error("scalar with more than one stored slice", full.key, voff)
         return
-    # sweep along dim 0: only boxes whose dim-0 ranges overlap can intersect
-    for i, a in enumerate(boxes):
-        for b in boxes[i + 1:]:
-            if b.start[0] >= a.stop[0]:
-                break
-            if a.intersect(b) is not None:
-                raise bundle._format_error(f"stored slices {a} and {b} overlap", full.key, voff)
+    found = find_overlap(full.slices)
+    if found is not None:
+        a, b = sorted(found)
+        raise bundle._format_error(f"stored slices {a} and {b} overlap", full.key, voff)

@@ -31,7 +31,7 @@ from gpuload.format.bundle import data_filename
 from gpuload.format.crc import crc32c, mask
 from gpuload.format.keys import encode_tensor_name_slice
 from gpuload.format.proto import encode_entry, encode_header, encode_varint
-from gpuload.format.slices import Box
+from gpuload.format.slices import Box, find_overlap
 from gpuload.format.sstable import TableWriter
 from gpuload.format.state import update_checkpoint_state
 
@@ -240,11 +240,10 @@ def save_checkpoint(prefix, tensors=None, *, update_state: bool = True, max_shar
         for b in boxes:
             if b.rank != len(full_shape) or not b.within(full_shape):
                 raise ValueError(f"sliced tensor {name!r}: slice {b} is not inside shape {list(full_shape)}")
-        for i, a in enumerate(boxes):
-            for b in boxes[i + 1:]:
-                inter = a.intersect(b)
-                if inter is not None and inter.size:
-                    raise ValueError(f"sliced tensor {name!r}: slices {a} and {b} overlap")
+        found = find_overlap(boxes)
+        if found is not None:
+            a, b = sorted(found)
+            raise InvalidArgumentError(f"sliced tensor {name!r}: slices {a} and {b} overlap")
         key = name.encode("utf-8", "surrogateescape")
         if len(pairs) == 1 and boxes[0].is_full(full_shape):
             items.append(_item_for(key, name, pairs[0][1]))  # AddSlice of a full slice is a plain Add

@@ -21,13 +21,13 @@ one a place where TensorFlow fails late, fails confusingly, or misreads its own 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from collections.abc import Mapping
 
 import numpy as np
 
 from gpuload.errors import AssignmentMapError
+from gpuload.format.names import close_matches
 from gpuload.format.slices import Box
 
 __all__ = ["CheckpointSource", "init_from_checkpoint"]
@@ -150,8 +150,8 @@ class _Checkpoint:
             else f"{self.prefix} (from {self.given})"
 
     def missing(self, key: str, what: str) -> AssignmentMapError:
-        names = sorted(self.names)
-        close = difflib.get_close_matches(key, names, n=3)
+        names = self.names
+        close = close_matches(key, self.bundle.names())
         hint = f"; close names in the checkpoint: {', '.join(map(repr, close))}" if close else ""
         return AssignmentMapError(
             f"{what}: tensor {key!r} is not in checkpoint {self.where()} "
@@ -217,7 +217,7 @@ def _one_to_one(ckpt, key, var, target, allow_cast):
 def _scope(ckpt, key, target, store, allow_cast):
     if not key.endswith("/"):
         names = [n for n in store.vars]
-        close = difflib.get_close_matches(str(target), names, n=3)
+        close = close_matches(str(target), names)
         hint = f" Close variable names: {', '.join(map(repr, close))}." if close else ""
         raise AssignmentMapError(
             f"no variable named {target!r} (the target of tensor {key!r} of checkpoint "
