@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import queue
 import threading
 import time
 
 import numpy as np
 
-from gpuload.errors import ChecksumError
+from gpuload.errors import ChecksumError, OutOfMemoryError
 from gpuload.format import crc as crcmod
 from gpuload.io.reader import ShardFiles
 from gpuload.io.ring import ALIGN, Ring, RingClosed
@@ -85,7 +86,7 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
     """
     stats = stats if stats is not None else LoadStats()
     t0 = time.perf_counter()
-    dests = [backends[d.device].empty(d.shape, d.dtype) for d in plan.destinations]
+    dests = [_allocate(backends[d.device], d) for d in plan.destinations]
     dtypes = [(d.src_dtype, d.dtype) for d in plan.destinations]
     for h in plan.host_loads:
         value = host_loader(h.source, h.box)
@@ -95,6 +96,18 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
     stats.bytes_written = plan.bytes_written
     stats.wall_s = time.perf_counter() - t0
     return dests
+
+
+def _allocate(backend, d):
+    """The destination buffer of ``d``; running out of memory names the variable and the size."""
+    try:
+        return backend.empty(d.shape, d.dtype)
+    except (MemoryError, OSError) as e:  # CuPy's OutOfMemoryError is a MemoryError too
+        if isinstance(e, OSError) and e.errno != errno.ENOMEM:
+            raise
+        raise OutOfMemoryError(
+            f"cannot allocate {d.nbytes} bytes (shape {list(d.shape)}, {np.dtype(d.dtype).name}) on {d.device} "
+            f"for {d.name!r}, which loads tensor {d.source!r}: out of memory ({type(e).__name__}: {e})") from None
 
 
 def _ring_backend(plan, backends):

@@ -15,6 +15,7 @@ unverified.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import stat
@@ -29,13 +30,14 @@ from gpuload.errors import (
     CheckpointNotFoundError,
     CheckpointFileError,
     ChecksumError,
+    OutOfMemoryError,
     ShardReadError,
     TruncatedCheckpointError,
     UnsupportedCheckpointError,
 )
-from gpuload.format.files import NotRegularFileError, file_kind, open_regular, read_regular
 from gpuload.format import dtypes as _dt
 from gpuload.format.crc import crc32c, unmask
+from gpuload.format.files import NotRegularFileError, file_kind, open_regular, read_regular
 from gpuload.format.keys import encode_tensor_name_slice
 from gpuload.format.names import close_matches
 from gpuload.format.proto import Context, decode_entry, decode_header, decode_varint
@@ -565,7 +567,7 @@ class Bundle:
                 return out
             return arr
         if out is None:
-            out = np.empty(entry.shape, dt)
+            out = _empty(entry.shape, dt, name, self.prefix)
         else:
             _check_out(out, entry.shape, dt)
         flat = out.reshape(-1).view(np.uint8)
@@ -585,7 +587,7 @@ class Bundle:
         dt = self._read_dtype(entry, self.tensor_of(entry))
         shape = (r1 - r0,) + entry.shape[1:]
         if out is None:
-            out = np.empty(shape, dt)
+            out = _empty(shape, dt, self.tensor_of(entry), self.prefix)
         else:
             _check_out(out, shape, dt)
         row_bytes = math.prod(entry.shape[1:]) * dt.itemsize
@@ -604,7 +606,7 @@ class Bundle:
         """
         name = self.tensor_of(entry)
         path = self.shard_path(entry.shard_id)
-        buf = np.empty(entry.size, np.uint8)
+        buf = _empty((entry.size,), np.dtype(np.uint8), name, self.prefix)
         self._pread(entry, buf, 0, crc=None)
         data = buf.tobytes()
         del buf
@@ -732,7 +734,7 @@ class Bundle:
                 f"{[str(p.box) for p in self.pieces(name)]} cover {covered} of its {box.size} elements",
                 path=self.index_path, tensor=name)
         if out is None:
-            out = np.empty(box.shape, dt)
+            out = _empty(box.shape, dt, name, self.prefix)
         else:
             _check_out(out, box.shape, dt, contiguous=False)
         for piece, inter in parts:
@@ -768,6 +770,18 @@ def _name(code: int) -> str:
         return _dt.tf_name(code)
     except (UnsupportedCheckpointError, TypeError):
         return f"dtype code {code}"
+
+
+def _empty(shape, dt, tensor, prefix) -> np.ndarray:
+    """``np.empty``, with running out of memory named: the tensor and the bytes asked for."""
+    try:
+        return np.empty(shape, dt)
+    except (MemoryError, OSError) as e:
+        if isinstance(e, OSError) and e.errno != errno.ENOMEM:
+            raise
+        raise OutOfMemoryError(
+            f"cannot allocate {math.prod(shape) * dt.itemsize} bytes (shape {list(shape)}, {dt}) for tensor "
+            f"{tensor!r} of checkpoint {prefix!r}: out of host memory ({e})") from None
 
 
 def _check_out(out, shape, dt, contiguous=True):

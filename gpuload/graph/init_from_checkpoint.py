@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from gpuload.errors import AssignmentMapError
+from gpuload.errors import ArgumentTypeError, AssignmentMapError
 from gpuload.format.names import close_matches
 from gpuload.format.slices import Box
 
@@ -93,6 +93,11 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool =
     from gpuload.format.state import resolve_prefix
     from gpuload.graph import store as store_mod
 
+    if not isinstance(assignment_map, Mapping) and (
+            isinstance(assignment_map, (str, bytes)) or not isinstance(assignment_map, Iterable)):
+        raise ArgumentTypeError(
+            f"init_from_checkpoint: assignment_map must be a dict or a list of (checkpoint_key, target) pairs, "
+            f"got {type(assignment_map).__name__}: {assignment_map!r}")
     prefix = resolve_prefix(ckpt_dir_or_file)
     bundle = Bundle.open(prefix)
     ckpt = _Checkpoint(str(ckpt_dir_or_file), prefix, bundle)
@@ -103,12 +108,15 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool =
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
             raise AssignmentMapError(
                 f"assignment_map must be a dict or a list of (checkpoint_key, target) pairs; got item {item!r}")
+    for ckpt_key, _ in pairs:
+        if not isinstance(ckpt_key, str):
+            raise ArgumentTypeError(
+                f"init_from_checkpoint: assignment_map keys must be checkpoint names (str), got "
+                f"{type(ckpt_key).__name__}: {ckpt_key!r}")
     pairs.sort(key=lambda p: p[0])
 
     plan: dict[int, tuple[object, CheckpointSource]] = {}  # id(var) -> (var, source); later wins
     for ckpt_key, target in pairs:
-        if not isinstance(ckpt_key, str):
-            raise AssignmentMapError(f"assignment_map keys must be checkpoint names (str), got {ckpt_key!r}")
         var = _as_variable_or_parts(target, store, store_mod)
         if var is not None:
             for v, src in _one_to_one(ckpt, ckpt_key, var, target, allow_cast):
