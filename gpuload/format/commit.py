@@ -36,6 +36,7 @@ import os
 import re
 
 from gpuload.errors import CheckpointFormatError
+from gpuload.format.files import NotRegularFileError, read_regular
 
 __all__ = ["JOURNAL_SUFFIX", "LOCK_SUFFIX", "prefix_lock", "recover", "recover_locked", "fsync_dir",
            "commit", "temp_name", "needs_recovery"]
@@ -117,10 +118,11 @@ def recover(prefix: str) -> None:
 def _read_journal(prefix: str):
     path = prefix + JOURNAL_SUFFIX
     try:
-        with open(path, "rb") as f:
-            text = f.read()
+        text, _ = read_regular(path)
     except FileNotFoundError:
         return None
+    except NotRegularFileError as e:
+        raise CheckpointFormatError(f"save journal {e.strerror}", path=path) from None
     base = os.path.basename(prefix)
     final_re, temp_re, _ = _patterns(base)
     try:
