@@ -138,8 +138,11 @@ def get() -> Config:
 
     The default is built from the environment on first use.
     """
+    return _resolve(_layers.get())
+
+
+def _resolve(layers: tuple) -> Config:
     base = _default()
-    layers = _layers.get()
     if not layers:
         return base
     top = layers[-1]
@@ -176,8 +179,10 @@ class _Setting:
                 if _global is new:
                     _global = previous
             self._applied = None
-        self._token = _layers.set(_layers.get() + (self,))
-        return get()
+        layers = _layers.get() + (self,)
+        cfg = _resolve(layers)  # before the context changes: an interrupt cannot leave it half-entered
+        self._token = _layers.set(layers)
+        return cfg
 
     def __exit__(self, *exc):
         token, self._token = self._token, None
