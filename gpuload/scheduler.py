@@ -268,8 +268,8 @@ def _stream(plan, backends, dests, dtypes, config, stats):
         failure = exc
         raise
     finally:
-        stats.ring_bytes = max(stats.ring_bytes, ring.nbytes)
-        late = _stop(ring, release_q, launched, files, bar)
+        late, ring_bytes = _stop(ring, release_q, launched, files, bar)  # first: nothing may skip it
+        stats.ring_bytes = max(stats.ring_bytes, ring_bytes)
         stats.read_s += read_s[0]
         stats.crc_s += crc_s[0]
         stats.copy_s += copy_s[0]
@@ -290,12 +290,13 @@ def _stop(ring, release_q, launched, files, bar):
 
     An exception during a step (a second Ctrl-C while joining, a failing close) does not
     skip the later steps: the first one is returned, for the caller to raise when the
-    stream had not already failed.
+    stream had not already failed, with the ring's size before it was freed.
     """
     first = None
+    ring_bytes = [0]
     steps = [ring.abort, lambda: release_q.put(None)]
     steps += [(lambda t=t: _join_launched(t)) for t in launched]
-    steps += [files.close, ring.close]
+    steps += [files.close, lambda: ring_bytes.__setitem__(0, ring.nbytes), ring.close]
     if bar is not None:
         steps.append(bar.close)
     for step in steps:
@@ -309,7 +310,7 @@ def _stop(ring, release_q, launched, files, bar):
                 if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     break  # a real failure of this step: go on with the next
                 # an interrupt hit the step itself: do it again, it is still needed
-    return first
+    return first, ring_bytes[0]
 
 
 def _join_launched(thread, timeout: float = 10.0) -> None:

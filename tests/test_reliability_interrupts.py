@@ -146,6 +146,10 @@ def test_fault_at_every_call_of_every_stage(monkeypatch, ckpt, stage, kind):
     np.testing.assert_array_equal(np.concatenate([v.numpy() for v in variables[:4]], axis=1), table)
 
 
+# An interrupt that lands inside a garbage-collection finalizer (a Bundle closing its
+# descriptors) is swallowed by CPython ("Exception ignored in ..."): that load then simply
+# completes, and is checked as completed.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_random_ctrl_c_during_loads(tmp_path):
     """A real SIGINT-style interrupt (``_thread.interrupt_main``) at random moments."""
     import _thread
