@@ -139,3 +139,10 @@ def test_missing_key_hint_in_a_big_checkpoint(tmp_path, guard, monkeypatch):
     with pytest.raises(gpuload.errors.CheckpointNotFoundError, match="scope_12/v1234"):
         Bundle.open(prefix).entry("scope_12/v12345")
     assert seen and max(seen) <= names_mod.CANDIDATE_LIMIT
+
+
+def test_an_overlap_among_16000_slices_is_found(tmp_path, guard):
+    pieces = [(Box((0, j), (2, 1)), np.full((2, 1), j, np.float32)) for j in range(N)]
+    pieces.append((Box((1, 7000), (1, 2)), np.zeros((1, 2), np.float32)))
+    with pytest.raises(ValueError, match=r"slices \[0:2, 7000:7001\] and \[1:2, 7000:7002\] overlap"):
+        gpuload.save_checkpoint(str(tmp_path / "bad"), slices={"t": ((2, N), pieces)})
