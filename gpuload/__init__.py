@@ -41,8 +41,10 @@ from gpuload.graph.partition import (
     variable_axis_size_partitioner,
 )
 from gpuload.graph.store import (
+    Graph,
     PartitionedVariable,
     Variable,
+    get_default_graph,
     get_variable,
     global_variables,
     global_variables_initializer,
@@ -62,6 +64,7 @@ __all__ = [
     "random_normal_initializer", "random_uniform_initializer", "truncated_normal_initializer",
     "zeros_initializer",
     "fixed_size_partitioner", "min_max_variable_partitioner", "variable_axis_size_partitioner",
+    "Graph", "get_default_graph",
     "PartitionedVariable", "Variable", "device", "get_variable", "global_variables",
     "global_variables_initializer", "reset_default_graph", "variable_scope", "variables_initializer",
     "trainable_variables",

@@ -27,19 +27,26 @@ field                 environment variable       default       memory cost
 Sizes accept suffixes (``64MiB``, ``1GiB``, ``512K``). Use :func:`get` to read the active
 configuration and :func:`set` to change it, globally or for a ``with`` block::
 
+    gpuload.config.set(reader_threads=2)            # process-wide default, stays
     with gpuload.config.set(ring_bytes="1GiB", verify_crc=False):
-        op.run()
+        op.run()                                    # this thread / asyncio task only
+
+A ``with`` block is context-local (``contextvars``): it changes nothing for other threads
+or tasks, and its exit restores exactly what its entry replaced, whatever order blocks in
+different threads end in.
 """
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import dataclasses
+import dis
 import os
 import re
+import sys
 import threading
 
-__all__ = ["Config", "get", "set", "parse_size"]
+__all__ = ["Config", "get", "set", "override", "parse_size"]
 
 _MIB = 1 << 20
 
@@ -137,37 +144,141 @@ class Config:
 
 
 _lock = threading.Lock()
-_active: Config | None = None
+_global: Config | None = None  # the process-wide default
+#: The ``with config.set(...)`` blocks active in this context (thread / asyncio task),
+#: innermost last. Context-local so that one thread's block never changes another's load.
+_layers: contextvars.ContextVar[tuple] = contextvars.ContextVar("gpuload_config_layers", default=())
+
+
+def _default() -> Config:
+    global _global
+    with _lock:
+        if _global is None:
+            _global = Config.from_env()
+        return _global
 
 
 def get() -> Config:
-    """The active configuration (built from the environment on first use)."""
-    global _active
-    with _lock:
-        if _active is None:
-            _active = Config.from_env()
-        return _active
+    """The active configuration: the process-wide default with this context's ``with`` blocks applied.
+
+    The default is built from the environment on first use.
+    """
+    return _resolve(_layers.get())
 
 
-@contextlib.contextmanager
-def _restore(previous: Config):
-    global _active
-    try:
-        yield get()
-    finally:
-        with _lock:
-            _active = previous
+def _resolve(layers: tuple) -> Config:
+    base = _default()
+    if not layers:
+        return base
+    top = layers[-1]
+    cached = top.cache
+    if cached is not None and cached[0] is base:
+        return cached[1]
+    merged = {}
+    for layer in layers:
+        merged.update(layer.changes)
+    cfg = dataclasses.replace(base, **merged)
+    top.cache = (base, cfg)  # one tuple: readers in other tasks see the old or the new pair
+    return cfg
+
+
+class _Setting:
+    """What :func:`set` returns: already applied as a plain call; scoped when entered."""
+
+    def __init__(self, changes: dict, applied: tuple | None):
+        self.changes = changes
+        self.cache = None
+        self._applied = applied  # (previous default, new default) when the default was changed
+        self._token = None
+
+    def __enter__(self) -> Config:
+        if self._token is not None:
+            raise RuntimeError("a gpuload.config.set(...) block cannot be entered twice")
+        global _global
+        if self._applied is not None:
+            # Used as ``with`` where the call could not be recognised as one (e.g. through
+            # ExitStack.enter_context): take the change back from the process default unless
+            # someone has changed the default since, and apply it to this context only.
+            previous, new = self._applied
+            with _lock:
+                if _global is new:
+                    _global = previous
+            self._applied = None
+        layers = _layers.get() + (self,)
+        cfg = _resolve(layers)  # before the context changes: an interrupt cannot leave it half-entered
+        self._token = _layers.set(layers)
+        return cfg
+
+    def __exit__(self, *exc):
+        token, self._token = self._token, None
+        try:
+            _layers.reset(token)  # exactly the layers this block replaced
+        except ValueError:  # exited in another context than it was entered in
+            _layers.set(tuple(layer for layer in _layers.get() if layer is not self))
+        return False
+
+
+#: (code object, instruction offset) -> whether the call there is a ``with`` item.
+_with_sites: dict = {}
+
+
+def _called_as_with_item(frame) -> bool:
+    """Whether the call being made in ``frame`` is the context expression of a ``with``.
+
+    Recognised from the next instruction (``SETUP_WITH`` up to 3.10, ``BEFORE_WITH`` in
+    3.11-3.13, ``COPY; LOAD_SPECIAL`` from 3.14). A miss is harmless: the block then
+    takes the change back from the process default when entered (see ``_Setting``); a hit
+    means the process default is never touched, so no other thread can see the change
+    even between the call and the block's start.
+    """
+    if frame is None:
+        return False
+    key = (frame.f_code, frame.f_lasti)
+    hit = _with_sites.get(key)
+    if hit is None:
+        after = [i.opname for i in dis.get_instructions(frame.f_code) if i.offset > frame.f_lasti][:2]
+        hit = bool(after) and (after[0] in ("SETUP_WITH", "BEFORE_WITH") or after == ["COPY", "LOAD_SPECIAL"])
+        if len(_with_sites) > 4096:
+            _with_sites.clear()
+        _with_sites[key] = hit
+    return hit
 
 
 def set(**changes):
-    """Change settings globally; also usable as ``with gpuload.config.set(...):``.
+    """Change settings for the whole process, or, as ``with gpuload.config.set(...):``, for a block.
 
-    Returns a context manager that, when used in a ``with`` block, restores the previous
-    configuration on exit. Called as a plain function, the change stays.
+    * Called as a plain function, the change goes to the process-wide default and stays:
+      every thread that is not inside a block overriding the same setting sees it.
+    * Used as a ``with`` block, the change applies only inside the block and only in the
+      current context (the thread, or the asyncio task), and on exit the context gets back
+      exactly what it had, whatever other threads or blocks did meanwhile. The process
+      default is not touched.
+    * A plain call inside a block changes the process default; inside the block the block's
+      own settings still win for the keys it names, and the rest follow the new default.
+
+    Raises
+    ------
+    ValueError
+        A value is invalid (checked against the configuration active at the call).
+    TypeError
+        An unknown setting.
     """
-    global _active
-    previous = get()
-    new = dataclasses.replace(previous, **changes)
+    global _global
+    dataclasses.replace(get(), **changes)  # validate now, at the caller's line
+    if _called_as_with_item(sys._getframe(1)):
+        return _Setting(changes, None)
     with _lock:
-        _active = new
-    return _restore(previous)
+        previous = _global if _global is not None else Config.from_env()
+        new = dataclasses.replace(previous, **changes)
+        _global = new
+    return _Setting(changes, (previous, new))
+
+
+def override(**changes):
+    """A context manager applying ``changes`` to the current thread/task only (``with`` only).
+
+    The same as ``with gpuload.config.set(...)``, for code that enters the block
+    indirectly (``ExitStack.enter_context``) and wants the process default never touched.
+    """
+    dataclasses.replace(get(), **changes)
+    return _Setting(changes, None)

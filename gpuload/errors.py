@@ -22,6 +22,12 @@ __all__ = [
     "ShardReadError",
     "DeviceUnavailableError",
     "UninitializedVariableError",
+    "CheckpointFileError",
+    "TruncatedCheckpointError",
+    "CheckpointChangedError",
+    "InvalidArgumentError",
+    "ArgumentTypeError",
+    "OutOfMemoryError",
 ]
 
 
@@ -93,3 +99,46 @@ class DeviceUnavailableError(GpuloadError, RuntimeError):
 
 class UninitializedVariableError(GpuloadError, RuntimeError):
     """A variable's value was asked for before any initializer ran (TF's FailedPrecondition)."""
+
+
+class CheckpointFileError(CheckpointFormatError, ShardReadError):
+    """A checkpoint file on disk is not what the index says, or not a file at all.
+
+    Truncated data files, files replaced after the index was read, and paths that are not
+    regular files (a FIFO, a device). Such a problem can be found when a checkpoint is
+    opened (before ``run()``) or while it is read (during ``run()``); so that the same
+    problem is the same error whenever it is found, this class is both a
+    :class:`CheckpointFormatError` (a ``ValueError``, what opening raises) and a
+    :class:`ShardReadError` (an ``OSError``, what reading raises): ``except ValueError``
+    and ``except OSError`` both catch it.
+
+    Parameters are those of :class:`CheckpointFormatError`, plus ``errno`` (default EIO).
+    """
+
+    def __init__(self, message: str, *, path=None, tensor=None, offset=None, errno: int = 5):
+        CheckpointFormatError.__init__(self, message, path=path, tensor=tensor, offset=offset)
+        self.errno = errno
+        self.filename = self.path
+
+    def __str__(self):
+        return self.args[0]
+
+
+class TruncatedCheckpointError(CheckpointFileError):
+    """A data file ends before the bytes the index says it holds."""
+
+
+class CheckpointChangedError(CheckpointFileError):
+    """The checkpoint was replaced or changed between ``init_from_checkpoint`` and ``run()``."""
+
+
+class InvalidArgumentError(GpuloadError, ValueError):
+    """An argument of a public function has a bad value; the message names the argument."""
+
+
+class ArgumentTypeError(GpuloadError, TypeError):
+    """An argument of a public function has the wrong type; the message names the argument."""
+
+
+class OutOfMemoryError(GpuloadError, MemoryError):
+    """Memory for a tensor could not be allocated; the message names the tensor and the size asked for."""

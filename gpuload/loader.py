@@ -13,8 +13,10 @@ import collections
 import gpuload.device.host  # noqa: F401  (the CPU backend, built by backend_for)
 from gpuload import config as config_mod
 from gpuload.device.placement import backend_for
+from gpuload.errors import CheckpointChangedError
 from gpuload.format.bundle import Bundle
 from gpuload.format.reader import CheckpointReader
+from gpuload.graph.store import _assign_all
 from gpuload.plan import Request, build_plan
 from gpuload.scheduler import LoadStats, execute
 
@@ -32,12 +34,65 @@ def plan_for(prefix, variables, *, cfg=None):
     """The :class:`~gpuload.plan.Plan` that loads ``variables`` (all from checkpoint ``prefix``)."""
     cfg = cfg or config_mod.get()
     bundle = Bundle.open(prefix)
+    check_sources_unchanged(bundle, variables)
     requests = [Request(v.op.name, v._init_source.tensor, v._init_source.box, v.dtype, v.device)
                 for v in variables]
     plan = build_plan(bundle, requests, chunk_bytes=cfg.chunk_bytes, gap_bytes=cfg.gap_bytes,
                       verify_crc=cfg.verify_crc,
                       allow_cast=any(v._init_source.allow_cast for v in variables))
     return bundle, plan
+
+
+def check_sources_unchanged(bundle, variables) -> None:
+    """Refuse to load when the checkpoint is not the one ``init_from_checkpoint`` validated.
+
+    The plan is built from the index as it is now; the shapes were checked against the
+    index as it was at the call. A trainer saving the same prefix in between would
+    otherwise make a variable load a box of a different tensor without any error.
+
+    Raises
+    ------
+    CheckpointChangedError
+        A source tensor's dtype, shape or stored slicing differs from what the call saw
+        (the message names the tensor and both), or the index file was replaced (names it).
+    """
+    from gpuload.format import dtypes as _dt
+
+    def dtype_name(code):
+        return _dt.tf_name(code) if _dt.is_supported(code) else f"dtype code {code}"
+
+    for v in variables:
+        src = v._init_source
+        if src.stored is None:
+            continue
+        name = src.tensor
+        if name not in bundle:
+            raise CheckpointChangedError(
+                f"tensor {name!r}, which variable {v.op.name!r} loads, is no longer in the checkpoint: it was "
+                f"replaced after init_from_checkpoint; call init_from_checkpoint again", path=bundle.index_path,
+                tensor=name)
+        e = bundle.entry(name)
+        (old_dtype, old_shape, old_slices), new = src.stored, (e.dtype, e.shape, e.slices)
+        if (old_dtype, old_shape, old_slices) != new:
+            what = []
+            if old_shape != e.shape:
+                what.append(f"shape {list(old_shape)} -> {list(e.shape)}")
+            if old_dtype != e.dtype:
+                what.append(f"dtype {dtype_name(old_dtype)} -> {dtype_name(e.dtype)}")
+            if old_slices != e.slices:
+                what.append(f"stored slicing {[str(b) for b in old_slices] or 'whole'} -> "
+                            f"{[str(b) for b in e.slices] or 'whole'}")
+            raise CheckpointChangedError(
+                f"tensor {name!r}, which variable {v.op.name!r} loads, changed after init_from_checkpoint "
+                f"validated it: {'; '.join(what)}; call init_from_checkpoint again", path=bundle.index_path,
+                tensor=name)
+    for v in variables:
+        old = v._init_source.index_id
+        if old is not None and old != bundle.index_id:
+            raise CheckpointChangedError(
+                f"the checkpoint index was replaced after init_from_checkpoint read it ({old.describe()}; now "
+                f"{bundle.index_id.describe()}): the variables would load data they were not validated "
+                f"against; call init_from_checkpoint again", path=bundle.index_path)
 
 
 def load_checkpoint_sources(variables) -> None:
@@ -78,6 +133,6 @@ def load_checkpoint_sources(variables) -> None:
                 b.close()  # GPU backends free their per-slot staging: a ring's worth per GPU
         results.extend(zip(group, arrays))
         stats_all.append(stats)
-    for v, array in results:
-        v._assign(array)
+    _assign_all(results)
     _last_stats[:] = stats_all
+

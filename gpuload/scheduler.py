@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import queue
 import threading
 import time
 
 import numpy as np
 
-from gpuload.errors import ChecksumError
+from gpuload.errors import ChecksumError, OutOfMemoryError
 from gpuload.format import crc as crcmod
 from gpuload.io.reader import ShardFiles
 from gpuload.io.ring import ALIGN, Ring, RingClosed
@@ -85,7 +86,7 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
     """
     stats = stats if stats is not None else LoadStats()
     t0 = time.perf_counter()
-    dests = [backends[d.device].empty(d.shape, d.dtype) for d in plan.destinations]
+    dests = [_allocate(backends[d.device], d) for d in plan.destinations]
     dtypes = [(d.src_dtype, d.dtype) for d in plan.destinations]
     for h in plan.host_loads:
         value = host_loader(h.source, h.box)
@@ -95,6 +96,18 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
     stats.bytes_written = plan.bytes_written
     stats.wall_s = time.perf_counter() - t0
     return dests
+
+
+def _allocate(backend, d):
+    """The destination buffer of ``d``; running out of memory names the variable and the size."""
+    try:
+        return backend.empty(d.shape, d.dtype)
+    except (MemoryError, OSError) as e:  # CuPy's OutOfMemoryError is a MemoryError too
+        if isinstance(e, OSError) and e.errno != errno.ENOMEM:
+            raise
+        raise OutOfMemoryError(
+            f"cannot allocate {d.nbytes} bytes (shape {list(d.shape)}, {np.dtype(d.dtype).name}) on {d.device} "
+            f"for {d.name!r}, which loads tensor {d.source!r}: out of memory ({type(e).__name__}: {e})") from None
 
 
 def _ring_backend(plan, backends):
@@ -207,11 +220,14 @@ def _stream(plan, backends, dests, dtypes, config, stats):
     rel_thread = threading.Thread(target=releaser, name="gpuload-releaser", daemon=True)
     running = [0] * len(plan.checks)  # running raw CRC per check
     seen = [0] * len(plan.checks)
-    bar = _progress(config, plan.bytes_read)
+    launched: list[threading.Thread] = []  # start() called: to be joined, whether or not it returned
+    bar = None
+    failure = None
     try:
-        for t in threads:
+        bar = _progress(config, plan.bytes_read)
+        for t in [*threads, rel_thread]:
+            launched.append(t)
             t.start()
-        rel_thread.start()
         for idx, chunk in enumerate(chunks):
             tw = time.perf_counter()
             with cond:
@@ -248,23 +264,73 @@ def _stream(plan, backends, dests, dtypes, config, stats):
         stats.drain_s += time.perf_counter() - td
         if errors:
             raise errors[0]
-    except BaseException:
-        ring.abort()
-        release_q.put(None)
+    except BaseException as exc:
+        failure = exc
         raise
     finally:
-        for t in threads:
-            t.join()
-        if rel_thread.is_alive():
-            rel_thread.join()
-        files.close()
-        stats.ring_bytes = max(stats.ring_bytes, ring.nbytes)
-        ring.close()
-        if bar is not None:
-            bar.close()
+        late, ring_bytes = _stop(ring, release_q, launched, files, bar)  # first: nothing may skip it
+        stats.ring_bytes = max(stats.ring_bytes, ring_bytes)
         stats.read_s += read_s[0]
         stats.crc_s += crc_s[0]
         stats.copy_s += copy_s[0]
+        if late is not None and failure is None:
+            raise late
+
+
+def _stop(ring, release_q, launched, files, bar):
+    """End a stream, successful or not: every step runs, in this order, whatever happens.
+
+    1. abort the ring (readers waiting for a slot leave; after a clean run they are gone);
+    2. tell the releaser to stop after the slots already queued (it waits on their tokens,
+       so no device still reads a slot when the ring is freed);
+    3. join every thread whose ``start()`` was called, also one that was interrupted or
+       failed inside ``start()`` (a thread that never came to exist is skipped);
+    4. close the data files (no reader is left to use a descriptor, or a reused number);
+    5. free the ring, then the progress bar.
+
+    An exception during a step (a second Ctrl-C while joining, a failing close) does not
+    skip the later steps: the first one is returned, for the caller to raise when the
+    stream had not already failed, with the ring's size before it was freed.
+    """
+    first = None
+    ring_bytes = [0]
+    steps = [ring.abort, lambda: release_q.put(None)]
+    steps += [(lambda t=t: _join_launched(t)) for t in launched]
+    steps += [files.close, lambda: ring_bytes.__setitem__(0, ring.nbytes), ring.close]
+    if bar is not None:
+        steps.append(bar.close)
+    for step in steps:
+        while True:
+            try:
+                step()
+                break
+            except BaseException as exc:  # noqa: B036 (an interrupt must not skip the cleanup)
+                if first is None:
+                    first = exc
+                if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    break  # a real failure of this step: go on with the next
+                # an interrupt hit the step itself: do it again, it is still needed
+    return first, ring_bytes[0]
+
+
+def _join_launched(thread, timeout: float = 10.0) -> None:
+    """Join ``thread`` if ``start()`` created it; return at once if it never existed.
+
+    ``start()`` interrupted between creating the thread and the thread reporting in leaves
+    a thread that exists (it is in ``threading.enumerate()``) but that ``join()`` refuses
+    ("cannot join thread before it is started") for a moment: wait for it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if thread.ident is None and thread not in threading.enumerate():
+            return  # start() failed before the thread existed
+        try:
+            thread.join()
+            return
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
 
 
 def _direct_targets(plan, chunk, dests):

@@ -43,6 +43,7 @@ from gpuload.format.reader import CheckpointReader
 from gpuload.io.reader import ShardFiles
 from gpuload.io.ring import ALIGN
 from gpuload.plan import Request, build_plan
+from gpuload.loader import check_sources_unchanged
 from gpuload.scheduler import LoadStats, _verify
 
 __all__ = ["CollectiveStats", "collective_load", "use_nccl_for"]
@@ -100,8 +101,11 @@ def collective_load(variables, cfg) -> list[CollectiveStats]:
         for prefix, group in groups.items():
             reqs = _requests(group)
             allow_cast = any(v._init_source.allow_cast for v in group)
-            # Planned here too so a bad variable fails on its own rank with the usual error.
-            build_plan(Bundle.open(prefix), reqs, chunk_bytes=cfg.chunk_bytes, gap_bytes=cfg.gap_bytes,
+            # Planned here too so a bad variable (or a checkpoint replaced since the
+            # init_from_checkpoint call) fails on its own rank with the usual error.
+            bundle = Bundle.open(prefix)
+            check_sources_unchanged(bundle, group)
+            build_plan(bundle, reqs, chunk_bytes=cfg.chunk_bytes, gap_bytes=cfg.gap_bytes,
                        verify_crc=cfg.verify_crc, allow_cast=allow_cast)
             needs[prefix] = (reqs, allow_cast)
         payload = {"needs": needs, "settings": (cfg.chunk_bytes, cfg.gap_bytes, cfg.verify_crc),

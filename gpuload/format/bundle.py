@@ -15,9 +15,10 @@ unverified.
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import errno
 import math
 import os
+import stat
 import sys
 import threading
 import weakref
@@ -27,19 +28,24 @@ import numpy as np
 from gpuload.errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
+    CheckpointFileError,
     ChecksumError,
+    OutOfMemoryError,
     ShardReadError,
+    TruncatedCheckpointError,
     UnsupportedCheckpointError,
 )
 from gpuload.format import dtypes as _dt
 from gpuload.format.crc import crc32c, unmask
+from gpuload.format.files import NotRegularFileError, file_kind, open_regular, read_regular
 from gpuload.format.keys import encode_tensor_name_slice
+from gpuload.format.names import close_matches
 from gpuload.format.proto import Context, decode_entry, decode_header, decode_varint
-from gpuload.format.slices import Box
+from gpuload.format.slices import Box, find_overlap
 from gpuload.format.sstable import read_table
 from gpuload.format.state import resolve_prefix
 
-__all__ = ["Bundle", "TensorEntry", "StoredPiece", "data_filename", "READ_PIECE_BYTES"]
+__all__ = ["Bundle", "TensorEntry", "StoredPiece", "IndexId", "data_filename", "READ_PIECE_BYTES"]
 
 READ_PIECE_BYTES = 64 << 20  # bound on one pread and one CRC call
 _MAX_RANK = 254  # TensorShape::MaxDimensions()
@@ -53,7 +59,7 @@ def data_filename(prefix: str, shard_id: int, num_shards: int) -> str:
     return f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class TensorEntry:
     """One ``BundleEntryProto``, validated.
 
@@ -100,6 +106,24 @@ class TensorEntry:
         :meth:`Bundle.read_entry` or :meth:`Bundle.verify_entry`, not a raw byte CRC.
         """
         return self.dtype != _dt.DT_STRING
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexId:
+    """The identity of the ``.index`` file read, from ``fstat`` of the open descriptor.
+
+    A checkpoint saved again to the same prefix gets a new index file (a new inode, as
+    ``save_checkpoint`` and TensorFlow write a temporary file and rename it) or, written
+    in place, a new size or modification time.
+    """
+
+    dev: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    def describe(self) -> str:
+        return f"{self.size} bytes, inode {self.inode}, mtime_ns {self.mtime_ns}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +180,8 @@ class Bundle:
         self._shard_sizes: dict[int, int] = {}
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
+        #: Which ``.index`` file was read (set by :meth:`open`): tells a replaced checkpoint.
+        self.index_id: IndexId | None = None
         self._finalizer = weakref.finalize(self, _close_fds, self._fds)
 
     # --- opening and validation -------------------------------------------------------
@@ -182,8 +208,10 @@ class Bundle:
         """
         prefix = resolve_prefix(prefix)
         index_path = prefix + ".index"
-        with open(index_path, "rb") as f:
-            data = f.read()
+        try:
+            data, st = read_regular(index_path)
+        except NotRegularFileError as e:
+            raise CheckpointFileError(f"checkpoint index {e.strerror}", path=index_path, errno=e.errno) from None
         rows = read_table(data, path=index_path, with_offsets=True)
         if not rows or rows[0][0] != b"":
             found = repr(rows[0][0]) if rows else "an empty table"
@@ -192,6 +220,7 @@ class Bundle:
         header = decode_header(rows[0][1], Context(index_path, rows[0][2], None))
         _check_header(header, index_path)
         bundle = cls(prefix, header.num_shards, header.endianness == 1, {}, {}, {}, index_path)
+        bundle.index_id = IndexId(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         bundle._load_entries(rows[1:])
         return bundle
 
@@ -321,10 +350,10 @@ class Bundle:
                         f"{list(e.shape)} of {_dt.tf_name(e.dtype)}", tensor, voff)
         shard_size = self.shard_size(e.shard_id, tensor=tensor)
         if e.offset + e.size > shard_size:
-            raise self._format_error(
+            raise TruncatedCheckpointError(
                 f"entry bytes [{e.offset}, {e.offset + e.size}) run past the end of "
                 f"{os.path.basename(self.shard_path(e.shard_id))} ({shard_size} bytes); the data file may be truncated",
-                tensor, voff)
+                path=self.index_path, tensor=tensor, offset=voff)
 
     # --- metadata ---------------------------------------------------------------------
 
@@ -350,7 +379,11 @@ class Bundle:
                                             path=self.index_path, tensor=tensor)
             path = self.shard_path(shard_id)
             try:
-                size = os.stat(path).st_size
+                st = os.stat(path)
+                if not stat.S_ISREG(st.st_mode):
+                    raise CheckpointFileError(f"checkpoint data file is {file_kind(st.st_mode)}, not a regular "
+                                              f"file", path=path, tensor=tensor, errno=22)
+                size = st.st_size
             except FileNotFoundError:
                 who = f", which holds tensor {tensor!r}," if tensor is not None else ""
                 raise CheckpointNotFoundError(
@@ -358,6 +391,12 @@ class Bundle:
                     f"checkpoint {self.prefix!r} is incomplete") from None
             self._shard_sizes[shard_id] = size
         return size
+
+    def _names_list(self) -> list[str]:
+        names = getattr(self, "_names_cache", None)
+        if names is None or len(names) != len(self._entries):
+            names = self._names_cache = list(self._entries)
+        return names
 
     def names(self) -> list[str]:
         """Public tensor names, sorted (slice keys hidden)."""
@@ -381,7 +420,7 @@ class Bundle:
             name = name.decode("utf-8", "surrogateescape")
         e = self._entries.get(name)
         if e is None:
-            close = difflib.get_close_matches(str(name), self._entries, n=3) if len(self._entries) <= 20000 else []
+            close = close_matches(str(name), self._names_list())
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise CheckpointNotFoundError(
                 f"tensor {name!r} not found in checkpoint {self.prefix!r} ({len(self._entries)} tensors){hint}")
@@ -435,10 +474,13 @@ class Bundle:
                 if fd is None:
                     path = self.shard_path(shard_id)
                     try:
-                        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                        fd = open_regular(path)
                     except FileNotFoundError:
                         raise CheckpointNotFoundError(
                             f"data file {path!r} (shard {shard_id} of {self.num_shards}) is missing") from None
+                    except NotRegularFileError as e:
+                        raise CheckpointFileError(f"checkpoint data file {e.strerror}", path=path,
+                                                  errno=e.errno) from None
                     self._fds[shard_id] = fd
         return fd
 
@@ -479,7 +521,7 @@ class Bundle:
                     f"{self.shard_path(entry.shard_id)}: reading tensor {self.tensor_of(entry)!r} "
                     f"({want} bytes at offset {entry.offset + start + pos}) failed: {e}") from e
             if got <= 0:
-                raise CheckpointFormatError(
+                raise TruncatedCheckpointError(
                     f"unexpected end of file: read {pos} of {n} bytes at offset {entry.offset + start}; the data file "
                     f"was truncated after the checkpoint was opened", path=self.shard_path(entry.shard_id),
                     tensor=self.tensor_of(entry), offset=entry.offset + start + pos)
@@ -525,7 +567,7 @@ class Bundle:
                 return out
             return arr
         if out is None:
-            out = np.empty(entry.shape, dt)
+            out = _empty(entry.shape, dt, name, self.prefix)
         else:
             _check_out(out, entry.shape, dt)
         flat = out.reshape(-1).view(np.uint8)
@@ -545,7 +587,7 @@ class Bundle:
         dt = self._read_dtype(entry, self.tensor_of(entry))
         shape = (r1 - r0,) + entry.shape[1:]
         if out is None:
-            out = np.empty(shape, dt)
+            out = _empty(shape, dt, self.tensor_of(entry), self.prefix)
         else:
             _check_out(out, shape, dt)
         row_bytes = math.prod(entry.shape[1:]) * dt.itemsize
@@ -564,7 +606,7 @@ class Bundle:
         """
         name = self.tensor_of(entry)
         path = self.shard_path(entry.shard_id)
-        buf = np.empty(entry.size, np.uint8)
+        buf = _empty((entry.size,), np.dtype(np.uint8), name, self.prefix)
         self._pread(entry, buf, 0, crc=None)
         data = buf.tobytes()
         del buf
@@ -692,7 +734,7 @@ class Bundle:
                 f"{[str(p.box) for p in self.pieces(name)]} cover {covered} of its {box.size} elements",
                 path=self.index_path, tensor=name)
         if out is None:
-            out = np.empty(box.shape, dt)
+            out = _empty(box.shape, dt, name, self.prefix)
         else:
             _check_out(out, box.shape, dt, contiguous=False)
         for piece, inter in parts:
@@ -730,6 +772,18 @@ def _name(code: int) -> str:
         return f"dtype code {code}"
 
 
+def _empty(shape, dt, tensor, prefix) -> np.ndarray:
+    """``np.empty``, with running out of memory named: the tensor and the bytes asked for."""
+    try:
+        return np.empty(shape, dt)
+    except (MemoryError, OSError) as e:
+        if isinstance(e, OSError) and e.errno != errno.ENOMEM:
+            raise
+        raise OutOfMemoryError(
+            f"cannot allocate {math.prod(shape) * dt.itemsize} bytes (shape {list(shape)}, {dt}) for tensor "
+            f"{tensor!r} of checkpoint {prefix!r}: out of host memory ({e})") from None
+
+
 def _check_out(out, shape, dt, contiguous=True):
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
@@ -762,16 +816,11 @@ def _check_header(header, index_path):
 
 
 def _check_no_overlap(full: TensorEntry, bundle: Bundle, voff: int):
-    boxes = sorted((b for b in full.slices if b.size), key=lambda b: b.start)
-    rank = len(full.shape)
-    if rank == 0:
+    if not full.shape:
         if len(full.slices) > 1:
             raise bundle._format_error("scalar with more than one stored slice", full.key, voff)
         return
-    # sweep along dim 0: only boxes whose dim-0 ranges overlap can intersect
-    for i, a in enumerate(boxes):
-        for b in boxes[i + 1:]:
-            if b.start[0] >= a.stop[0]:
-                break
-            if a.intersect(b) is not None:
-                raise bundle._format_error(f"stored slices {a} and {b} overlap", full.key, voff)
+    found = find_overlap(full.slices)
+    if found is not None:
+        a, b = sorted(found)
+        raise bundle._format_error(f"stored slices {a} and {b} overlap", full.key, voff)

@@ -51,6 +51,8 @@ def decode_varint(buf, pos: int, end: int, ctx: Context = _NO_CONTEXT, what: str
     At most ``max_bytes`` bytes are consumed (10 for 64-bit values, 5 for varint32), so a
     run of continuation bytes can never loop or grow a huge integer.
     """
+    if pos < end and buf[pos] < 0x80:  # one byte: most tags, lengths and small values
+        return buf[pos], pos + 1
     result = 0
     shift = 0
     start = pos
@@ -98,14 +100,24 @@ def _iter_fields(buf, pos: int, end: int, ctx: Context, msg: str):
     ``value`` is an int for varint/fixed fields and a ``(start, stop)`` pair for
     length-delimited ones. Groups are skipped whole and never yielded.
     """
+    # (one-byte varints are decoded inline: this loop runs for every field of every entry
+    # of the index, and building decode_varint's message arguments costs more than the decode)
     while pos < end:
         tag_pos = pos
-        tag, pos = decode_varint(buf, pos, end, ctx, f"{msg} field tag", 5)
+        tag = buf[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = decode_varint(buf, pos, end, ctx, f"{msg} field tag", 5)
         field, wt = tag >> 3, tag & 7
         if field == 0:
             raise ctx.error(f"{msg}: invalid field number 0 (tag byte 0x{buf[tag_pos]:02x})", tag_pos)
         if wt == WT_VARINT:
-            value, pos = decode_varint(buf, pos, end, ctx, f"{msg} field {field}")
+            if pos < end and buf[pos] < 0x80:
+                value = buf[pos]
+                pos += 1
+            else:
+                value, pos = decode_varint(buf, pos, end, ctx, f"{msg} field {field}")
             yield field, wt, value, tag_pos
         elif wt == WT_I64:
             if pos + 8 > end:
@@ -118,7 +130,11 @@ def _iter_fields(buf, pos: int, end: int, ctx: Context, msg: str):
             yield field, wt, int.from_bytes(buf[pos:pos + 4], "little"), tag_pos
             pos += 4
         elif wt == WT_LEN:
-            n, pos = decode_varint(buf, pos, end, ctx, f"{msg} field {field} length")
+            if pos < end and buf[pos] < 0x80:
+                n = buf[pos]
+                pos += 1
+            else:
+                n, pos = decode_varint(buf, pos, end, ctx, f"{msg} field {field} length")
             if n > end - pos:
                 raise ctx.error(f"{msg} field {field}: length {n} runs past the end of the message "
                                 f"({end - pos} bytes left)", pos)

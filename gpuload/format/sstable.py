@@ -40,9 +40,14 @@ def _err(msg, path, offset=None):
 
 def read_table_file(path) -> list[tuple[bytes, bytes]]:
     """Read and parse the table at ``path``; see :func:`read_table`."""
+    from gpuload.errors import CheckpointFileError
+    from gpuload.format.files import NotRegularFileError, read_regular
+
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        data, _ = read_regular(path)
+    except NotRegularFileError as e:
+        raise CheckpointFileError(f"table file {e.strerror}", path=path, errno=e.errno) from None
     return read_table(data, path=path)
 
 

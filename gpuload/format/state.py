@@ -13,13 +13,22 @@ TF versions) are skipped. Strings use C escapes (octal for non-ASCII bytes).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
 import re
 import tempfile
 
-from gpuload.errors import CheckpointFormatError, CheckpointNotFoundError, UnsupportedCheckpointError
+from gpuload.errors import (
+    ArgumentTypeError,
+    CheckpointFileError,
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+    UnsupportedCheckpointError,
+)
+from gpuload.format.commit import JOURNAL_SUFFIX, prefix_lock, recover
+from gpuload.format.files import NotRegularFileError, read_regular
 
 __all__ = [
     "CheckpointState", "parse_checkpoint_state", "get_checkpoint_state", "latest_checkpoint",
@@ -137,71 +146,83 @@ def parse_checkpoint_state(text, path=None) -> CheckpointState:
         where = f"line {tokens[i][2]}" if i < len(tokens) else "end of file"
         return lambda msg: CheckpointFormatError(f"malformed checkpoint state file: {msg} at {where}", path=path)
 
+    # Iterative (an explicit stack of open messages and lists): a state file nesting
+    # messages a million deep is a format error, not a RecursionError.
     state = CheckpointState()
+    wanted = ("model_checkpoint_path", "all_model_checkpoint_paths")
+    stack: list[str] = []  # what closes each open block: "}", ">" (messages) or "]" (lists)
+    n = len(tokens)
     i = 0
 
-    def value(i):
-        """Parse one field value starting at token i; return (python value or None, next i)."""
-        if i >= len(tokens):
-            raise fail_at(i)("missing field value")
-        kind, tok, _ = tokens[i]
-        if kind == "str":
-            parts = []
-            while i < len(tokens) and tokens[i][0] == "str":  # adjacent literals concatenate
-                parts.append(_unescape(tokens[i][1][1:-1], fail_at(i)))
-                i += 1
-            return b"".join(parts), i
-        if kind == "word":
-            return None, i + 1
-        if tok in "{<":
-            return None, skip_message(i + 1, "}" if tok == "{" else ">")
-        if tok == "[":
+    def strings(i):
+        parts = []
+        while i < n and tokens[i][0] == "str":  # adjacent literals concatenate
+            parts.append(_unescape(tokens[i][1][1:-1], fail_at(i)))
             i += 1
-            while i < len(tokens) and tokens[i][1] != "]":
-                _, i = value(i)
-            if i >= len(tokens):
-                raise fail_at(i)("unterminated list")
-            return None, i + 1
+        return b"".join(parts), i
+
+    def open_or_scalar(i):
+        """Consume one value that is not a string; return the next index (pushing blocks)."""
+        kind, tok, _ = tokens[i]
+        if kind == "word":
+            return i + 1
+        if tok in ("{", "<"):
+            stack.append("}" if tok == "{" else ">")
+            return i + 1
+        if tok == "[":
+            stack.append("]")
+            return i + 1
         raise fail_at(i)(f"unexpected {tok!r}")
 
-    def field(i):
-        kind, name, _ = tokens[i]
-        if name == "[":  # extension / Any type URL: [a.b.c]
+    while True:
+        closer = stack[-1] if stack else None
+        if i >= n:
+            if closer is None:
+                break
+            raise fail_at(i)("unterminated list" if closer == "]" else f"missing {closer!r}")
+        kind, tok, _ = tokens[i]
+        if closer is not None and tok == closer:
+            stack.pop()
+            i += 1
+            continue
+        if closer == "]":  # a list element
+            if kind == "str":
+                _, i = strings(i)
+            else:
+                i = open_or_scalar(i)
+            continue
+        # a field: name [":"] value
+        start = i
+        if tok == "[":  # extension / Any type URL: [a.b.c]
             j = i + 1
-            while j < len(tokens) and tokens[j][1] != "]":
+            while j < n and tokens[j][1] != "]":
                 j += 1
-            if j >= len(tokens):
+            if j >= n:
                 raise fail_at(i)("unterminated extension name")
             name, i = None, j + 1
         elif kind == "word":
-            i += 1
+            name, i = tok, i + 1
         else:
-            raise fail_at(i)(f"expected a field name, found {name!r}")
-        if i < len(tokens) and tokens[i][1] == ":":
+            raise fail_at(i)(f"expected a field name, found {tok!r}")
+        if i < n and tokens[i][1] == ":":
             i += 1
-        elif i >= len(tokens) or tokens[i][1] not in "{<":
+        elif i >= n or tokens[i][1] not in "{<":
             raise fail_at(i)(f"expected ':' after field name {name!r}")
-        v, i = value(i)
-        return name, v, i
-
-    def skip_message(i, close):
-        while i < len(tokens) and tokens[i][1] != close:
-            _, _, i = field(i)
-        if i >= len(tokens):
-            raise fail_at(i)(f"missing {close!r}")
-        return i + 1
-
-    while i < len(tokens):
-        start = i
-        name, v, i = field(i)
-        if name in ("model_checkpoint_path", "all_model_checkpoint_paths"):
-            if not isinstance(v, bytes):
+        if i >= n:
+            raise fail_at(i)("missing field value")
+        top = not stack and name in wanted
+        if tokens[i][0] == "str":
+            v, i = strings(i)
+            if top:
+                s = os.fsdecode(v)
+                if name == "model_checkpoint_path":
+                    state.model_checkpoint_path = s
+                else:
+                    state.all_model_checkpoint_paths.append(s)
+        else:
+            if top:
                 raise fail_at(start)(f"field {name} needs a quoted string")
-            s = os.fsdecode(v)
-            if name == "model_checkpoint_path":
-                state.model_checkpoint_path = s
-            else:
-                state.all_model_checkpoint_paths.append(s)
+            i = open_or_scalar(i)
     return state
 
 
@@ -214,10 +235,14 @@ def get_checkpoint_state(checkpoint_dir, latest_filename: str | None = None) -> 
     """
     checkpoint_dir = os.fspath(checkpoint_dir)
     path = os.path.join(checkpoint_dir, latest_filename or STATE_FILENAME)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         return None
-    with open(path, "rb") as f:
-        text = f.read()
+    try:
+        text, _ = read_regular(path)
+    except NotRegularFileError as e:
+        raise CheckpointFileError(f"checkpoint state file {e.strerror}", path=path, errno=e.errno) from None
+    except FileNotFoundError:
+        return None
     state = parse_checkpoint_state(text, path)
     if not state.model_checkpoint_path:
         raise CheckpointFormatError("invalid checkpoint state: model_checkpoint_path is empty or missing", path=path)
@@ -253,7 +278,8 @@ def latest_checkpoint(checkpoint_dir, latest_filename: str | None = None) -> str
     state = get_checkpoint_state(checkpoint_dir, latest_filename)
     if state is None:
         return None
-    prefix = state.model_checkpoint_path
+    # A state file may name one of the checkpoint's files ("model.ckpt.index"): its prefix is meant.
+    prefix = _strip_file_suffix(state.model_checkpoint_path)
     if _is_v2(prefix) or _is_v1(prefix):
         return prefix
     moved = os.path.join(checkpoint_dir, os.path.basename(prefix))
@@ -276,6 +302,17 @@ def _v1_error(prefix: str) -> UnsupportedCheckpointError:
         f"legacy V1 checkpoint at {prefix!r} (table file(s) without a '.index'); gpuload reads only "
         "TensorBundle V2 checkpoints (TF >= 1.0 default). Re-save it with TensorFlow using "
         "tf.compat.v1.train.Saver(write_version=tf.compat.v1.train.SaverDef.V2)", path=prefix)
+
+
+def _recover_if_needed(prefix: str) -> None:
+    """Finish a save of ``prefix`` that was committed but interrupted (see :mod:`.commit`)."""
+    if os.path.exists(prefix + JOURNAL_SUFFIX):
+        try:
+            recover(prefix)
+        except OSError as e:
+            raise CheckpointFormatError(
+                f"a save of this checkpoint was interrupted after it committed, and finishing it failed: {e}. "
+                f"Open it once with write access to its directory", path=prefix + JOURNAL_SUFFIX) from None
 
 
 def resolve_prefix(ckpt_dir_or_file) -> str:
@@ -302,7 +339,12 @@ def resolve_prefix(ckpt_dir_or_file) -> str:
     CheckpointFormatError
         A malformed state file.
     """
-    path = os.fsdecode(os.fspath(ckpt_dir_or_file))
+    try:
+        path = os.fsdecode(os.fspath(ckpt_dir_or_file))
+    except TypeError:
+        raise ArgumentTypeError(
+            f"ckpt_dir_or_file must be a checkpoint directory or prefix (str, bytes or os.PathLike), got "
+            f"{type(ckpt_dir_or_file).__name__}: {ckpt_dir_or_file!r}") from None
     if not path:
         raise CheckpointNotFoundError("empty checkpoint path")
     if os.path.isdir(path):
@@ -323,10 +365,12 @@ def resolve_prefix(ckpt_dir_or_file) -> str:
             raise CheckpointNotFoundError(
                 f"no checkpoint in directory {path!r}: no 'checkpoint' state file and no "
                 f"{path + '.index'!r}{hint}")
+        _recover_if_needed(prefix)
         if not _is_v2(prefix):
             raise _v1_error(prefix)
         return prefix
     prefix = _strip_file_suffix(path)
+    _recover_if_needed(prefix)
     if _is_v2(prefix):
         return prefix
     if _is_v1(prefix):
@@ -389,6 +433,19 @@ def update_checkpoint_state(directory, prefix, all_prefixes=None, *, latest_file
     """
     directory = os.fsdecode(os.fspath(directory))
     prefix = os.fsdecode(os.fspath(prefix))
+    os.makedirs(directory or ".", exist_ok=True)
+    # Read-modify-write of one file: savers of different prefixes in one directory take turns.
+    name = latest_filename or STATE_FILENAME
+    with prefix_lock(os.path.join(directory, name)):
+        leftover = re.compile(rf"^{re.escape(name)}\.tmp[A-Za-z0-9_]{{8}}$")  # of a write that was killed
+        for f in os.listdir(directory or "."):
+            if leftover.match(f):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, f))
+        return _update_checkpoint_state(directory, prefix, all_prefixes, latest_filename)
+
+
+def _update_checkpoint_state(directory, prefix, all_prefixes, latest_filename):
     absdir = os.path.abspath(directory)
 
     def rel(p):
@@ -420,12 +477,27 @@ def update_checkpoint_state(directory, prefix, all_prefixes=None, *, latest_file
             paths.remove(latest)
         paths.append(latest)
     text = format_checkpoint_state(latest, paths)
-    os.makedirs(directory or ".", exist_ok=True)
     target = os.path.join(directory, latest_filename or STATE_FILENAME)
-    fd, tmp = tempfile.mkstemp(prefix=(latest_filename or STATE_FILENAME) + ".tmp", dir=directory or ".")
+    _atomic_write(target, text)
+    return target
+
+
+def _atomic_write(target: str, text: str) -> None:
+    """Replace ``target`` by ``text``: temporary file, ``fsync``, rename, ``fsync`` of the directory.
+
+    Readers see the old or the new content, never a mix, and after a crash one of the two
+    is there (TF's ``atomic_write_string_to_file``, plus the fsyncs it leaves out).
+    """
+    from gpuload.format.commit import fsync_dir
+
+    directory = os.path.dirname(target) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(target) + ".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="ascii") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp, target)
     except BaseException:
@@ -434,4 +506,4 @@ def update_checkpoint_state(directory, prefix, all_prefixes=None, *, latest_file
         except OSError:
             pass
         raise
-    return target
+    fsync_dir(directory)

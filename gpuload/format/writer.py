@@ -17,17 +17,21 @@ to what TensorFlow writes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Mapping
 
 import numpy as np
 
+from gpuload.errors import ArgumentTypeError, InvalidArgumentError
+from gpuload.format import commit as _commit
 from gpuload.format import dtypes as _dt
 from gpuload.format.bundle import data_filename
 from gpuload.format.crc import crc32c, mask
 from gpuload.format.keys import encode_tensor_name_slice
 from gpuload.format.proto import encode_entry, encode_header, encode_varint
-from gpuload.format.slices import Box
+from gpuload.format.slices import Box, find_overlap
 from gpuload.format.sstable import TableWriter
 from gpuload.format.state import update_checkpoint_state
 
@@ -138,7 +142,7 @@ def _parse_sliced(name, spec):
 
 
 def save_checkpoint(prefix, tensors=None, *, update_state: bool = True, max_shard_bytes: int | None = None,
-                    slices=None) -> str:
+                    slices=None, global_step=None) -> str:
     """Write ``tensors`` as the checkpoint ``prefix`` (``prefix.index`` + data files).
 
     Parameters
@@ -164,23 +168,55 @@ def save_checkpoint(prefix, tensors=None, *, update_state: bool = True, max_shar
         ``(full_shape, [(Box, array), ...])`` when the slices do not reach the end of every
         dimension. Written after ``tensors``.
 
+    global_step:
+        When given, the checkpoint is written as ``f"{prefix}-{global_step}"``, as
+        TensorFlow's ``Saver.save(sess, prefix, global_step=N)`` does, and that name is
+        returned. With ``update_state`` (the default), the usual way to write checkpoints
+        a trainer and :func:`~gpuload.latest_checkpoint` agree on::
+
+            gpuload.save_checkpoint("/ckpt/model.ckpt", tensors, global_step=step)
+            gpuload.latest_checkpoint("/ckpt")   # "/ckpt/model.ckpt-<step>"
+
     Returns
     -------
     str
-        ``prefix``.
+        The prefix written (``prefix``, or ``prefix-global_step``).
 
     Notes
     -----
-    Files are written under temporary names and renamed into place (data files first,
-    the index last), so a reader never sees a half-written checkpoint.
+    Saving over an existing checkpoint never loses it: every file is written and fsynced
+    under a temporary name, then a journal commits the save and the files are renamed into
+    place (the index last). Interrupted or killed at any point, the prefix holds the old or
+    the new checkpoint, complete (an interrupted, committed save is finished when the prefix
+    is next opened or saved). Saves to one prefix from several threads or processes run one
+    at a time (a lock file beside it, removed afterwards). Data files of the old checkpoint
+    that the new one does not have are removed. The ``checkpoint`` state file is replaced
+    atomically. See :mod:`gpuload.format.commit`.
+
+    Raises
+    ------
+    ArgumentTypeError
+        ``prefix`` is not a path, ``tensors``/``slices`` not mappings, ``global_step`` or
+        ``max_shard_bytes`` not integers (a ``TypeError``).
+    InvalidArgumentError
+        Bad values (a ``ValueError``): a directory as prefix, duplicate keys, bad slices.
     """
-    prefix = os.fsdecode(os.fspath(prefix))
+    prefix = _path_arg(prefix, "prefix")
+    if global_step is not None:
+        prefix = f"{prefix}-{_int_arg(global_step, 'global_step')}"  # TF's Saver: "%s-%d"
     if not prefix or prefix.endswith(("/", os.sep)) or os.path.isdir(prefix):
-        raise ValueError(f"checkpoint prefix {prefix!r} must name a file prefix, not a directory")
+        raise InvalidArgumentError(f"checkpoint prefix {prefix!r} must name a file prefix, not a directory")
     tensors = {} if tensors is None else tensors
     slices = {} if slices is None else slices
-    if max_shard_bytes is not None and max_shard_bytes < 1:
-        raise ValueError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
+    for arg, value in (("tensors", tensors), ("slices", slices)):
+        if not isinstance(value, Mapping):
+            hint = " (a list of (name, array) pairs: pass dict(pairs))" if isinstance(value, (list, tuple)) else ""
+            raise ArgumentTypeError(f"save_checkpoint: {arg} must be a mapping of tensor name -> "
+                                    f"{'array' if arg == 'tensors' else 'slices'}, got {type(value).__name__}{hint}")
+    if max_shard_bytes is not None:
+        max_shard_bytes = _int_arg(max_shard_bytes, "max_shard_bytes")
+        if max_shard_bytes < 1:
+            raise InvalidArgumentError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
 
     items: list[_Item] = []
     full_entries: dict[bytes, bytes] = {}  # partitioned full entries, no data
@@ -204,11 +240,10 @@ def save_checkpoint(prefix, tensors=None, *, update_state: bool = True, max_shar
         for b in boxes:
             if b.rank != len(full_shape) or not b.within(full_shape):
                 raise ValueError(f"sliced tensor {name!r}: slice {b} is not inside shape {list(full_shape)}")
-        for i, a in enumerate(boxes):
-            for b in boxes[i + 1:]:
-                inter = a.intersect(b)
-                if inter is not None and inter.size:
-                    raise ValueError(f"sliced tensor {name!r}: slices {a} and {b} overlap")
+        found = find_overlap(boxes)
+        if found is not None:
+            a, b = sorted(found)
+            raise InvalidArgumentError(f"sliced tensor {name!r}: slices {a} and {b} overlap")
         key = name.encode("utf-8", "surrogateescape")
         if len(pairs) == 1 and boxes[0].is_full(full_shape):
             items.append(_item_for(key, name, pairs[0][1]))  # AddSlice of a full slice is a plain Add
@@ -229,42 +264,76 @@ def save_checkpoint(prefix, tensors=None, *, update_state: bool = True, max_shar
     dirname = os.path.dirname(prefix)
     if dirname:
         os.makedirs(dirname, exist_ok=True)
-    tag = secrets.token_hex(8)
-    temps: list[tuple[str, str]] = []
-    try:
-        for s in range(num_shards):
-            final = data_filename(prefix, s, num_shards)
-            tmp = f"{final}.tempstate{tag}"
-            temps.append((tmp, final))
-            with open(tmp, "wb", buffering=1 << 20) as f:
-                for it in items:
-                    if it.shard == s:
-                        it.crc = _write_item(f, it)
-        table = TableWriter()
-        table.add(b"", encode_header(num_shards=num_shards))
-        entries = {it.key: encode_entry(it.code, it.shape, it.shard, it.offset, it.size, it.crc) for it in items}
-        dup = set(entries) & set(full_entries)
-        if dup or len(entries) != len(items):
-            raise ValueError(f"duplicate table keys: {sorted(dup)!r}")
-        entries.update(full_entries)
-        for key in sorted(entries):
-            table.add(key, entries[key])
-        index_tmp = f"{prefix}.index.tempstate{tag}"
-        temps.append((index_tmp, prefix + ".index"))
-        with open(index_tmp, "wb") as f:
-            f.write(table.finish())
-        for tmp, final in temps:  # the index goes last: readers never see it before its data
-            os.replace(tmp, final)
-    except BaseException:
-        for tmp, _ in temps:
+    # Built before any file is touched: a bad input fails with nothing written.
+    table = TableWriter()
+    table.add(b"", encode_header(num_shards=num_shards))
+    owner: dict[bytes, str] = {k: f"partitioned tensor {k.decode('utf-8', 'surrogateescape')!r}"
+                               for k in full_entries}
+    for it in items:
+        if it.key in owner:
+            raise InvalidArgumentError(
+                f"{it.label!r} and {owner[it.key]!r} would be stored under the same table key {it.key!r} "
+                f"(a slice given twice, or a tensor name that equals a slice key)")
+        owner[it.key] = it.label
+    with _commit.prefix_lock(prefix):  # one save of this prefix at a time, across threads and processes
+        _commit.recover_locked(prefix)  # finish or undo a save that was interrupted
+        tag = secrets.token_hex(8)
+        temps: list[tuple[str, str]] = []
+        committed = False
+        try:
+            for sh in range(num_shards):
+                final = data_filename(prefix, sh, num_shards)
+                tmp = _commit.temp_name(final, tag)
+                temps.append((tmp, final))
+                with open(tmp, "wb", buffering=1 << 20) as f:
+                    for it in items:
+                        if it.shard == sh:
+                            it.crc = _write_item(f, it)
+                    f.flush()
+                    os.fsync(f.fileno())
+            entries = {it.key: encode_entry(it.code, it.shape, it.shard, it.offset, it.size, it.crc)
+                       for it in items}
+            entries.update(full_entries)
+            for key in sorted(entries):
+                table.add(key, entries[key])
+            index_tmp = _commit.temp_name(prefix + ".index", tag)
+            temps.append((index_tmp, prefix + ".index"))
+            with open(index_tmp, "wb") as f:
+                f.write(table.finish())
+                f.flush()
+                os.fsync(f.fileno())
+            committed = True  # from here on, recovery finishes this save rather than undoing it
+            _commit.commit(prefix, temps)  # the index goes last: readers never see it before its data
+        except BaseException:
             try:
-                os.unlink(tmp)
-            except OSError:
+                if committed:
+                    _commit.recover_locked(prefix)  # roll forward now if the journal made it to disk
+                else:
+                    for tmp, _ in temps:
+                        with contextlib.suppress(OSError):
+                            os.unlink(tmp)
+                    _commit.recover_locked(prefix)
+            except BaseException:  # noqa: B036 (the next open or save of the prefix recovers)
                 pass
-        raise
+            raise
     if update_state:
         update_checkpoint_state(dirname or ".", prefix)
     return prefix
+
+
+def _path_arg(value, arg: str) -> str:
+    """A ``str``/``bytes``/``os.PathLike`` argument as ``str``; anything else a clear TypeError."""
+    try:
+        return os.fsdecode(os.fspath(value))
+    except TypeError:
+        raise ArgumentTypeError(f"{arg} must be a path (str, bytes or os.PathLike), got "
+                                f"{type(value).__name__}: {value!r}") from None
+
+
+def _int_arg(value, arg: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ArgumentTypeError(f"{arg} must be an integer, got {type(value).__name__}: {value!r}")
+    return int(value)
 
 
 def _write_item(f, it: _Item) -> int:

@@ -42,6 +42,7 @@ from gpuload.graph.partition import (
 )
 from gpuload.graph.store import (
     AUTO_REUSE,
+    Graph,
     InitOp,
     PartitionedVariable,
     SaveSliceInfo,
@@ -49,6 +50,7 @@ from gpuload.graph.store import (
     Variable,
     VariableScope,
     device,
+    get_default_graph,
     get_variable,
     get_variable_scope,
     global_variables,
@@ -60,6 +62,8 @@ from gpuload.graph.store import (
 )
 
 __all__ = [
+    "Graph",
+    "get_default_graph",
     "AUTO_REUSE",
     "Constant",
     "GlorotNormal",

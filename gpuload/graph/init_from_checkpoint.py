@@ -21,13 +21,13 @@ one a place where TensorFlow fails late, fails confusingly, or misreads its own 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from gpuload.errors import AssignmentMapError
+from gpuload.errors import ArgumentTypeError, AssignmentMapError
+from gpuload.format.names import close_matches
 from gpuload.format.slices import Box
 
 __all__ = ["CheckpointSource", "init_from_checkpoint"]
@@ -43,6 +43,11 @@ class CheckpointSource:
     tensor: str
     box: Box
     allow_cast: bool = False
+    #: What the call validated, checked again when the load runs (``None``: not checked):
+    #: the stored tensor's ``(dtype code, shape, stored slices)``...
+    stored: tuple | None = None
+    #: ...and the identity of the index file it was read from (:class:`~gpuload.format.bundle.IndexId`).
+    index_id: object = None
 
 
 def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool = False) -> None:
@@ -88,21 +93,30 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool =
     from gpuload.format.state import resolve_prefix
     from gpuload.graph import store as store_mod
 
+    if not isinstance(assignment_map, Mapping) and (
+            isinstance(assignment_map, (str, bytes)) or not isinstance(assignment_map, Iterable)):
+        raise ArgumentTypeError(
+            f"init_from_checkpoint: assignment_map must be a dict or a list of (checkpoint_key, target) pairs, "
+            f"got {type(assignment_map).__name__}: {assignment_map!r}")
     prefix = resolve_prefix(ckpt_dir_or_file)
     bundle = Bundle.open(prefix)
     ckpt = _Checkpoint(str(ckpt_dir_or_file), prefix, bundle)
-    store = store_mod._default_store()
+    # One consistent view of the variables: other threads may create variables meanwhile.
+    store = _StoreView(store_mod._default_store())
     pairs = list(assignment_map.items()) if isinstance(assignment_map, Mapping) else list(assignment_map)
     for item in pairs:
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
             raise AssignmentMapError(
                 f"assignment_map must be a dict or a list of (checkpoint_key, target) pairs; got item {item!r}")
+    for ckpt_key, _ in pairs:
+        if not isinstance(ckpt_key, str):
+            raise ArgumentTypeError(
+                f"init_from_checkpoint: assignment_map keys must be checkpoint names (str), got "
+                f"{type(ckpt_key).__name__}: {ckpt_key!r}")
     pairs.sort(key=lambda p: p[0])
 
     plan: dict[int, tuple[object, CheckpointSource]] = {}  # id(var) -> (var, source); later wins
     for ckpt_key, target in pairs:
-        if not isinstance(ckpt_key, str):
-            raise AssignmentMapError(f"assignment_map keys must be checkpoint names (str), got {ckpt_key!r}")
         var = _as_variable_or_parts(target, store, store_mod)
         if var is not None:
             for v, src in _one_to_one(ckpt, ckpt_key, var, target, allow_cast):
@@ -119,6 +133,17 @@ _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _OBJECT_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
+class _StoreView:
+    """The default graph's variables as they were when the call began (a snapshot)."""
+
+    def __init__(self, store):
+        self._store = store
+        self.vars = store.snapshot()
+
+    def collect_partitioned(self, name):
+        return self._store.collect_partitioned(name, self.vars)
+
+
 @dataclasses.dataclass
 class _Checkpoint:
     given: str
@@ -127,6 +152,11 @@ class _Checkpoint:
 
     def __post_init__(self):
         self.names = frozenset(self.bundle.names())
+
+    def validated(self, key: str) -> tuple:
+        """``(stored, index_id)`` of a :class:`CheckpointSource` for tensor ``key``."""
+        e = self.bundle.entry(key)
+        return (e.dtype, e.shape, e.slices), self.bundle.index_id
 
     def where(self) -> str:
         return self.prefix if os.path.abspath(self.given) == os.path.abspath(self.prefix) \
@@ -145,8 +175,8 @@ class _Checkpoint:
                 f"ending in {_OBJECT_SUFFIX!r}{shown}; map those keys (gpuload inspect lists them)")
 
     def missing(self, key: str, what: str) -> AssignmentMapError:
-        names = sorted(self.names)
-        close = difflib.get_close_matches(key, names, n=3)
+        names = self.names
+        close = close_matches(key, self.bundle.names())
         hint = f"; close names in the checkpoint: {', '.join(map(repr, close))}" if close else ""
         hint += self._object_based_hint(key)
         return AssignmentMapError(
@@ -187,7 +217,7 @@ def _one_to_one(ckpt, key, var, target, allow_cast):
                 f"shape of {label} {list(var.shape)} does not match tensor {key!r} "
                 f"{list(shape)} in checkpoint {ckpt.where()}")
         _check_dtype(ckpt, key, src_dtype, var, allow_cast)
-        return [(var, CheckpointSource(ckpt.prefix, key, Box.full(shape), allow_cast))]
+        return [(var, CheckpointSource(ckpt.prefix, key, Box.full(shape), allow_cast, *ckpt.validated(key)))]
     infos = [v._save_slice_info for v in var]
     if any(i is None for i in infos):
         bad = [v.op.name for v, i in zip(var, infos) if i is None]
@@ -206,14 +236,14 @@ def _one_to_one(ckpt, key, var, target, allow_cast):
     out = []
     for v, info in zip(var, infos):
         _check_dtype(ckpt, key, src_dtype, v, allow_cast)
-        out.append((v, CheckpointSource(ckpt.prefix, key, info.box, allow_cast)))
+        out.append((v, CheckpointSource(ckpt.prefix, key, info.box, allow_cast, *ckpt.validated(key))))
     return out
 
 
 def _scope(ckpt, key, target, store, allow_cast):
     if not key.endswith("/"):
         names = [n for n in store.vars]
-        close = difflib.get_close_matches(str(target), names, n=3)
+        close = close_matches(str(target), names)
         hint = f" Close variable names: {', '.join(map(repr, close))}." if close else ""
         raise AssignmentMapError(
             f"no variable named {target!r} (the target of tensor {key!r} of checkpoint "

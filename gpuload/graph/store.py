@@ -49,6 +49,7 @@ from gpuload.graph.partition import part_boxes, validate_partitions
 
 __all__ = [
     "AUTO_REUSE",
+    "Graph",
     "InitOp",
     "PartitionedVariable",
     "SaveSliceInfo",
@@ -56,6 +57,7 @@ __all__ = [
     "Variable",
     "VariableScope",
     "device",
+    "get_default_graph",
     "get_variable",
     "get_variable_scope",
     "global_variables",
@@ -630,13 +632,34 @@ class VariableScope:
 
 
 class _ThreadState(threading.local):
+    """One thread's variable-scope stack in one graph (TF keeps it per graph)."""
+
     def __init__(self):
         self.scopes: list[VariableScope] = [VariableScope(False)]
+
+
+class _Devices(threading.local):
+    """One thread's :func:`device` stack. Per thread, not per graph: it survives
+    :func:`reset_default_graph` and applies inside ``Graph.as_default()`` blocks."""
+
+    def __init__(self):
         self.devices: list[str | None] = []
         self.tasks: list[int | None] = []
 
 
-_state = _ThreadState()
+_devices = _Devices()
+
+
+class _StateProxy:
+    """``_state.scopes`` (the thread's stack in the default graph), ``_state.devices`` and ``_state.tasks``."""
+
+    def __getattr__(self, name):
+        if name in ("devices", "tasks"):
+            return getattr(_devices, name)
+        return getattr(get_default_graph()._thread_state, name)
+
+
+_state = _StateProxy()
 
 
 def get_variable_scope() -> VariableScope:
@@ -685,11 +708,12 @@ def variable_scope(name_or_scope, reuse=None, initializer=None, partitioner=None
         partitioner=base.partitioner if partitioner is None else partitioner,
         dtype=base.dtype if dtype is None else dtype,
     )
-    _state.scopes.append(scope)
+    scopes = _state.scopes  # this graph's: popped from it even if the default graph changed inside
+    scopes.append(scope)
     try:
         yield scope
     finally:
-        _state.scopes.pop()
+        scopes.pop()
 
 
 @contextlib.contextmanager
@@ -751,17 +775,32 @@ class _VariableStore:
     def get(self, name: str) -> Variable | None:
         return self.vars.get(name)
 
-    def collect_partitioned(self, name: str) -> list[Variable] | None:
+    def snapshot(self) -> dict[str, Variable]:
+        """A copy of :attr:`vars`, taken under the store's lock.
+
+        Iterate over this, never over :attr:`vars` itself: another thread's
+        :func:`get_variable` may add to it at any moment.
+        """
+        with self._lock:
+            return dict(self.vars)
+
+    def snapshot_variables(self) -> list[Variable]:
+        with self._lock:
+            return list(self.vars.values())
+
+    def collect_partitioned(self, name: str, vars: dict | None = None) -> list[Variable] | None:
         """``name/part_0``, ``name/part_1``, ... up to the first missing index; ``None`` if no ``part_0``.
 
-        TensorFlow's ``_collect_partitioned_variable`` (``checkpoint_utils.py``).
+        TensorFlow's ``_collect_partitioned_variable`` (``checkpoint_utils.py``). Looks in
+        ``vars`` (a :meth:`snapshot`) when given, else in a fresh snapshot.
         """
-        if f"{name}/part_0" not in self.vars:
+        vars = self.snapshot() if vars is None else vars
+        if f"{name}/part_0" not in vars:
             return None
         out = []
         i = 0
-        while f"{name}/part_{i}" in self.vars:
-            out.append(self.vars[f"{name}/part_{i}"])
+        while f"{name}/part_{i}" in vars:
+            out.append(vars[f"{name}/part_{i}"])
             i += 1
         return out
 
@@ -1025,24 +1064,103 @@ class _VariableStore:
         return fn
 
 
-_store_lock = threading.Lock()
-_store = _VariableStore()
+class Graph:
+    """A set of variables with their scopes (``tf.compat.v1.Graph``, for what gpuload keeps of it).
+
+    Every variable made by :func:`get_variable` goes into the *default graph* of the
+    calling thread, as in TensorFlow:
+
+    * inside ``with graph.as_default():`` that is ``graph`` (blocks nest; the stack of
+      default graphs is per thread);
+    * elsewhere it is the thread's own global default graph, created on first use;
+      :func:`reset_default_graph` replaces it (for the calling thread only).
+
+    So the TF1 "one graph per thread" patterns work: threads that each call
+    ``reset_default_graph()`` or each enter ``with gpuload.Graph().as_default():`` see
+    only their own variables. A graph may also be shared: threads that enter the same
+    graph's ``as_default()`` share its variables; its store is locked, so
+    :func:`get_variable` and :func:`init_from_checkpoint` may run in several threads at
+    once. Variable scopes are per graph and per thread; :func:`device` blocks are per
+    thread (they apply in whichever graph is the default).
+    """
+
+    def __init__(self):
+        self._store = _VariableStore()
+        self._thread_state = _ThreadState()
+
+    @contextlib.contextmanager
+    def as_default(self):
+        """Make this graph the calling thread's default graph inside a ``with`` block.
+
+        Yields
+        ------
+        Graph
+            This graph.
+        """
+        _graphs.stack.append(self)
+        try:
+            yield self
+        finally:
+            # Remove this entry even if inner blocks were left unbalanced (a generator
+            # closed late): the stack never keeps a graph whose block has ended.
+            stack = _graphs.stack
+            for i in range(len(stack) - 1, -1, -1):
+                if stack[i] is self:
+                    del stack[i:]
+                    break
+
+    def get_variables(self) -> list["Variable"]:
+        """Every variable of this graph, in creation order (parts, not their wrappers)."""
+        return self._store.snapshot_variables()
+
+    def __repr__(self):
+        return f"<gpuload.Graph at 0x{id(self):x}: {len(self._store.vars)} variables>"
+
+
+class _GraphStack(threading.local):
+    def __init__(self):
+        self.stack: list[Graph] = []  # graphs entered with as_default(), innermost last
+        self.global_default: Graph | None = None  # this thread's default outside any block
+
+
+_graphs = _GraphStack()
+
+
+def get_default_graph() -> Graph:
+    """The calling thread's default graph (``tf.compat.v1.get_default_graph``).
+
+    The innermost ``with graph.as_default():`` of this thread, else the thread's global
+    default graph (created on first use).
+    """
+    state = _graphs
+    if state.stack:
+        return state.stack[-1]
+    if state.global_default is None:
+        state.global_default = Graph()
+    return state.global_default
 
 
 def _default_store() -> _VariableStore:
     """The store :func:`get_variable` records variables in (TF's ``_get_default_variable_store()``)."""
-    return _store
+    return get_default_graph()._store
 
 
 def reset_default_graph() -> None:
-    """Forget every variable: :func:`get_variable` starts from an empty store.
+    """Give the calling thread a new, empty global default graph (``tf.compat.v1.reset_default_graph``).
 
-    Variables already handed out stay usable but are no longer in the store or in
-    :func:`global_variables`.
+    Affects only the calling thread, as in TensorFlow. Variables already handed out stay
+    usable but are no longer in the default graph or in :func:`global_variables`.
+
+    Raises
+    ------
+    AssertionError
+        Inside a ``with graph.as_default():`` block (TensorFlow's error and message).
     """
-    global _store
-    with _store_lock:
-        _store = _VariableStore()
+    if _graphs.stack:
+        raise AssertionError(
+            "Do not use tf.reset_default_graph() to clear nested graphs. If you need a cleared graph, "
+            "exit the nesting and create a new graph.")
+    _graphs.global_default = Graph()
 
 
 def get_variable(
@@ -1111,8 +1229,8 @@ def get_variable(
 
 
 def global_variables() -> list[Variable]:
-    """Every variable in the store in creation order (parts, not their wrappers)."""
-    return list(_default_store().vars.values())
+    """Every variable of the default graph in creation order (parts, not their wrappers)."""
+    return _default_store().snapshot_variables()
 
 
 def trainable_variables() -> list[Variable]:
@@ -1176,17 +1294,39 @@ def _run_initializers(variables: Sequence[Variable]) -> None:
     sourced = [v for v in variables if v._init_source is not None]
     own = [v for v in variables if v._init_source is None]
     values = [v._initializer_fn() for v in own]
-    if sourced or collective:  # with a communicator every rank joins, even with nothing to load
-        load_checkpoint_sources(sourced)
-        missing = [v.name for v in sourced if v._value is None]
-        if missing:
-            raise UninitializedVariableError(
-                f"the checkpoint loader returned without assigning {len(missing)} variables: "
-                + ", ".join(missing[:10])
-                + (" ..." if len(missing) > 10 else "")
-            )
-    for v, val in zip(own, values):
-        v._assign(val)
+    before = [(v, v._value) for v in sourced]
+    try:
+        if sourced or collective:  # with a communicator every rank joins, even with nothing to load
+            load_checkpoint_sources(sourced)
+            missing = [v.name for v in sourced if v._value is None]
+            if missing:
+                raise UninitializedVariableError(
+                    f"the checkpoint loader returned without assigning {len(missing)} variables: "
+                    + ", ".join(missing[:10])
+                    + (" ..." if len(missing) > 10 else "")
+                )
+        _assign_all(zip(own, values))
+    except BaseException:
+        for v, old in before:  # the loaded ones too: all or nothing
+            v._value = old
+        raise
+
+
+def _assign_all(pairs) -> None:
+    """``v._assign(array)`` for every ``(v, array)`` pair, all or nothing.
+
+    A failure or an interrupt in the middle puts back the values the variables had, so a
+    failed ``run()`` never leaves some variables loaded and others not.
+    """
+    previous = []
+    try:
+        for v, array in pairs:
+            previous.append((v, v._value))  # before _assign: an interrupt right after it is undone too
+            v._assign(array)
+    except BaseException:
+        for v, old in previous:
+            v._value = old
+        raise
 
 
 def variables_initializer(var_list: Iterable, name: str = "init") -> InitOp:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
-from gpuload.errors import ShardReadError
+from gpuload.errors import CheckpointFileError, ShardReadError, TruncatedCheckpointError
+from gpuload.format.files import NotRegularFileError, open_regular
 from gpuload.io.ring import ALIGN
 
 __all__ = ["ShardFiles", "DIRECT_REQUEST"]
@@ -45,15 +46,26 @@ class ShardFiles:
                     path = self.paths[index]
                     flags = os.O_RDONLY | (os.O_DIRECT if self.direct else 0)
                     try:
-                        fd = os.open(path, flags)
+                        fd = self._open(path, flags)
+                    except NotRegularFileError as exc:
+                        raise CheckpointFileError(f"checkpoint data file {exc.strerror}", path=path,
+                                                  errno=exc.errno) from None
                     except OSError as exc:
-                        if self.direct and exc.errno == 22:  # EINVAL: the filesystem has no O_DIRECT
-                            fd = os.open(path, os.O_RDONLY)
-                        else:
-                            raise ShardReadError(exc.errno, f"cannot open checkpoint data file: {exc.strerror}",
-                                                 path) from exc
+                        raise ShardReadError(exc.errno, f"cannot open checkpoint data file: {exc.strerror}",
+                                             path) from exc
                     self._fds[index] = fd
         return fd
+
+    def _open(self, path, flags) -> int:
+        # Regular files only: a FIFO or device put in place of a shard would block or never end.
+        try:
+            return open_regular(path, flags)
+        except NotRegularFileError:
+            raise
+        except OSError as exc:
+            if self.direct and exc.errno == 22:  # EINVAL: the filesystem has no O_DIRECT
+                return open_regular(path)
+            raise
 
     def read(self, index: int, offset: int, size: int, slot) -> memoryview:
         """Read ``size`` bytes at ``offset`` of file ``index`` into ``slot``; return their view.
@@ -110,9 +122,9 @@ class ShardFiles:
         return done
 
     def _short(self, index, offset, size, end):
-        raise ShardReadError(
-            5, f"expected {size} bytes at offset {offset}, but the file ends at byte {end} "
-               f"(truncated or replaced during the load?)", self.paths[index])
+        raise TruncatedCheckpointError(
+            f"expected {size} bytes at offset {offset}, but the file ends at byte {end} "
+            f"(truncated or replaced during the load?)", path=self.paths[index], offset=offset)
 
     def close(self) -> None:
         with self._lock:
