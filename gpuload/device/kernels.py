@@ -320,11 +320,12 @@ def launch_geometry(counts: Iterable[int], sm_count: int) -> tuple[tuple[int, in
     Returns
     -------
     (grid, block)
-        ``((gx, gy), (BLOCK_THREADS,))``.
+        ``((gx, gy), (BLOCK_THREADS,))``; ``((1, 1), ...)`` for no descriptors (a load
+        with no copies: the kernel's descriptor loop then does nothing).
     """
     counts = list(counts)
     if not counts:
-        raise ValueError("launch_geometry needs at least one descriptor")
+        return (1, 1), (BLOCK_THREADS,)
     per_block = BLOCK_THREADS * ITEMS_PER_THREAD
     need = max(-(-max(c, 1) // per_block) for c in counts)
     gy = min(len(counts), MAX_GRID_Y)
