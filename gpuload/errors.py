@@ -22,6 +22,8 @@ __all__ = [
     "ShardReadError",
     "DeviceUnavailableError",
     "UninitializedVariableError",
+    "DeviceError",
+    "DeviceMemoryError",
 ]
 
 
@@ -93,3 +95,21 @@ class DeviceUnavailableError(GpuloadError, RuntimeError):
 
 class UninitializedVariableError(GpuloadError, RuntimeError):
     """A variable's value was asked for before any initializer ran (TF's FailedPrecondition)."""
+
+
+class DeviceError(GpuloadError, RuntimeError):
+    """A CUDA call failed on a device; the message names the device, ``__cause__`` is CuPy's error.
+
+    Attributes
+    ----------
+    device:
+        The canonical device string, e.g. ``"/device:GPU:1"``.
+    """
+
+    def __init__(self, message: str, *, device: str | None = None):
+        super().__init__(message)
+        self.device = device
+
+
+class DeviceMemoryError(DeviceError, MemoryError):
+    """A device (or pinned host) allocation failed: out of memory on ``device``."""

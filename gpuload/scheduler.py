@@ -24,10 +24,11 @@ import dataclasses
 import queue
 import threading
 import time
+import traceback
 
 import numpy as np
 
-from gpuload.errors import ChecksumError
+from gpuload.errors import ChecksumError, DeviceError
 from gpuload.format import crc as crcmod
 from gpuload.io.reader import ShardFiles
 from gpuload.io.ring import ALIGN, Ring, RingClosed
@@ -50,6 +51,10 @@ class LoadStats:
     drain_s: float = 0.0
     wall_s: float = 0.0
     ring_bytes: int = 0
+    #: Seconds spent getting the ring's slots: pinning them on the first GPU load of the
+    #: process, ~0 on later ones (the pinned ring is kept; see
+    #: :func:`gpuload.device.release_pinned_memory`). Not part of ``read_s``.
+    pin_s: float = 0.0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,16 +90,81 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
     """
     stats = stats if stats is not None else LoadStats()
     t0 = time.perf_counter()
-    dests = [backends[d.device].empty(d.shape, d.dtype) for d in plan.destinations]
-    dtypes = [(d.src_dtype, d.dtype) for d in plan.destinations]
-    for h in plan.host_loads:
-        value = host_loader(h.source, h.box)
-        dests[h.dest][...] = value
-    if plan.chunks:
-        _stream(plan, backends, dests, dtypes, config, stats)
+    # One session per backend and load: a CUDA backend gives each load its own streams
+    # and staging, so that concurrent loads (threads) share no buffer.
+    opened = {}
+    for b in backends.values():
+        if id(b) not in opened:
+            make = getattr(b, "session", None)
+            opened[id(b)] = (b, make() if callable(make) else b)
+    sessions = {dev: opened[id(b)][1] for dev, b in backends.items()}
+    failed = False
+    try:
+        dests = [sessions[d.device].empty(d.shape, d.dtype) for d in plan.destinations]
+        dtypes = [(d.src_dtype, d.dtype) for d in plan.destinations]
+        for h in plan.host_loads:
+            value = host_loader(h.source, h.box)
+            dests[h.dest][...] = value
+        if plan.chunks:
+            _stream(plan, backends, sessions, dests, dtypes, config, stats)
+    except BaseException as exc:
+        failed = True
+        _close_sessions(opened, exc)
+        # Finished frames of the failed load (slot views, tokens, destinations) are cleared,
+        # so that a caller holding the exception holds no pinned or device memory.
+        dests = None  # noqa: F841
+        _clear_frames(exc)
+        raise
+    finally:
+        if not failed:
+            _close_sessions(opened, None)
     stats.bytes_written = plan.bytes_written
     stats.wall_s = time.perf_counter() - t0
     return dests
+
+
+def _close_sessions(opened, exc) -> None:
+    """Close every per-load session; with ``exc`` propagating, attach failures to it instead."""
+    first = None
+    for backend, session in opened.values():
+        if session is backend:
+            continue
+        try:
+            session.close()
+        except BaseException as e:  # noqa: BLE001
+            if exc is not None:
+                _attach_cleanup_error(exc, e)
+            elif first is None:
+                first = e
+    if first is not None:
+        raise first
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Clear the finished frames of ``exc`` and of every error chained or attached to it."""
+    seen = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        todo += [e.__cause__, e.__context__, *getattr(e, "cleanup_errors", ())]
+
+
+def _attach_cleanup_error(exc: BaseException, cleanup: BaseException) -> None:
+    """Keep the first error on top; note the cleanup failure on it (never raise over it)."""
+    errs = getattr(exc, "cleanup_errors", None)
+    if errs is None:
+        errs = []
+        try:
+            exc.cleanup_errors = errs
+        except AttributeError:
+            return
+    errs.append(cleanup)
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"while cleaning up after this error: {type(cleanup).__name__}: {cleanup}")
 
 
 def _ring_backend(plan, backends):
@@ -106,12 +176,19 @@ def _ring_backend(plan, backends):
     return backends[plan.destinations[0].device]
 
 
-def _stream(plan, backends, dests, dtypes, config, stats):
+def _stream(plan, backends, sessions, dests, dtypes, config, stats):
     chunks = plan.chunks
     largest = max(c.size for c in chunks)
     nslots = max(1, min(config.ring_slots, len(chunks)))
     slot_bytes = largest + (2 * ALIGN if config.direct_io else 0)
-    ring = Ring(_ring_backend(plan, backends), nslots, slot_bytes)
+    ring_backend = _ring_backend(plan, backends)
+    ring = Ring(ring_backend, nslots, slot_bytes)
+    if not getattr(ring_backend, "synchronous", False):
+        # Pinned slots are taken here, in the calling thread, before the readers start:
+        # pinning (first load of the process) must not count as read time, and a reader
+        # thread never makes CUDA calls.
+        ring.allocate_all()
+    stats.pin_s += ring.alloc_s
     files = ShardFiles(plan.files, direct=config.direct_io)
 
     # Each chunk's copies grouped by device, computed once.
@@ -165,7 +242,7 @@ def _stream(plan, backends, dests, dtypes, config, stats):
                 if view is not None and inline[idx]:
                     chunk_bytes = np.frombuffer(view, dtype=np.uint8)
                     for device, copies in by_device[idx]:
-                        backends[device].submit(slot, chunk_bytes, copies, dests, dtypes).wait()
+                        sessions[device].submit(slot, chunk_bytes, copies, dests, dtypes).wait()
                     view = None
                 if view is None:
                     # Nothing reads the slot any more: free it now rather than when the
@@ -226,7 +303,7 @@ def _stream(plan, backends, dests, dtypes, config, stats):
                 chunk_bytes = np.frombuffer(view, dtype=np.uint8)
                 tokens = []
                 for device, copies in by_device[idx]:
-                    tokens.append(backends[device].submit(slot, chunk_bytes, copies, dests, dtypes))
+                    tokens.append(sessions[device].submit(slot, chunk_bytes, copies, dests, dtypes))
                 release_q.put((slot, tokens))
             for span, value in zip(chunk.crc_spans, crcs):
                 running[span.check] = crcmod.crc32c_combine(running[span.check], value, span.size) \
@@ -243,25 +320,60 @@ def _stream(plan, backends, dests, dtypes, config, stats):
         td = time.perf_counter()
         release_q.put(None)
         rel_thread.join()
-        for b in {id(b): b for b in backends.values()}.values():
-            b.synchronize()
+        for s in {id(s): s for s in sessions.values()}.values():
+            s.synchronize()
         stats.drain_s += time.perf_counter() - td
         if errors:
             raise errors[0]
-    except BaseException:
-        ring.abort()
-        release_q.put(None)
-        raise
-    finally:
         for t in threads:
             t.join()
-        if rel_thread.is_alive():
-            rel_thread.join()
+    except BaseException as exc:
+        ring.abort()
+        release_q.put(None)
+        earlier = [e for e in errors if e is not exc]
+        for t in [*threads, rel_thread]:
+            if t.ident is not None:
+                t.join()
+        # The ring goes back to the pool only once no device can still read it: wait for
+        # every session here; if one cannot (a failed device), never reuse the slots.
+        reuse = True
+        for s in {id(s): s for s in sessions.values()}.values():
+            try:
+                s.synchronize()
+            except BaseException as e:  # noqa: BLE001
+                reuse = False
+                if e is not exc:
+                    _attach_cleanup_error(exc, e)
+        for e in errors:
+            # Readers' and the releaser's frames hold slot views; clear them so that the
+            # exception (kept by the caller) pins no memory.
+            _clear_frames(e)
+        _finish(ring, files, bar, stats, read_s, crc_s, copy_s, reuse=reuse, exc=exc)
+        if isinstance(exc, DeviceError) and earlier:
+            # A failed device fails every later call too: the consumer's error is then an
+            # echo of the one a reader or the releaser hit first, which is what surfaces.
+            first = earlier[0]
+            _attach_cleanup_error(first, exc)
+            raise first from first.__cause__
+        raise
+    _finish(ring, files, bar, stats, read_s, crc_s, copy_s, reuse=True, exc=None)
+
+
+def _finish(ring, files, bar, stats, read_s, crc_s, copy_s, *, reuse, exc):
+    try:
         files.close()
         stats.ring_bytes = max(stats.ring_bytes, ring.nbytes)
-        ring.close()
+        if reuse:
+            ring.close()
+        else:
+            ring.close(reuse=False)
         if bar is not None:
             bar.close()
+    except BaseException as e:  # noqa: BLE001
+        if exc is None:
+            raise
+        _attach_cleanup_error(exc, e)
+    finally:
         stats.read_s += read_s[0]
         stats.crc_s += crc_s[0]
         stats.copy_s += copy_s[0]

@@ -309,6 +309,8 @@ def _drain_frees() -> None:
                 state.mem_used[alloc.device] -= alloc.size
             what = "pinned host memory" if alloc.device == "pinned" else f"device memory of GPU {alloc.device}"
             for op, _is_write, _lo, _hi in alloc.history:
+                if state.sticky.get(op.device) is not None:
+                    continue  # a failed device runs nothing more
                 if op.vc[op.stream.sid] <= alloc.free_vc.get(op.stream.sid, 0):
                     continue  # the host had waited for it
                 if alloc.device != "pinned" and op.stream is alloc.stream:
@@ -1148,6 +1150,7 @@ runtime = types.SimpleNamespace(
 )
 compiler = types.SimpleNamespace(CompileException=CompileException)
 memory = types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError)
+driver = types.SimpleNamespace(CUDADriverError=CUDARuntimeError)
 cuda = types.SimpleNamespace(
     Device=Device,
     Event=Event,
@@ -1159,6 +1162,7 @@ cuda = types.SimpleNamespace(
     runtime=runtime,
     compiler=compiler,
     memory=memory,
+    driver=driver,
     is_available=lambda: True,
 )
 

@@ -41,7 +41,19 @@ __all__ = [
     "default_device",
     "gpu_count",
     "is_gpu_available",
+    "release_pinned_memory",
 ]
+
+
+def release_pinned_memory() -> int:
+    """Unpin the idle part of the process-wide pinned ring (kept between GPU loads).
+
+    Loads to a GPU stage through pinned host memory that stays pinned for the next load
+    (pinning costs 0.1-0.25 s per 256 MiB); this frees it. It also runs at exit. Returns
+    the number of bytes unpinned (0 if no GPU load ran; CuPy is never imported here).
+    """
+    cuda = sys.modules.get("gpuload.device.cuda")
+    return 0 if cuda is None else cuda.release_pinned_memory()
 
 
 class Token(Protocol):
