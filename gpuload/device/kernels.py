@@ -236,8 +236,10 @@ def _variant_kernel(variant: str):
     return fn
 
 
-def warmup(variants: Iterable[str] | None = None, devices: Iterable[int] | None = None) -> None:
+def warmup(variants: Iterable[str] | None = None, devices: Iterable[int] | None = None) -> float:
     """Compile kernels now, so that compilation never lands inside a measured load.
+
+    Returns the seconds it took (NVRTC compile, or CuPy's disk cache, plus module load).
 
     Parameters
     ----------
@@ -254,8 +256,11 @@ def warmup(variants: Iterable[str] | None = None, devices: Iterable[int] | None 
     KernelCompileError
         A variant does not compile.
     """
+    import time
+
     import cupy
 
+    t = time.perf_counter()
     variants = tuple(VARIANTS if variants is None else variants)
     for v in variants:
         options(v)  # validates the name before anything is compiled
@@ -264,6 +269,7 @@ def warmup(variants: Iterable[str] | None = None, devices: Iterable[int] | None 
         with cupy.cuda.Device(dev):
             for v in variants:
                 _variant_kernel(v)
+    return time.perf_counter() - t
 
 
 def pack_descriptors(copies: Iterable, dst_ptrs: Iterable[int], src_base: int = 0, out: np.ndarray | None = None) -> np.ndarray:
