@@ -27,12 +27,13 @@ SMALL = {"chunk_bytes": 8192, "ring_bytes": 3 * 8192}
 
 @pytest.fixture(autouse=True)
 def fresh_graph():
-    gpuload.reset_default_graph()
-    yield
-    gpuload.reset_default_graph()
     from gpuload.device.cuda import pinned_pool_bytes
 
-    assert pinned_pool_bytes()["lent"] == 0, "a load kept ring slots"
+    gpuload.reset_default_graph()
+    lent = pinned_pool_bytes()["lent"]
+    yield
+    gpuload.reset_default_graph()
+    assert pinned_pool_bytes()["lent"] == lent, "a load kept pinned ring slots or descriptors"
 
 
 def _ckpt(tmp_path, arrays, name="model.ckpt"):
