@@ -56,6 +56,7 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 
 __version__ = "14.0.0+sim"
 NDEV = 2
+IS_SIMULATOR = True
 
 _BF16_NAME = "bfloat16"
 

@@ -23,9 +23,10 @@ def sim(monkeypatch):
         monkeypatch.setitem(sys.modules, "cupy", cuda_sim)
         monkeypatch.setitem(sys.modules, "cupy.cuda", cuda_sim.cuda)
         monkeypatch.setattr(placement, "_probe", lambda: (cuda_sim.NDEV, "CUDA simulator"))
-        monkeypatch.setattr(placement, "_backends", {})
         monkeypatch.setattr(kernels, "_modules", {})
         monkeypatch.setattr(kernels, "_functions", {})
+    # Fresh backends (stats, default sessions) and pinned pool for every test.
+    monkeypatch.setattr(placement, "_backends", {})
     mode = cuda_sim.state.mode
     monkeypatch.setattr(cuda, "_POOL", cuda._PinnedPool())
     cuda_sim.finish_test()
