@@ -28,7 +28,8 @@ def sim(monkeypatch):
     # Fresh backends (stats, default sessions) and pinned pool for every test.
     monkeypatch.setattr(placement, "_backends", {})
     mode = cuda_sim.state.mode
-    monkeypatch.setattr(cuda, "_POOL", cuda._PinnedPool())
+    if hasattr(cuda, "_PinnedPool"):
+        monkeypatch.setattr(cuda, "_POOL", cuda._PinnedPool())
     cuda_sim.finish_test()
     yield cuda_sim
     gc.collect()
