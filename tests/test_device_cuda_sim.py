@@ -160,36 +160,63 @@ def test_staging_grows_and_slots_are_independent(sim):  # noqa: F811
 # ------------------------------------------------------------------ the simulator can fail
 
 
-def _skip_kernel_wait(monkeypatch, sim):  # noqa: F811
-    """Plant a bug: the kernel stream no longer waits for the staging copy's event."""
-    real = sim.Stream.wait_event
-    state = {"skipped": 0}
+def _break_backend(monkeypatch, what):
+    """Plant a bug in the CUDA backend; returns a counter of the skipped waits.
 
-    def wait_event(self, event):
-        if event.op is not None and event.op.stream is not self and "event record" in event.op.what \
-                and not event.op.stream.null:
-            state["skipped"] += 1
-            return None
-        return real(self, event)
+    ``kernel-wait``: a load's kernel stream no longer waits for the event recorded after the
+    staging copy. ``token-wait``: ``CudaToken.wait`` returns at once, so the releaser hands
+    a ring slot back while the copies out of it have not run.
+    """
+    from gpuload.device import cuda
 
-    monkeypatch.setattr(sim.Stream, "wait_event", wait_event)
-    return state
+    skipped = {"n": 0}
+    if what == "kernel-wait":
+        real_init = cuda.CudaLoad.__init__
+
+        def init(self, backend):
+            real_init(self, backend)
+            real_wait, copy = self._kernel_stream.wait_event, self._copy_stream
+
+            def wait_event(event):
+                if event.op is not None and event.op.stream is copy:
+                    skipped["n"] += 1
+                    return None
+                return real_wait(event)
+
+            self._kernel_stream.wait_event = wait_event
+
+        monkeypatch.setattr(cuda.CudaLoad, "__init__", init)
+    else:
+        monkeypatch.setattr(cuda.CudaToken, "wait", lambda self: skipped.__setitem__("n", skipped["n"] + 1))
+    return skipped
 
 
-@pytest.mark.parametrize("mode", ["late", "early"])
-def test_simulator_catches_a_missing_event_wait(tmp_path, monkeypatch, sim, mode):  # noqa: F811
-    """Break the kernel stream's wait on the staging copy: the simulator must report it."""
+@pytest.mark.parametrize(("what", "mode", "expect"), [
+    ("kernel-wait", "late", "race: kernel"),
+    ("kernel-wait", "early", "race: kernel"),
+    ("token-wait", "late", "changed between enqueue and execution"),
+])
+def test_simulator_catches_a_broken_wait_in_the_backend(tmp_path, monkeypatch, sim, what, mode, expect):  # noqa: F811
+    """Break an event wait in the backend: the simulator must report it (it can fail)."""
     sim.set_mode(mode)
-    table = np.random.default_rng(1).standard_normal((64, 32)).astype(np.float32)
+    table = np.random.default_rng(1).standard_normal((256, 32)).astype(np.float32)
     prefix = _ckpt(tmp_path, {"t": table})
-    state = _skip_kernel_wait(monkeypatch, sim)
+    skipped = _break_backend(monkeypatch, what)
     try:
         _load(prefix, "t", table.shape, "bfloat16", [1, 4], "/gpu:0", chunk_bytes=4096, ring_bytes=3 * 4096)
     except Exception:  # noqa: BLE001 - wrong data may also fail the load; the violations are what counts
         pass
     found = sim.finish_test()
-    assert state["skipped"] > 0
-    assert any("race" in v and "kernel" in v for v in found), found
+    assert skipped["n"] > 0
+    assert any(expect in v for v in found), found
+
+
+def test_the_same_load_without_the_break_is_clean(tmp_path, mode_sim):
+    """The control of the test above: the unbroken backend gives no violation (fixture checks)."""
+    table = np.random.default_rng(1).standard_normal((256, 32)).astype(np.float32)
+    prefix = _ckpt(tmp_path, {"t": table})
+    v = _load(prefix, "t", table.shape, "bfloat16", [1, 4], "/gpu:0", chunk_bytes=4096, ring_bytes=3 * 4096)
+    np.testing.assert_array_equal(v.as_array().view(np.uint16), table.astype(BF16).view(np.uint16))
 
 
 def test_simulator_catches_a_slot_refilled_too_early(sim):  # noqa: F811

@@ -265,7 +265,8 @@ class CudaBackend:
         self._cupy = cupy
         self.index = int(index)
         self.device = f"/device:GPU:{self.index}"
-        with cupy.cuda.Device(self.index) as dev, _device_errors(cupy, self.device, "opening the device"):
+        dev = cupy.cuda.Device(self.index)
+        with dev, _device_errors(cupy, self.device, "opening the device"):
             self._sm_count = int(dev.attributes["MultiProcessorCount"])
         self._lock = threading.Lock()
         self._default: CudaLoad | None = None
@@ -301,7 +302,8 @@ class CudaBackend:
     def to_host(self, array: Any) -> np.ndarray:
         """Copy a device array to a NumPy array (waits for all work on this device first)."""
         cp = self._cupy
-        with cp.cuda.Device(self.index) as dev, _device_errors(cp, self.device, "copying an array to the host"):
+        dev = cp.cuda.Device(self.index)
+        with dev, _device_errors(cp, self.device, "copying an array to the host"):
             dev.synchronize()
             return cp.asnumpy(array)
 
@@ -337,7 +339,8 @@ class CudaBackend:
     def synchronize(self) -> None:
         """Block until every submitted copy on this device (any session) has finished."""
         cp = self._cupy
-        with cp.cuda.Device(self.index) as dev, _device_errors(cp, self.device, "synchronizing"):
+        dev = cp.cuda.Device(self.index)
+        with dev, _device_errors(cp, self.device, "synchronizing"):
             dev.synchronize()
 
     def close(self) -> None:
