@@ -476,3 +476,36 @@ def test_demo_on_a_gpu_compiles_kernels_before_the_timed_load(tmp_path, capsys, 
     out = capsys.readouterr().out
     assert "box-copy kernels ready on /device:GPU:0" in out and "bit for bit" in out
     assert seen and all((0, "b4_b4") in s for s in seen)
+
+
+def test_simulator_catches_wrong_current_device_and_freed_memory(sim):  # noqa: F811
+    """The remaining violation kinds: launch/copy on a stream of a non-current device,
+    an H2D copy from pinned memory freed before it ran, a kernel writing freed memory."""
+    with sim.cuda.Device(0):
+        s0 = sim.cuda.Stream(non_blocking=True)
+        dst = sim.empty((4096,), np.uint8)
+        fn = sim.RawModule(code=kernels.source(), options=kernels.options("b1_b1")).get_function("gpuload_box_copy_b1_b1")
+    pinned = sim.cuda.PinnedMemory(4096)
+    host = np.frombuffer(sim.cuda.PinnedMemoryPointer(pinned, 0), np.uint8, count=4096)
+    with sim.cuda.Device(1):
+        sim.cuda.runtime.memcpyAsync(dst.data.ptr, host.ctypes.data, 4096, 1, s0.ptr)  # GPU 1 current
+    ptr = host.ctypes.data
+    del host, pinned
+    gc.collect()
+    with sim.cuda.Device(0):
+        sim.cuda.runtime.memcpyAsync(dst.data.ptr, ptr, 4096, 1, s0.ptr)  # freed pinned source
+        staged = sim.empty((4096,), np.uint8)
+        out = sim.empty((4096,), np.uint8)
+        desc = kernels.pack_descriptors([BoxCopy(0, 0, (1,), 0, (1,), (4096,))], [out.data.ptr])
+        d_desc = sim.asarray(desc.view(np.uint8))
+        fn((1, 1), (256,), (staged, d_desc, np.int32(1)), stream=s0)
+    with sim.cuda.Device(1):
+        fn((1, 1), (256,), (staged, d_desc, np.int32(1)), stream=s0)  # launch while GPU 1 is current
+    del out
+    gc.collect()
+    s0.synchronize()
+    found = sim.finish_test()
+    assert any("cudaMemcpyAsync on stream" in v and "while GPU 1 is current" in v for v in found), found
+    assert any("launched while GPU 1 is current" in v for v in found), found
+    assert any("reads freed pinned memory" in v for v in found), found
+    assert any("freed device memory of GPU 0" in v or "freed while" in v for v in found), found
