@@ -78,7 +78,7 @@ log "$NGPU GPU(s) visible"
 
 log "pytest -m gpu"
 set +e
-GPULOAD_REQUIRE_GPU=1 timeout 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs 2>&1 | tee "$OUT/gpu-check-$STAMP-pytest.log" | tail -n 25
+GPULOAD_REQUIRE_GPU=1 timeout 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs 2>&1 | tee "$OUT/gpu-check-$STAMP-pytest.log" | tail -n 25
 RC=${PIPESTATUS[0]}
 set -e
 note "## pytest -m gpu (GPULOAD_REQUIRE_GPU=1): exit $RC"

@@ -67,7 +67,12 @@ class Token(Protocol):
 
 
 class Backend(Protocol):
-    """What the scheduler calls; see :class:`gpuload.device.host.HostBackend` for the docs."""
+    """What the scheduler calls; see :class:`gpuload.device.host.HostBackend` for the docs.
+
+    A backend may also have ``session()``, returning an object with ``empty``, ``submit``,
+    ``synchronize`` and ``close`` for one load (the CUDA backend does: per-load streams and
+    staging, so that concurrent loads share no buffer); the scheduler then uses that.
+    """
 
     device: str
     stats: dict
