@@ -1144,10 +1144,12 @@ runtime = types.SimpleNamespace(
     hostAllocPortable=hostAllocPortable,
     hostAllocDefault=hostAllocDefault,
     getDeviceCount=_get_device_count,
+    memGetInfo=lambda: ((1 << 34) - state.mem_used[_tls_device() or 0], 1 << 34),
     CUDARuntimeError=CUDARuntimeError,
     driverGetVersion=lambda: 13000,
     runtimeGetVersion=lambda: 13000,
-    getDeviceProperties=lambda i: {"name": f"Simulated GPU {i}".encode(), "totalGlobalMem": 1 << 34},
+    getDeviceProperties=lambda i: {"name": f"Simulated GPU {i}".encode(), "totalGlobalMem": 1 << 34, "major": 9,
+                                   "minor": 0, "pciBusID": i},
 )
 compiler = types.SimpleNamespace(CompileException=CompileException)
 memory = types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError)
