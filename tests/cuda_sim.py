@@ -676,6 +676,32 @@ for _n in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int
 dtype = np.dtype
 
 
+class _MemoryPool:
+    """``cupy.get_default_memory_pool()``: the current device's byte count and limit."""
+
+    def used_bytes(self):
+        _drain_frees()
+        return state.mem_used[_tls_device() or 0]
+
+    total_bytes = used_bytes
+
+    def free_all_blocks(self, stream=None):
+        _drain_frees()
+
+    def set_limit(self, size=None, fraction=None):
+        state.mem_limit[_tls_device() or 0] = size or None
+
+    def get_limit(self):
+        return state.mem_limit[_tls_device() or 0] or 0
+
+
+_POOL = _MemoryPool()
+
+
+def get_default_memory_pool():
+    return _POOL
+
+
 # ----------------------------------------------------------------------------- pinned
 
 

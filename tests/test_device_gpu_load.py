@@ -135,6 +135,37 @@ def test_corrupt_chunk_fails_whole_load(tmp_path):
     assert all(p._value is None for p in v._get_variable_list())
 
 
+def test_cuda_oom_mid_load(tmp_path):
+    """The device runs out of memory once the destinations are allocated (the staging does
+    not fit): DeviceMemoryError naming the device, and no device memory is left behind."""
+    import gc
+
+    import cupy
+
+    from gpuload.errors import DeviceMemoryError
+
+    table = np.random.default_rng(6).standard_normal((1024, 16)).astype(np.float32)
+    prefix = _ckpt(tmp_path, {"t": table})
+    pool = cupy.get_default_memory_pool()
+    with cupy.cuda.Device(0):
+        gc.collect()
+        pool.free_all_blocks()
+        before = pool.used_bytes()
+        pool.set_limit(size=pool.total_bytes() + table.size * 2 + 2048)  # the bf16 parts fit, staging not
+        try:
+            with pytest.raises(DeviceMemoryError, match=r"/device:GPU:0: out of memory") as info:
+                _load(prefix, "t", table.shape, "bfloat16", [1, 4], "/gpu:0", chunk_bytes=8192, ring_bytes=3 * 8192)
+        finally:
+            pool.set_limit(size=0)
+        assert isinstance(info.value, MemoryError)
+        del info
+        gc.collect()
+        assert pool.used_bytes() == before
+    gpuload.reset_default_graph()
+    v = _load(prefix, "t", table.shape, "bfloat16", [1, 4], "/gpu:0", chunk_bytes=8192, ring_bytes=3 * 8192)
+    _check_parts(v, table.astype(BF16), [0])
+
+
 def test_two_concurrent_loads(tmp_path):
     """Two threads load at once onto the same GPU (shared backend, separate sessions)."""
     from gpuload import loader
