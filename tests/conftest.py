@@ -9,6 +9,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: The TensorFlow-written reference data, shipped with the tests.
+IN_REPO_GOLDEN = REPO / "tests" / "data" / "golden"
+
+#: Where the same data lives outside the repository, when a checkout has it beside it;
+#: tests/test_golden_copy.py keeps the in-repo copy identical to it.
+SHARED_GOLDEN = REPO.parent / "shared" / "golden"
+
 # GPULOAD_SIMULATE_CUDA=1|late|early: every gpu-marked test runs against tests/cuda_sim.py,
 # installed as `cupy` before anything imports CuPy (see that module; issue 8).
 SIMULATE_CUDA = os.environ.get("GPULOAD_SIMULATE_CUDA", "").strip().lower()
@@ -34,9 +41,9 @@ def _cuda_simulator_violations(request):
 
 
 def golden_dir() -> Path:
-    """``../shared/golden`` next to the repository (or ``GPULOAD_GOLDEN_DIR``)."""
+    """``tests/data/golden`` in the repository, or ``$GPULOAD_GOLDEN_DIR`` when set."""
     env = os.environ.get("GPULOAD_GOLDEN_DIR")
-    return Path(env) if env else REPO.parent / "shared" / "golden"
+    return Path(env) if env else IN_REPO_GOLDEN
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +52,8 @@ def golden() -> Path:
     if not (path / "cases.json").exists():
         if os.environ.get("GPULOAD_ALLOW_NO_GOLDEN") == "1":
             pytest.skip(f"golden data not found at {path} (GPULOAD_ALLOW_NO_GOLDEN=1)")
-        pytest.fail(f"golden data not found at {path}; set GPULOAD_GOLDEN_DIR", pytrace=False)
+        pytest.fail(f"golden data not found at {path} (it ships in tests/data/golden; "
+                    f"GPULOAD_GOLDEN_DIR overrides the location)", pytrace=False)
     return path
 
 
