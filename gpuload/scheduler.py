@@ -188,7 +188,6 @@ def _stream(plan, backends, sessions, dests, dtypes, config, stats):
         # pinning (first load of the process) must not count as read time, and a reader
         # thread never makes CUDA calls.
         ring.allocate_all()
-    stats.pin_s += ring.alloc_s
     files = ShardFiles(plan.files, direct=config.direct_io)
 
     # Each chunk's copies grouped by device, computed once.
@@ -360,6 +359,7 @@ def _stream(plan, backends, sessions, dests, dtypes, config, stats):
 
 
 def _finish(ring, files, bar, stats, read_s, crc_s, copy_s, *, reuse, exc):
+    stats.pin_s += ring.alloc_s
     try:
         files.close()
         stats.ring_bytes = max(stats.ring_bytes, ring.nbytes)
