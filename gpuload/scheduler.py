@@ -187,7 +187,11 @@ def _stream(plan, backends, sessions, dests, dtypes, config, stats):
         # Pinned slots are taken here, in the calling thread, before the readers start:
         # pinning (first load of the process) must not count as read time, and a reader
         # thread never makes CUDA calls.
-        ring.allocate_all()
+        try:
+            ring.allocate_all()
+        except BaseException:
+            ring.close()  # hands back the slots it got
+            raise
     files = ShardFiles(plan.files, direct=config.direct_io)
 
     # Each chunk's copies grouped by device, computed once.

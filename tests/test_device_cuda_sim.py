@@ -509,3 +509,26 @@ def test_simulator_catches_wrong_current_device_and_freed_memory(sim):  # noqa: 
     assert any("launched while GPU 1 is current" in v for v in found), found
     assert any("reads freed pinned memory" in v for v in found), found
     assert any("freed device memory of GPU 0" in v or "freed while" in v for v in found), found
+
+
+def test_pinning_failure_gives_back_the_slots_it_got(tmp_path, sim, monkeypatch):  # noqa: F811
+    """Pinning the ring fails half-way (host memory exhausted): the error surfaces as a
+    DeviceMemoryError and the pool lends nothing afterwards."""
+    from gpuload.device.cuda import pinned_pool_bytes
+
+    table = np.random.default_rng(7).standard_normal((512, 16)).astype(np.float32)
+    prefix = _ckpt(tmp_path, {"t": table})
+    real = sim.PinnedMemory
+    made = []
+
+    class Flaky(real):
+        def __init__(self, size, flags=0):
+            if len(made) == 2:
+                raise sim.OutOfMemoryError(size, 0)
+            made.append(size)
+            super().__init__(size, flags)
+
+    monkeypatch.setattr(sim.cuda, "PinnedMemory", Flaky)
+    with pytest.raises(DeviceMemoryError, match="/device:GPU:0: out of memory while pinning"):
+        _load(prefix, "t", table.shape, "float32", [2, 1], "/gpu:0", chunk_bytes=4096, ring_bytes=4 * 4096)
+    assert len(made) == 2 and pinned_pool_bytes()["lent"] == 0
