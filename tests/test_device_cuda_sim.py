@@ -221,6 +221,7 @@ def test_the_same_load_without_the_break_is_clean(tmp_path, mode_sim):
 
 def test_simulator_catches_a_slot_refilled_too_early(sim):  # noqa: F811
     """Refill a pinned slot before the copy out of it ran: wrong data and a violation."""
+    sim.set_mode("late")
     backend = _backend()
     slots = backend.alloc_host_slots(1, 4096)
     slots[0][:] = 1
@@ -481,6 +482,7 @@ def test_demo_on_a_gpu_compiles_kernels_before_the_timed_load(tmp_path, capsys, 
 def test_simulator_catches_wrong_current_device_and_freed_memory(sim):  # noqa: F811
     """The remaining violation kinds: launch/copy on a stream of a non-current device,
     an H2D copy from pinned memory freed before it ran, a kernel writing freed memory."""
+    sim.set_mode("late")
     with sim.cuda.Device(0):
         s0 = sim.cuda.Stream(non_blocking=True)
         dst = sim.empty((4096,), np.uint8)
