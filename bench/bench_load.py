@@ -307,6 +307,8 @@ def summarize(measurements, limits, gpu_ids) -> list[dict]:
             g["gbps_median"] = statistics.median(r["gbps"] for r in good)
             g["seconds_best"] = best["seconds"]
             g["stats"] = best.get("stats")
+            g["kernel_warmup_s"] = best.get("kernel_warmup_s")  # GPU: NVRTC/cache, before the timed load
+            g["pin_warmup_s"] = best.get("pin_warmup_s")
             g["rss_peak_delta"] = max(r.get("rss_peak_delta", 0) for r in good)
             dev_peaks = [max((r.get("device_mem_peak_delta") or {"-": 0}).values()) for r in good]
             g["device_mem_peak_delta"] = max(dev_peaks) if dev_peaks else None

@@ -28,6 +28,8 @@ __all__ = [
     "InvalidArgumentError",
     "ArgumentTypeError",
     "OutOfMemoryError",
+    "DeviceError",
+    "DeviceMemoryError",
 ]
 
 
@@ -142,3 +144,25 @@ class ArgumentTypeError(GpuloadError, TypeError):
 
 class OutOfMemoryError(GpuloadError, MemoryError):
     """Memory for a tensor could not be allocated; the message names the tensor and the size asked for."""
+
+
+class DeviceError(GpuloadError, RuntimeError):
+    """A CUDA call failed on a device; the message names the device, ``__cause__`` is CuPy's error.
+
+    Attributes
+    ----------
+    device:
+        The canonical device string, e.g. ``"/device:GPU:1"``.
+    """
+
+    def __init__(self, message: str, *, device: str | None = None):
+        super().__init__(message)
+        self.device = device
+
+
+class DeviceMemoryError(DeviceError, OutOfMemoryError):
+    """A device (or pinned host) allocation failed: out of memory on ``device``.
+
+    An :class:`OutOfMemoryError` too, so one ``except`` catches running out of memory
+    wherever it happens.
+    """

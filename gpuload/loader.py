@@ -129,8 +129,7 @@ def load_checkpoint_sources(variables) -> None:
         finally:
             if reader is not None:
                 reader.close()
-            for b in backends.values():
-                b.close()  # GPU backends free their per-slot staging: a ring's worth per GPU
+            # (GPU staging is per load: execute() closed its sessions.)
         results.extend(zip(group, arrays))
         stats_all.append(stats)
     _assign_all(results)

@@ -25,10 +25,11 @@ import errno
 import queue
 import threading
 import time
+import traceback
 
 import numpy as np
 
-from gpuload.errors import ChecksumError, OutOfMemoryError
+from gpuload.errors import ChecksumError, DeviceError, DeviceMemoryError, OutOfMemoryError
 from gpuload.format import crc as crcmod
 from gpuload.io.reader import ShardFiles
 from gpuload.io.ring import ALIGN, Ring, RingClosed
@@ -51,6 +52,10 @@ class LoadStats:
     drain_s: float = 0.0
     wall_s: float = 0.0
     ring_bytes: int = 0
+    #: Seconds spent getting the ring's slots: pinning them on the first GPU load of the
+    #: process, ~0 on later ones (the pinned ring is kept; see
+    #: :func:`gpuload.device.release_pinned_memory`). Not part of ``read_s``.
+    pin_s: float = 0.0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -86,13 +91,34 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
     """
     stats = stats if stats is not None else LoadStats()
     t0 = time.perf_counter()
-    dests = [_allocate(backends[d.device], d) for d in plan.destinations]
-    dtypes = [(d.src_dtype, d.dtype) for d in plan.destinations]
-    for h in plan.host_loads:
-        value = host_loader(h.source, h.box)
-        dests[h.dest][...] = value
-    if plan.chunks:
-        _stream(plan, backends, dests, dtypes, config, stats)
+    # One session per backend and load: a CUDA backend gives each load its own streams
+    # and staging, so that concurrent loads (threads) share no buffer.
+    opened = {}
+    for b in backends.values():
+        if id(b) not in opened:
+            make = getattr(b, "session", None)
+            opened[id(b)] = (b, make() if callable(make) else b)
+    sessions = {dev: opened[id(b)][1] for dev, b in backends.items()}
+    failed = False
+    try:
+        dests = [_allocate(sessions[d.device], d) for d in plan.destinations]
+        dtypes = [(d.src_dtype, d.dtype) for d in plan.destinations]
+        for h in plan.host_loads:
+            value = host_loader(h.source, h.box)
+            dests[h.dest][...] = value
+        if plan.chunks:
+            _stream(plan, backends, sessions, dests, dtypes, config, stats)
+    except BaseException as exc:
+        failed = True
+        _close_sessions(opened, exc)
+        # Finished frames of the failed load (slot views, tokens, destinations) are cleared,
+        # so that a caller holding the exception holds no pinned or device memory.
+        dests = None  # noqa: F841
+        _clear_frames(exc)
+        raise
+    finally:
+        if not failed:
+            _close_sessions(opened, None)
     stats.bytes_written = plan.bytes_written
     stats.wall_s = time.perf_counter() - t0
     return dests
@@ -105,9 +131,55 @@ def _allocate(backend, d):
     except (MemoryError, OSError) as e:  # CuPy's OutOfMemoryError is a MemoryError too
         if isinstance(e, OSError) and e.errno != errno.ENOMEM:
             raise
-        raise OutOfMemoryError(
-            f"cannot allocate {d.nbytes} bytes (shape {list(d.shape)}, {np.dtype(d.dtype).name}) on {d.device} "
-            f"for {d.name!r}, which loads tensor {d.source!r}: out of memory ({type(e).__name__}: {e})") from None
+        what = (f"cannot allocate {d.nbytes} bytes (shape {list(d.shape)}, {np.dtype(d.dtype).name}) on "
+                f"{d.device} for {d.name!r}, which loads tensor {d.source!r}: out of memory")
+        if isinstance(e, DeviceMemoryError):
+            raise DeviceMemoryError(f"{what} ({e})", device=e.device) from e
+        raise OutOfMemoryError(f"{what} ({type(e).__name__}: {e})") from None
+
+
+def _close_sessions(opened, exc) -> None:
+    """Close every per-load session; with ``exc`` propagating, attach failures to it instead."""
+    first = None
+    for backend, session in opened.values():
+        if session is backend:
+            continue
+        try:
+            session.close()
+        except BaseException as e:  # noqa: BLE001
+            if exc is not None:
+                _attach_cleanup_error(exc, e)
+            elif first is None:
+                first = e
+    if first is not None:
+        raise first
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Clear the finished frames of ``exc`` and of every error chained or attached to it."""
+    seen = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        todo += [e.__cause__, e.__context__, *getattr(e, "cleanup_errors", ())]
+
+
+def _attach_cleanup_error(exc: BaseException, cleanup: BaseException) -> None:
+    """Keep the first error on top; note the cleanup failure on it (never raise over it)."""
+    errs = getattr(exc, "cleanup_errors", None)
+    if errs is None:
+        errs = []
+        try:
+            exc.cleanup_errors = errs
+        except AttributeError:
+            return
+    errs.append(cleanup)
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"while cleaning up after this error: {type(cleanup).__name__}: {cleanup}")
 
 
 def _ring_backend(plan, backends):
@@ -119,12 +191,22 @@ def _ring_backend(plan, backends):
     return backends[plan.destinations[0].device]
 
 
-def _stream(plan, backends, dests, dtypes, config, stats):
+def _stream(plan, backends, sessions, dests, dtypes, config, stats):
     chunks = plan.chunks
     largest = max(c.size for c in chunks)
     nslots = max(1, min(config.ring_slots, len(chunks)))
     slot_bytes = largest + (2 * ALIGN if config.direct_io else 0)
-    ring = Ring(_ring_backend(plan, backends), nslots, slot_bytes)
+    ring_backend = _ring_backend(plan, backends)
+    ring = Ring(ring_backend, nslots, slot_bytes)
+    if not getattr(ring_backend, "synchronous", False):
+        # Pinned slots are taken here, in the calling thread, before the readers start:
+        # pinning (first load of the process) must not count as read time, and a reader
+        # thread never makes CUDA calls.
+        try:
+            ring.allocate_all()
+        except BaseException:
+            ring.close()  # hands back the slots it got
+            raise
     files = ShardFiles(plan.files, direct=config.direct_io)
 
     # Each chunk's copies grouped by device, computed once.
@@ -178,7 +260,7 @@ def _stream(plan, backends, dests, dtypes, config, stats):
                 if view is not None and inline[idx]:
                     chunk_bytes = np.frombuffer(view, dtype=np.uint8)
                     for device, copies in by_device[idx]:
-                        backends[device].submit(slot, chunk_bytes, copies, dests, dtypes).wait()
+                        sessions[device].submit(slot, chunk_bytes, copies, dests, dtypes).wait()
                     view = None
                 if view is None:
                     # Nothing reads the slot any more: free it now rather than when the
@@ -242,7 +324,7 @@ def _stream(plan, backends, dests, dtypes, config, stats):
                 chunk_bytes = np.frombuffer(view, dtype=np.uint8)
                 tokens = []
                 for device, copies in by_device[idx]:
-                    tokens.append(backends[device].submit(slot, chunk_bytes, copies, dests, dtypes))
+                    tokens.append(sessions[device].submit(slot, chunk_bytes, copies, dests, dtypes))
                 release_q.put((slot, tokens))
             for span, value in zip(chunk.crc_spans, crcs):
                 running[span.check] = crcmod.crc32c_combine(running[span.check], value, span.size) \
@@ -259,8 +341,8 @@ def _stream(plan, backends, dests, dtypes, config, stats):
         td = time.perf_counter()
         release_q.put(None)
         rel_thread.join()
-        for b in {id(b): b for b in backends.values()}.values():
-            b.synchronize()
+        for s in {id(s): s for s in sessions.values()}.values():
+            s.synchronize()
         stats.drain_s += time.perf_counter() - td
         if errors:
             raise errors[0]
@@ -268,16 +350,30 @@ def _stream(plan, backends, dests, dtypes, config, stats):
         failure = exc
         raise
     finally:
-        late, ring_bytes = _stop(ring, release_q, launched, files, bar)  # first: nothing may skip it
+        # First, and whatever happened: nothing may skip it.
+        late, ring_bytes = _stop(ring, release_q, launched, files, bar, sessions, failure)
         stats.ring_bytes = max(stats.ring_bytes, ring_bytes)
+        stats.pin_s += ring.alloc_s
         stats.read_s += read_s[0]
         stats.crc_s += crc_s[0]
         stats.copy_s += copy_s[0]
-        if late is not None and failure is None:
+        if failure is not None:
+            for e in errors:
+                # Readers' and the releaser's frames hold slot views; clear them so that the
+                # exception (kept by the caller) pins no memory.
+                _clear_frames(e)
+            earlier = [e for e in errors if e is not failure]
+            if isinstance(failure, DeviceError) and earlier:
+                # A failed device fails every later call too: the consumer's error is then an
+                # echo of the one a reader or the releaser hit first, which is what surfaces.
+                first = earlier[0]
+                _attach_cleanup_error(first, failure)
+                raise first from first.__cause__
+        elif late is not None:
             raise late
 
 
-def _stop(ring, release_q, launched, files, bar):
+def _stop(ring, release_q, launched, files, bar, sessions, failure):
     """End a stream, successful or not: every step runs, in this order, whatever happens.
 
     1. abort the ring (readers waiting for a slot leave; after a clean run they are gone);
@@ -285,18 +381,36 @@ def _stop(ring, release_q, launched, files, bar):
        so no device still reads a slot when the ring is freed);
     3. join every thread whose ``start()`` was called, also one that was interrupted or
        failed inside ``start()`` (a thread that never came to exist is skipped);
-    4. close the data files (no reader is left to use a descriptor, or a reused number);
-    5. free the ring, then the progress bar.
+    4. after a failure, wait for every device session: the ring goes back to the process's
+       pool only once no device can still read it (a session that cannot be waited for, a
+       failed device, means the slots are never reused);
+    5. close the data files (no reader is left to use a descriptor, or a reused number);
+    6. free the ring, then the progress bar.
 
     An exception during a step (a second Ctrl-C while joining, a failing close) does not
-    skip the later steps: the first one is returned, for the caller to raise when the
-    stream had not already failed, with the ring's size before it was freed.
+    skip the later steps. After a failure it is attached to ``failure`` (the first error
+    stays on top); otherwise the first one is returned, for the caller to raise, with the
+    ring's size before it was freed.
     """
     first = None
     ring_bytes = [0]
+    reuse = [True]
+
+    def wait_sessions():
+        for session in {id(x): x for x in sessions.values()}.values():
+            try:
+                session.synchronize()
+            except BaseException as e:  # noqa: BLE001
+                reuse[0] = False
+                if e is not failure:
+                    _attach_cleanup_error(failure, e)
+
     steps = [ring.abort, lambda: release_q.put(None)]
     steps += [(lambda t=t: _join_launched(t)) for t in launched]
-    steps += [files.close, lambda: ring_bytes.__setitem__(0, ring.nbytes), ring.close]
+    if failure is not None:
+        steps.append(wait_sessions)
+    steps += [files.close, lambda: ring_bytes.__setitem__(0, ring.nbytes),
+              lambda: ring.close(reuse=reuse[0])]
     if bar is not None:
         steps.append(bar.close)
     for step in steps:
@@ -305,7 +419,10 @@ def _stop(ring, release_q, launched, files, bar):
                 step()
                 break
             except BaseException as exc:  # noqa: B036 (an interrupt must not skip the cleanup)
-                if first is None:
+                if failure is not None:
+                    if exc is not failure:
+                        _attach_cleanup_error(failure, exc)
+                elif first is None:
                     first = exc
                 if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     break  # a real failure of this step: go on with the next

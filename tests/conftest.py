@@ -16,6 +16,29 @@ IN_REPO_GOLDEN = REPO / "tests" / "data" / "golden"
 #: tests/test_golden_copy.py keeps the in-repo copy identical to it.
 SHARED_GOLDEN = REPO.parent / "shared" / "golden"
 
+# GPULOAD_SIMULATE_CUDA=1|late|early: every gpu-marked test runs against tests/cuda_sim.py,
+# installed as `cupy` before anything imports CuPy (see that module; issue 8).
+SIMULATE_CUDA = os.environ.get("GPULOAD_SIMULATE_CUDA", "").strip().lower()
+if SIMULATE_CUDA not in ("", "0"):
+    import cuda_sim
+
+    cuda_sim.install("early" if SIMULATE_CUDA == "early" else "late")
+
+
+@pytest.fixture(autouse=True)
+def _cuda_simulator_violations(request):
+    """In simulation, a test that made the simulator record a violation fails."""
+    if SIMULATE_CUDA in ("", "0"):
+        yield
+        return
+    import cuda_sim
+
+    cuda_sim.finish_test()
+    yield
+    found = cuda_sim.finish_test()
+    if found:
+        pytest.fail("CUDA simulator violations:\n  " + "\n  ".join(found[:20]), pytrace=False)
+
 
 def golden_dir() -> Path:
     """``tests/data/golden`` in the repository, or ``$GPULOAD_GOLDEN_DIR`` when set."""
@@ -45,6 +68,12 @@ def golden_ckpts() -> Path:
 def pytest_collection_modifyitems(config, items):
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
+        return
+    if SIMULATE_CUDA not in ("", "0"):
+        skip_hw = pytest.mark.skip(reason="needs real GPU hardware (marked hardware); skipped in the CUDA simulator")
+        for item in gpu_items:
+            if "hardware" in item.keywords:
+                item.add_marker(skip_hw)
         return
     from gpuload.device.placement import is_gpu_available
 

@@ -91,7 +91,9 @@ def test_vector_path_emits_128bit_accesses(tmp_path):
 
 def test_nvrtc_compiles_with_cupy_options():
     """NVRTC (no GPU needed) with the options CuPy always adds, incl. -ftz=true."""
-    pytest.importorskip("cupy", reason="CuPy not installed")
+    cupy = pytest.importorskip("cupy", reason="CuPy not installed")
+    if getattr(cupy, "IS_SIMULATOR", False):
+        pytest.skip("GPULOAD_SIMULATE_CUDA: cupy is tests/cuda_sim.py, which has no NVRTC")
     from cupy.cuda import nvrtc
 
     try:

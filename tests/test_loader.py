@@ -89,9 +89,9 @@ def test_corrupt_tensor_fails_whole_run_and_frees_ring(tmp_path, monkeypatch):
     closed = []
     original_close = ring_mod.Ring.close
 
-    def spy_close(self):
+    def spy_close(self, **kw):
         closed.append(len(self.slots))
-        original_close(self)
+        original_close(self, **kw)
 
     monkeypatch.setattr(ring_mod.Ring, "close", spy_close)
     big = np.arange(4096 * 8, dtype=np.float32).reshape(4096, 8)

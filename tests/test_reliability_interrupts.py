@@ -97,7 +97,7 @@ def _run(monkeypatch, prefix, stage, k, exc_factory):
 
     monkeypatch.setattr(ring_mod.Ring, "__init__", ring_init)
     closed = []
-    monkeypatch.setattr(ring_mod.Ring, "close", lambda self: (closed.append(self), original_close(self)))
+    monkeypatch.setattr(ring_mod.Ring, "close", lambda self, **kw: (closed.append(self), original_close(self, **kw)))
     if stage == "releaser":  # the host backend copies in the readers; make it hand slots to the releaser
         monkeypatch.setattr(host_mod.HostBackend, "synchronous", False)
     variables = _setup(prefix)

@@ -41,7 +41,19 @@ __all__ = [
     "default_device",
     "gpu_count",
     "is_gpu_available",
+    "release_pinned_memory",
 ]
+
+
+def release_pinned_memory() -> int:
+    """Unpin the idle part of the process-wide pinned ring (kept between GPU loads).
+
+    Loads to a GPU stage through pinned host memory that stays pinned for the next load
+    (pinning costs 0.1-0.25 s per 256 MiB); this frees it. It also runs at exit. Returns
+    the number of bytes unpinned (0 if no GPU load ran; CuPy is never imported here).
+    """
+    cuda = sys.modules.get("gpuload.device.cuda")
+    return 0 if cuda is None else cuda.release_pinned_memory()
 
 
 class Token(Protocol):
@@ -55,7 +67,12 @@ class Token(Protocol):
 
 
 class Backend(Protocol):
-    """What the scheduler calls; see :class:`gpuload.device.host.HostBackend` for the docs."""
+    """What the scheduler calls; see :class:`gpuload.device.host.HostBackend` for the docs.
+
+    A backend may also have ``session()``, returning an object with ``empty``, ``submit``,
+    ``synchronize`` and ``close`` for one load (the CUDA backend does: per-load streams and
+    staging, so that concurrent loads share no buffer); the scheduler then uses that.
+    """
 
     device: str
     stats: dict

@@ -1,14 +1,14 @@
 """The CUDA backend: staged chunks to GPU destinations with CuPy and the box-copy kernels.
 
-Data path of one :meth:`CudaBackend.submit` (all asynchronous to the host):
+Data path of one :meth:`CudaLoad.submit` (all asynchronous to the host):
 
-1. On the **copy stream**: the byte range of the chunk that the kernel copies read goes
-   from the pinned host slot into that slot's **device staging buffer** (starting on a
+1. On the load's **copy stream**: the byte range of the chunk that the kernel copies read
+   goes from the pinned host slot into that slot's **device staging buffer** (starting on a
    256-byte boundary of the chunk, so alignment is preserved), followed by the kernel
    copies' descriptors (from a small pinned buffer, also one per slot); an event marks
    both as landed. Then the dense same-dtype copies go straight from the host slot into
    their destinations (one ``cudaMemcpyAsync`` each: no staging, no kernel).
-2. On the **kernel stream**, once that event has fired: one kernel launch per
+2. On the load's **kernel stream**, once that event has fired: one kernel launch per
    (source dtype, destination dtype) variant, each covering every copy of that variant in
    the chunk (``blockIdx.y`` picks the copy, ``desc.dst`` its destination).
 3. A :class:`CudaToken` holds an event on each stream; ``wait()`` returns once the host
@@ -16,33 +16,48 @@ Data path of one :meth:`CudaBackend.submit` (all asynchronous to the host):
 
 Notes
 -----
-Memory: the pinned ring is allocated once per load (:meth:`CudaBackend.alloc_host_slots`,
-portable, so every GPU can read it); each GPU keeps one staging buffer per ring slot it has
-seen, as large as the largest staged range, i.e. up to ``ring_bytes`` per GPU, until
-:meth:`CudaBackend.close` (or :meth:`CudaBackend.free_host_slots`) releases them.
+Loads: :meth:`CudaBackend.session` gives each load its own :class:`CudaLoad` (streams,
+staging and descriptor buffers), so two loads running at once in two threads never share
+a buffer; the scheduler opens one per device and closes it at the end of the load.
 
-Ordering: destinations are allocated by :meth:`CudaBackend.empty` on the current stream
-and both backend streams wait for that allocation, since CuPy's pool may hand out memory
-that earlier work on the current stream still uses. After :meth:`CudaBackend.synchronize`
-every destination is complete and safe to use from any stream.
+Memory: the pinned ring comes from a process-wide pool (:meth:`CudaBackend.alloc_host_slots`,
+portable, so every GPU can read it, page-aligned whatever ``cudaHostAlloc`` returns, for
+``O_DIRECT``): a load returns its slots to the pool and the next load reuses them instead
+of pinning again. :func:`release_pinned_memory` (also run at exit) unpins the idle ones.
+Each load keeps one device staging buffer per ring slot it used, as large as the largest
+staged range (up to ``ring_bytes`` per GPU), until :meth:`CudaLoad.close`.
 
-Multi-GPU: each backend serves one device and runs everything under
-``cupy.cuda.Device(index)``; a destination on another device is an error, never a peer
-write.
+Ordering: staging and descriptor buffers are allocated on the copy stream that writes
+them (CuPy's pool is stream-ordered per stream), and freed only once the host has waited
+for both streams. Destinations are allocated by :meth:`CudaLoad.empty` on the current
+stream and both of the load's streams wait for that allocation, since CuPy's pool may
+hand out memory that earlier work on the current stream still uses. After
+:meth:`CudaLoad.synchronize` every destination is complete and safe to use from any stream.
+
+Multi-GPU: each backend serves one device and runs every CUDA call under
+``cupy.cuda.Device(index)``, in whatever thread makes it (so a process that uses only GPU
+N never creates a context on GPU 0); a destination on another device is an error, never a
+peer write. CUDA errors are raised as :class:`~gpuload.errors.DeviceError` naming the device.
+
+Requires CuPy >= 14 (bfloat16 arrays); :mod:`gpuload.device.placement` checks it.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import threading
 import time
 from typing import Any
 
 import numpy as np
 
 from gpuload.device import kernels
-from gpuload.device.host import _BF16, cast_code, check_copy
+from gpuload.device.host import cast_code, check_copy
+from gpuload.errors import DeviceError, DeviceMemoryError
 from gpuload.plan.copies import BoxCopy
 
-__all__ = ["CudaBackend", "CudaToken"]
+__all__ = ["CudaBackend", "CudaLoad", "CudaToken", "pinned_pool_bytes", "release_pinned_memory"]
 
 _PAGE = 4096
 # Staged ranges start on a multiple of this, so that a source element's address in the
@@ -57,45 +72,165 @@ def _src_end(c: BoxCopy, src_dtype: Any) -> int:
     return c.src_offset + isz * (1 + sum((n - 1) * s for n, s in zip(c.shape, c.src_strides)))
 
 
+def _error_types(cp) -> tuple[tuple, tuple]:
+    """(out-of-memory errors, other CUDA errors) of this CuPy."""
+    oom = tuple(t for t in (getattr(getattr(cp.cuda, "memory", None), "OutOfMemoryError", None),) if t)
+    other = tuple(t for t in (
+        getattr(cp.cuda.runtime, "CUDARuntimeError", None),
+        getattr(getattr(cp.cuda, "driver", None), "CUDADriverError", None),
+    ) if t)  # fmt: skip
+    return oom, other
+
+
+@contextlib.contextmanager
+def _device_errors(cp, device: str, what: str):
+    """Turn CuPy's CUDA errors into DeviceError / DeviceMemoryError naming ``device``."""
+    try:
+        yield
+    except DeviceError:
+        raise
+    except Exception as e:
+        oom, other = _error_types(cp)
+        if oom and isinstance(e, oom):
+            raise DeviceMemoryError(f"{device}: out of memory while {what}: {e}", device=device) from e
+        if other and isinstance(e, other):
+            raise DeviceError(f"{device}: CUDA error while {what}: {e}", device=device) from e
+        raise
+
+
 class CudaToken:
     """Completion of one submit: events on the copy and kernel streams.
 
     It also keeps the chunk and the destinations alive until the work is done, so that
     neither the pinned memory nor a destination's device memory can be reused under an
-    in-flight copy.
+    in-flight copy. :meth:`wait` selects the events' device itself, so any thread may call
+    it (the scheduler's releaser thread does).
     """
 
-    __slots__ = ("_events", "_keep")
+    __slots__ = ("_cupy", "_device", "_events", "_index", "_keep")
 
-    def __init__(self, events: list, keep: tuple) -> None:
+    def __init__(self, cupy, index: int, events: list, keep: tuple) -> None:
+        self._cupy = cupy
+        self._index = index
+        self._device = f"/device:GPU:{index}"
         self._events = events
         self._keep = keep
 
     def wait(self) -> None:
         """Block until the host slot and the slot's device buffers may be reused."""
-        for ev in self._events:
-            ev.synchronize()
+        cp = self._cupy
+        with cp.cuda.Device(self._index), _device_errors(cp, self._device, "waiting for a chunk's copies"):
+            for ev in self._events:
+                ev.synchronize()
         self._keep = ()
 
     def done(self) -> bool:
         """Whether all of the submit's work has finished (non-blocking)."""
-        if all(ev.done for ev in self._events):
-            self._keep = ()
-            return True
+        cp = self._cupy
+        with cp.cuda.Device(self._index), _device_errors(cp, self._device, "querying a chunk's copies"):
+            if all(ev.done for ev in self._events):
+                self._keep = ()
+                return True
         return False
 
     def __repr__(self) -> str:
-        return f"CudaToken(done={self.done()})"
+        return f"CudaToken(device={self._device!r})"
+
+
+class _PinnedPool:
+    """The process's pinned host blocks: lent to a load's ring, reused by the next load."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[np.ndarray] = []  # blocks no load uses
+        self._lent: dict[int, np.ndarray] = {}  # address of a lent slot -> its block
+        self._atexit = False
+
+    def take(self, cp, index: int, nbytes: int) -> tuple[np.ndarray, float]:
+        """A page-aligned pinned ``uint8`` buffer of ``nbytes``, and the seconds spent pinning."""
+        with self._lock:
+            fits = [b for b in self._idle if b.nbytes >= nbytes]
+            if fits:
+                block = min(fits, key=lambda b: b.nbytes)
+                self._idle = [b for b in self._idle if b is not block]
+                seconds = 0.0
+            else:
+                # Idle blocks too small for this load would only stay pinned for nothing.
+                self._idle = [b for b in self._idle if b.nbytes >= nbytes]
+                block = None
+        if block is None:
+            t = time.perf_counter()
+            block = self._pin(cp, index, nbytes)
+            seconds = time.perf_counter() - t
+        view = block[:nbytes]
+        with self._lock:
+            self._lent[view.ctypes.data] = block
+            if not self._atexit:
+                atexit.register(release_pinned_memory)
+                self._atexit = True
+        return view, seconds
+
+    @staticmethod
+    def _pin(cp, index: int, nbytes: int) -> np.ndarray:
+        # One page of slack: O_DIRECT needs page-aligned buffers, and cudaHostAlloc's
+        # alignment is an observation, not a documented guarantee (a test misaligns it).
+        with cp.cuda.Device(index), _device_errors(cp, f"/device:GPU:{index}", f"pinning {nbytes} bytes of host memory"):
+            mem = cp.cuda.PinnedMemory(nbytes + _PAGE, cp.cuda.runtime.hostAllocPortable)
+        whole = np.frombuffer(cp.cuda.PinnedMemoryPointer(mem, 0), dtype=np.uint8, count=nbytes + _PAGE)
+        off = (-whole.ctypes.data) % _PAGE
+        return whole[off : off + nbytes]
+
+    def give_back(self, slots: list[np.ndarray]) -> None:
+        with self._lock:
+            for s in slots:
+                block = self._lent.pop(s.ctypes.data, None)
+                if block is not None:
+                    self._idle.append(block)
+
+    def forget(self, slots: list[np.ndarray]) -> None:
+        """Never reuse these (their device failed): they are unpinned when the last view dies."""
+        with self._lock:
+            for s in slots:
+                self._lent.pop(s.ctypes.data, None)
+
+    def release(self) -> int:
+        with self._lock:
+            n = sum(b.nbytes for b in self._idle)
+            self._idle = []
+        return n
+
+    def nbytes(self) -> tuple[int, int]:
+        with self._lock:
+            return sum(b.nbytes for b in self._idle), sum(b.nbytes for b in self._lent.values())
+
+
+_POOL = _PinnedPool()
+
+
+def release_pinned_memory() -> int:
+    """Unpin the idle blocks of the process-wide pinned ring; return how many bytes.
+
+    Blocks lent to a load that is running are kept (call again after it). The next load
+    pins again. Runs at interpreter exit too.
+    """
+    return _POOL.release()
+
+
+def pinned_pool_bytes() -> dict:
+    """``{"idle": bytes kept for the next load, "lent": bytes used by running loads}``."""
+    idle, lent = _POOL.nbytes()
+    return {"idle": idle, "lent": lent}
 
 
 class _Slot:
-    """Per-ring-slot device state: staging buffer, descriptor buffers, last token."""
+    """Per-ring-slot device state of one load: staging buffer, descriptor buffers, last token."""
 
-    __slots__ = ("desc_dev", "desc_host", "last", "staging")
+    __slots__ = ("desc_dev", "desc_host", "desc_raw", "last", "staging")
 
     def __init__(self) -> None:
         self.staging = None  # cupy uint8 array
-        self.desc_host = None  # numpy DESC_DTYPE array over pinned memory
+        self.desc_raw = None  # pinned uint8 buffer from the process pool
+        self.desc_host = None  # numpy DESC_DTYPE view of it
         self.desc_dev = None  # cupy uint8 array
         self.last: CudaToken | None = None
 
@@ -103,6 +238,10 @@ class _Slot:
 class CudaBackend:
     """The ``/device:GPU:N`` backend (same interface as
     :class:`~gpuload.device.host.HostBackend`).
+
+    One per device and process (:func:`~gpuload.device.placement.backend_for`); each load
+    works through its own :meth:`session`. The methods ``empty``, ``submit``,
+    ``synchronize`` and ``close`` here use a default session, for direct use.
 
     Parameters
     ----------
@@ -114,10 +253,10 @@ class CudaBackend:
     device:
         ``"/device:GPU:<index>"``.
     stats:
-        Cumulative counters: ``submits``, ``h2d_bytes`` (all host-to-device bytes),
-        ``staged_bytes``, ``direct_bytes`` (dense copies that skipped staging),
-        ``direct_copies``, ``kernel_copies``, ``kernel_launches``, ``submit_seconds``
-        (host time spent enqueueing; the device work overlaps later calls).
+        Cumulative counters over all loads: ``submits``, ``h2d_bytes`` (all host-to-device
+        bytes), ``staged_bytes``, ``direct_bytes`` (dense copies that skipped staging),
+        ``direct_copies``, ``kernel_copies``, ``kernel_launches``, ``submit_seconds`` (host
+        time spent enqueueing; the device work overlaps later calls), ``pin_seconds``.
     """
 
     def __init__(self, index: int) -> None:
@@ -127,81 +266,133 @@ class CudaBackend:
         self.index = int(index)
         self.device = f"/device:GPU:{self.index}"
         dev = cupy.cuda.Device(self.index)
-        with dev:
-            # Non-blocking: they must not serialise with work other code puts on the
-            # legacy default stream.
-            self._copy_stream = cupy.cuda.Stream(non_blocking=True)
-            self._kernel_stream = cupy.cuda.Stream(non_blocking=True)
+        with dev, _device_errors(cupy, self.device, "opening the device"):
             self._sm_count = int(dev.attributes["MultiProcessorCount"])
-        self._slots: dict[int, _Slot] = {}
+        self._lock = threading.Lock()
+        self._default: CudaLoad | None = None
         self.stats: dict = {
             "submits": 0, "h2d_bytes": 0, "staged_bytes": 0, "direct_bytes": 0, "direct_copies": 0,
-            "kernel_copies": 0, "kernel_launches": 0, "submit_seconds": 0.0,
+            "kernel_copies": 0, "kernel_launches": 0, "submit_seconds": 0.0, "pin_seconds": 0.0,
         }  # fmt: skip
 
     def __repr__(self) -> str:
         return f"CudaBackend(device={self.device!r})"
 
+    def session(self) -> CudaLoad:
+        """A fresh :class:`CudaLoad`: one load's streams and staging buffers on this device."""
+        return CudaLoad(self)
+
+    def _session(self) -> CudaLoad:
+        with self._lock:
+            if self._default is None or self._default.closed:
+                self._default = CudaLoad(self)
+            return self._default
+
+    def _add_stats(self, **kw) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                self.stats[k] += v
+
     # -- buffers ---------------------------------------------------------------------
+
+    def empty(self, shape: tuple[int, ...], dtype: Any):
+        """A C-contiguous, uninitialised ``cupy.ndarray`` on this device (default session)."""
+        return self._session().empty(shape, dtype)
+
+    def to_host(self, array: Any) -> np.ndarray:
+        """Copy a device array to a NumPy array (waits for all work on this device first)."""
+        cp = self._cupy
+        dev = cp.cuda.Device(self.index)
+        with dev, _device_errors(cp, self.device, "copying an array to the host"):
+            dev.synchronize()
+            return cp.asnumpy(array)
+
+    def alloc_host_slots(self, n: int, nbytes: int) -> list[np.ndarray]:
+        """``n`` pinned, page-aligned ``uint8`` buffers of ``nbytes`` from the process-wide pool.
+
+        The memory is page-locked (``cudaHostAllocPortable``, so every GPU in the process can
+        DMA from it) the first time and reused by later loads: :meth:`free_host_slots` gives
+        it back to the pool, :func:`release_pinned_memory` unpins it.
+        """
+        if n < 1 or nbytes < 1:
+            raise ValueError(f"need n >= 1 slots of nbytes >= 1, got n={n}, nbytes={nbytes}")
+        out = []
+        for _ in range(n):
+            view, seconds = _POOL.take(self._cupy, self.index, nbytes)
+            self._add_stats(pin_seconds=seconds)
+            out.append(view)
+        return out
+
+    def free_host_slots(self, slots: list[np.ndarray]) -> None:
+        """Return ring slots to the pool (the caller has waited for every copy out of them)."""
+        _POOL.give_back(slots)
+
+    def forget_host_slots(self, slots: list[np.ndarray]) -> None:
+        """Drop ring slots a failed device may still read: never reused, unpinned once unreferenced."""
+        _POOL.forget(slots)
+
+    def submit(self, slot_index: int, chunk: np.ndarray, copies: list[BoxCopy], dests: list,
+               dtypes: list[tuple[Any, Any]]) -> CudaToken:
+        """:meth:`CudaLoad.submit` on the default session."""
+        return self._session().submit(slot_index, chunk, copies, dests, dtypes)
+
+    def synchronize(self) -> None:
+        """Block until every submitted copy on this device (any session) has finished."""
+        cp = self._cupy
+        dev = cp.cuda.Device(self.index)
+        with dev, _device_errors(cp, self.device, "synchronizing"):
+            dev.synchronize()
+
+    def close(self) -> None:
+        """Wait for the default session's work and release its buffers (reopened lazily)."""
+        with self._lock:
+            default, self._default = self._default, None
+        if default is not None:
+            default.close()
+
+
+class CudaLoad:
+    """One load's work on one GPU: its own copy and kernel streams and per-slot buffers.
+
+    Made by :meth:`CudaBackend.session`; the scheduler opens one per device per load, so
+    concurrent loads (threads) never share staging. Not itself thread-safe: one load's
+    consumer thread submits (the releaser only waits on tokens).
+    """
+
+    def __init__(self, backend: CudaBackend) -> None:
+        cp = backend._cupy
+        self._cupy = cp
+        self._backend = backend
+        self.index = backend.index
+        self.device = backend.device
+        self.stats = backend.stats
+        self._sm_count = backend._sm_count
+        with cp.cuda.Device(self.index), _device_errors(cp, self.device, "creating streams"):
+            # Non-blocking: they must not serialise with work other code puts on the
+            # legacy default stream.
+            self._copy_stream = cp.cuda.Stream(non_blocking=True)
+            self._kernel_stream = cp.cuda.Stream(non_blocking=True)
+        self._slots: dict[int, _Slot] = {}
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"CudaLoad(device={self.device!r}, slots={len(self._slots)})"
 
     def empty(self, shape: tuple[int, ...], dtype: Any):
         """A C-contiguous, uninitialised ``cupy.ndarray`` on this device.
 
-        bfloat16 needs CuPy >= 14; with an older CuPy the array is ``uint16`` holding
-        bfloat16 bits (:meth:`to_host` gives it back as bfloat16).
+        Allocated on the current stream; this load's streams wait for the allocation.
         """
         cp = self._cupy
-        dtype = np.dtype(dtype)
-        with cp.cuda.Device(self.index):
-            try:
-                arr = cp.empty(shape, dtype=dtype)
-            except (TypeError, ValueError):
-                if dtype != _BF16:
-                    raise
-                arr = cp.empty(shape, dtype=np.uint16)
+        with cp.cuda.Device(self.index), _device_errors(cp, self.device, f"allocating a {dtype} array of shape {tuple(shape)}"):
+            arr = cp.empty(shape, dtype=np.dtype(dtype))
             ev = cp.cuda.get_current_stream().record()
             self._copy_stream.wait_event(ev)
             self._kernel_stream.wait_event(ev)
         return arr
 
     def to_host(self, array: Any) -> np.ndarray:
-        """Copy a device array to a NumPy array (waits for this backend's work first)."""
-        cp = self._cupy
-        with cp.cuda.Device(self.index):
-            self.synchronize()
-            out = cp.asnumpy(array)
-        return out
-
-    def alloc_host_slots(self, n: int, nbytes: int) -> list[np.ndarray]:
-        """Allocate the staging ring: ``n`` pinned ``uint8`` buffers of ``nbytes``.
-
-        One page-locked allocation (``cudaHostAllocPortable``, so every GPU in the process
-        can DMA from it) is cut into page-aligned slots. It bypasses CuPy's pinned pool on
-        purpose: the pool would keep the ring pinned after the load, while this memory is
-        freed when the last slot view is dropped.
-        """
-        cp = self._cupy
-        if n < 1 or nbytes < 1:
-            raise ValueError(f"need n >= 1 slots of nbytes >= 1, got n={n}, nbytes={nbytes}")
-        stride = -(-nbytes // _PAGE) * _PAGE
-        with cp.cuda.Device(self.index):
-            mem = cp.cuda.PinnedMemory(stride * n, cp.cuda.runtime.hostAllocPortable)
-        whole = np.frombuffer(cp.cuda.PinnedMemoryPointer(mem, 0), dtype=np.uint8, count=stride * n)
-        return [whole[i * stride : i * stride + nbytes] for i in range(n)]
-
-    def free_host_slots(self, slots: list[np.ndarray]) -> None:
-        """End of a load: wait for in-flight copies out of the ring, release staging.
-
-        The pinned memory itself is freed when the caller drops its last slot view.
-        """
-        self.close()
-
-    def close(self) -> None:
-        """Wait for all work, then release the per-slot device buffers (reallocated lazily)."""
-        self.synchronize()
-        self._slots.clear()
-
-    # -- work ------------------------------------------------------------------------
+        return self._backend.to_host(array)
 
     def _slot(self, slot_index: int) -> _Slot:
         slot = self._slots.get(slot_index)
@@ -215,8 +406,12 @@ class CudaBackend:
 
     def _staging(self, slot: _Slot, nbytes: int):
         if slot.staging is None or slot.staging.nbytes < nbytes:
-            # Grow to a page multiple; the previous buffer is idle (see _slot).
-            slot.staging = self._cupy.empty(-(-nbytes // _PAGE) * _PAGE, dtype=np.uint8)
+            # Grow to a page multiple; the previous buffer is idle (see _slot). Allocated on
+            # the copy stream that writes it: CuPy's pool then reuses freed memory in that
+            # stream's order.
+            slot.staging = None
+            with self._copy_stream:
+                slot.staging = self._cupy.empty(-(-nbytes // _PAGE) * _PAGE, dtype=np.uint8)
         return slot.staging
 
     def _descriptors(self, slot: _Slot, n: int):
@@ -224,10 +419,15 @@ class CudaBackend:
         if slot.desc_host is None or slot.desc_host.size < n:
             cap = max(64, 1 << (n - 1).bit_length())
             nbytes = cap * kernels.DESC_DTYPE.itemsize
-            mem = cp.cuda.PinnedMemory(nbytes, cp.cuda.runtime.hostAllocPortable)
-            raw = np.frombuffer(cp.cuda.PinnedMemoryPointer(mem, 0), dtype=np.uint8, count=nbytes)
-            slot.desc_host = raw.view(kernels.DESC_DTYPE)
-            slot.desc_dev = cp.empty(nbytes, dtype=np.uint8)
+            # Pinned, from the process pool too (the previous buffer is idle, see _slot).
+            if slot.desc_host is not None:
+                _POOL.give_back([slot.desc_raw])
+            slot.desc_raw, seconds = _POOL.take(cp, self.index, nbytes)
+            self._backend._add_stats(pin_seconds=seconds)
+            slot.desc_host = slot.desc_raw.view(kernels.DESC_DTYPE)
+            slot.desc_dev = None
+            with self._copy_stream:
+                slot.desc_dev = cp.empty(nbytes, dtype=np.uint8)
         return slot.desc_host, slot.desc_dev
 
     def _dest_ptr(self, dest: Any, dst_dtype: np.dtype, copy: BoxCopy) -> tuple[int, int]:
@@ -258,8 +458,8 @@ class CudaBackend:
         Parameters
         ----------
         slot_index:
-            Ring slot the chunk lives in; its device staging and descriptor buffers are
-            reused by the next submit from the same slot.
+            Ring slot the chunk lives in; this load's staging and descriptor buffers of
+            that slot are reused by its next submit from the same slot.
         chunk:
             ``uint8`` view of the filled bytes of that (pinned) slot. Pageable memory works
             but the copies out of it are then synchronous.
@@ -276,9 +476,14 @@ class CudaBackend:
         ------
         PlanError
             Unsupported dtype pair, or a copy outside the chunk or a destination.
+        DeviceError
+            A CUDA call failed (the message names the device); ``DeviceMemoryError`` when
+            out of memory.
         """
         cp = self._cupy
         t0 = time.perf_counter()
+        if self.closed:
+            raise RuntimeError(f"{self!r} is closed")
         if not isinstance(chunk, np.ndarray) or chunk.ndim != 1 or chunk.dtype != np.uint8 or not chunk.flags.c_contiguous:
             raise TypeError("chunk must be a contiguous 1-D uint8 numpy array")
         host_ptr = chunk.ctypes.data
@@ -297,7 +502,9 @@ class CudaBackend:
                 groups.setdefault(variant, []).append((c, ptr))
 
         events = []
-        with cp.cuda.Device(self.index):
+        st = dict.fromkeys(("h2d_bytes", "staged_bytes", "direct_bytes", "direct_copies", "kernel_copies",
+                            "kernel_launches"), 0)  # fmt: skip
+        with cp.cuda.Device(self.index), _device_errors(cp, self.device, "enqueueing a chunk's copies"):
             slot = self._slot(slot_index)
             h2d = cp.cuda.runtime.memcpyHostToDevice
             cs, ks = self._copy_stream, self._kernel_stream
@@ -322,13 +529,13 @@ class CudaBackend:
                 # Recorded before the direct copies are queued, so the kernels start as soon
                 # as their own inputs have landed.
                 ready = cs.record(cp.cuda.Event(disable_timing=True))
-                self.stats["staged_bytes"] += hi - base
-                self.stats["h2d_bytes"] += hi - base + desc_bytes
+                st["staged_bytes"] += hi - base
+                st["h2d_bytes"] += hi - base + desc_bytes
             for c, dst_addr, nbytes in direct:
                 cp.cuda.runtime.memcpyAsync(dst_addr, host_ptr + c.src_offset, nbytes, h2d, cs.ptr)
-                self.stats["direct_bytes"] += nbytes
-                self.stats["h2d_bytes"] += nbytes
-            self.stats["direct_copies"] += len(direct)
+                st["direct_bytes"] += nbytes
+                st["h2d_bytes"] += nbytes
+            st["direct_copies"] += len(direct)
             events.append(cs.record(cp.cuda.Event(disable_timing=True)))
             if launches:
                 ks.wait_event(ready)
@@ -339,17 +546,34 @@ class CudaBackend:
                         grid, block = kernels.launch_geometry((c.size for c, _ in group), self._sm_count)
                         descs = desc_dev[first * kernels.DESC_DTYPE.itemsize :]  # a view: pointer + offset
                         fn(grid, block, (staging, descs, np.int32(len(group))))
-                        self.stats["kernel_launches"] += 1
-                        self.stats["kernel_copies"] += len(group)
+                        st["kernel_launches"] += 1
+                        st["kernel_copies"] += len(group)
                 events.append(ks.record(cp.cuda.Event(disable_timing=True)))
-        token = CudaToken(events, (chunk, tuple(dests)))
+        token = CudaToken(cp, self.index, events, (chunk, tuple(dests)))
         slot.last = token
-        self.stats["submits"] += 1
-        self.stats["submit_seconds"] += time.perf_counter() - t0
+        self._backend._add_stats(submits=1, submit_seconds=time.perf_counter() - t0, **st)
         return token
 
     def synchronize(self) -> None:
-        """Block until every submitted copy on this device has finished."""
-        with self._cupy.cuda.Device(self.index):
+        """Block until every copy this load submitted has finished."""
+        cp = self._cupy
+        with cp.cuda.Device(self.index), _device_errors(cp, self.device, "synchronizing"):
             self._copy_stream.synchronize()
             self._kernel_stream.synchronize()
+
+    def close(self) -> None:
+        """Wait for this load's work, then release its staging and descriptor buffers.
+
+        Idempotent. The buffers are dropped even when the wait fails (a failed device).
+        """
+        if self.closed:
+            return
+        self.closed = True
+        ok = False
+        try:
+            self.synchronize()
+            ok = True
+        finally:
+            pinned = [s.desc_raw for s in self._slots.values() if s.desc_raw is not None]
+            (_POOL.give_back if ok else _POOL.forget)(pinned)
+            self._slots.clear()

@@ -245,8 +245,10 @@ def _variant_kernel(variant: str):
     return fn
 
 
-def warmup(variants: Iterable[str] | None = None, devices: Iterable[int] | None = None) -> None:
+def warmup(variants: Iterable[str] | None = None, devices: Iterable[int] | None = None) -> float:
     """Compile kernels now, so that compilation never lands inside a measured load.
+
+    Returns the seconds it took (NVRTC compile, or CuPy's disk cache, plus module load).
 
     Parameters
     ----------
@@ -263,8 +265,11 @@ def warmup(variants: Iterable[str] | None = None, devices: Iterable[int] | None 
     KernelCompileError
         A variant does not compile.
     """
+    import time
+
     import cupy
 
+    t = time.perf_counter()
     variants = tuple(VARIANTS if variants is None else variants)
     for v in variants:
         options(v)  # validates the name before anything is compiled
@@ -273,6 +278,7 @@ def warmup(variants: Iterable[str] | None = None, devices: Iterable[int] | None 
         with cupy.cuda.Device(dev):
             for v in variants:
                 _variant_kernel(v)
+    return time.perf_counter() - t
 
 
 def pack_descriptors(copies: Iterable, dst_ptrs: Iterable[int], src_base: int = 0, out: np.ndarray | None = None) -> np.ndarray:
@@ -329,11 +335,12 @@ def launch_geometry(counts: Iterable[int], sm_count: int) -> tuple[tuple[int, in
     Returns
     -------
     (grid, block)
-        ``((gx, gy), (BLOCK_THREADS,))``.
+        ``((gx, gy), (BLOCK_THREADS,))``; ``((1, 1), ...)`` for no descriptors (a load
+        with no copies: the kernel's descriptor loop then does nothing).
     """
     counts = list(counts)
     if not counts:
-        raise ValueError("launch_geometry needs at least one descriptor")
+        return (1, 1), (BLOCK_THREADS,)
     per_block = BLOCK_THREADS * ITEMS_PER_THREAD
     need = max(-(-max(c, 1) // per_block) for c in counts)
     gy = min(len(counts), MAX_GRID_Y)

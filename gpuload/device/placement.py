@@ -24,6 +24,7 @@ import functools
 import os
 import re
 import threading
+import warnings
 
 from gpuload.errors import DeviceUnavailableError
 
@@ -98,20 +99,46 @@ def _gpu_index(canonical: str) -> int | None:
     return None if canonical == CPU else int(canonical.rsplit(":", 1)[1])
 
 
+#: Oldest CuPy gpuload runs on: CuPy 13 cannot make bfloat16 arrays, and a bfloat16
+#: variable must be a bfloat16 array (its dtype, DLPack and __cuda_array_interface__ say so).
+MIN_CUPY = (14, 0)
+
+
+def _cupy_version_ok(version: str) -> bool:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= MIN_CUPY
+
+
 @functools.cache
 def _probe() -> tuple[int, str]:
     """(visible CUDA devices, what the probe saw). Never raises; runs once per process."""
+    return _probe_now()
+
+
+def _probe_now() -> tuple[int, str]:
+    """The probe itself (uncached).
+
+    Warnings raised while importing or probing CuPy are silenced here: under
+    ``-W error`` (or pytest's ``filterwarnings = error``) they would otherwise turn a
+    working GPU into "absent".
+    """
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() == "":
         return 0, "CUDA_VISIBLE_DEVICES is set to an empty string, which hides every GPU"
-    try:
-        import cupy
-    except Exception as e:  # noqa: BLE001 - ImportError, or CuPy's diagnostics for a broken install
-        return 0, f"CuPy could not be imported ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    try:
-        count = int(cupy.cuda.runtime.getDeviceCount())
-    except Exception as e:  # noqa: BLE001 - no driver, driver too old, no device
-        return 0, f"CuPy {cupy.__version__} found no usable CUDA device ({type(e).__name__}: {e})"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import cupy
+        except Exception as e:  # noqa: BLE001 - ImportError, or CuPy's diagnostics for a broken install
+            return 0, f"CuPy could not be imported ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        version = str(getattr(cupy, "__version__", "?"))
+        if not _cupy_version_ok(version):
+            return 0, (f"CuPy {version} is installed but gpuload needs CuPy >= {MIN_CUPY[0]}.{MIN_CUPY[1]} "
+                       f"(bfloat16 arrays); upgrade it")
+        try:
+            count = int(cupy.cuda.runtime.getDeviceCount())
+        except Exception as e:  # noqa: BLE001 - no driver, driver too old, no device
+            return 0, f"CuPy {cupy.__version__} found no usable CUDA device ({type(e).__name__}: {e})"
     if count == 0:
         return 0, f"CuPy {cupy.__version__} sees 0 CUDA devices (CUDA_VISIBLE_DEVICES={visible!r})"
     return count, f"CuPy {cupy.__version__} sees {count} CUDA device(s) (CUDA_VISIBLE_DEVICES={visible!r})"

@@ -1,9 +1,10 @@
 """The bounded ring of host staging buffers.
 
-All the host memory a load stages through is allocated here, once per load, as
-``nslots`` buffers of ``slot_bytes``: page-aligned anonymous memory on the host backend,
-pinned memory on CUDA (pinning costs ~1-3 GB/s, so it is never done per tensor). A slot
-is acquired by a reader thread, filled, handed to the device backend, and comes back when
+All the host memory a load stages through comes from here, as ``nslots`` buffers of
+``slot_bytes``: page-aligned anonymous memory on the host backend, pinned memory on CUDA
+(pinning costs ~1-3 GB/s, so it is never done per tensor; the CUDA backend keeps pinned
+slots in a process-wide pool, so only the first GPU load of a process pins). A slot is
+acquired by a reader thread, filled, handed to the device backend, and comes back when
 the backend's token says the device no longer reads it.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 __all__ = ["Ring", "RingClosed"]
 
@@ -50,6 +52,13 @@ class Ring:
         for i in reversed(range(nslots)):
             self._free.put(i)
         self._closed = threading.Event()
+        #: Seconds spent in ``backend.alloc_host_slots`` (pinning, on CUDA).
+        self.alloc_s = 0.0
+
+    def allocate_all(self) -> None:
+        """Allocate every slot now (in the calling thread) rather than on first use."""
+        for i in range(self.nslots):
+            self.buffer(i)
 
     @property
     def nbytes(self) -> int:
@@ -63,7 +72,9 @@ class Ring:
             with self._alloc_lock:
                 buf = self.slots[index]
                 if buf is None:
+                    t = time.perf_counter()
                     buf = self.slots[index] = self.backend.alloc_host_slots(1, self.slot_bytes)[0]
+                    self.alloc_s += time.perf_counter() - t
         return buf
 
     def acquire(self) -> int:
@@ -83,13 +94,21 @@ class Ring:
         """Wake every waiter with RingClosed (the load failed)."""
         self._closed.set()
 
-    def close(self) -> None:
-        """Free the slots' memory. Idempotent."""
+    def close(self, reuse: bool = True) -> None:
+        """Hand the slots back to the backend. Idempotent.
+
+        ``reuse=False`` (a device failed and may still read them) only drops them, so
+        that a pooling backend never lends them to another load.
+        """
         self._closed.set()
         with self._alloc_lock:
             slots, self.slots = [s for s in self.slots if s is not None], []
-        if slots:
+        if slots and reuse:
             self.backend.free_host_slots(slots)
+        elif slots:
+            forget = getattr(self.backend, "forget_host_slots", None)
+            if forget is not None:
+                forget(slots)
 
     def __enter__(self):
         return self
