@@ -50,6 +50,10 @@ class LoadStats:
     drain_s: float = 0.0
     wall_s: float = 0.0
     ring_bytes: int = 0
+    #: Host memory of the warm-start vocabularies and index mappings behind the plan's gathers.
+    vocab_bytes: int = 0
+    #: Seconds spent reading vocabulary files and building those mappings.
+    vocab_s: float = 0.0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -59,7 +63,7 @@ class _Abort(Exception):
     pass
 
 
-def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None = None):
+def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None = None, prefill=None):
     """Fill every destination of ``plan``; return the destination arrays, in plan order.
 
     Parameters
@@ -75,6 +79,11 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
         ``(source, box) -> np.ndarray`` for the plan's host loads (string tensors).
     stats:
         Filled in with byte counts and per-stage times when given.
+    prefill:
+        ``(dest index, destination) -> array`` for the plan's gather destinations
+        (``Destination.remap`` set): their starting values, already on the destination's
+        device (a warm start's backup initializer); the gathers then overwrite the rows
+        that come from the checkpoint.
 
     Raises
     ------
@@ -85,7 +94,20 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
     """
     stats = stats if stats is not None else LoadStats()
     t0 = time.perf_counter()
-    dests = [backends[d.device].empty(d.shape, d.dtype) for d in plan.destinations]
+    dests = []
+    for i, d in enumerate(plan.destinations):
+        backend = backends[d.device]
+        if d.remap is None:
+            dests.append(backend.empty(d.shape, d.dtype))
+            continue
+        if prefill is None:
+            raise ValueError(f"destination {i} ({d.name}) is a gather destination but no prefill was given")
+        value = prefill(i, d)
+        if tuple(value.shape) != tuple(d.shape) or np.dtype(value.dtype) != d.dtype or not value.flags.c_contiguous:
+            raise ValueError(f"prefill of {d.name} is a {np.dtype(value.dtype).name}{tuple(value.shape)} array "
+                             f"(C-contiguous: {value.flags.c_contiguous}); expected {d.dtype.name}{tuple(d.shape)}")
+        # The backend orders its own streams after the work that computed the value.
+        dests.append(backend.adopt(value))
     dtypes = [(d.src_dtype, d.dtype) for d in plan.destinations]
     for h in plan.host_loads:
         value = host_loader(h.source, h.box)

@@ -43,6 +43,9 @@ class CheckpointSource:
     tensor: str
     box: Box
     allow_cast: bool = False
+    #: Set by ``warm_start`` for a vocabulary variable: a
+    #: :class:`gpuload.graph.warm_start.VocabRemap` (gather rows + backup initializer).
+    remap: object = None
 
 
 def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool = False) -> None:
