@@ -137,9 +137,12 @@ def _hashes(rows: np.ndarray) -> np.ndarray:
     words = rows.view(np.uint64)  # width is a multiple of 8
     h = np.zeros(rows.shape[0], dtype=np.uint64)
     for j in range(words.shape[1]):
-        h ^= words[:, j]
-        h *= _MULT
-        h ^= h >> np.uint64(31)
+        # All-zero words (the padding) leave the hash alone, so that one token hashes the
+        # same in vocabularies of different widths.
+        w = words[:, j]
+        m = (h ^ w) * _MULT
+        m ^= m >> np.uint64(31)
+        h = np.where(w != 0, m, h) if j else m
     h *= _MIX
     h ^= h >> np.uint64(29)
     return h
@@ -172,6 +175,14 @@ def _check_unique(vocab: Vocab, what: str) -> None:
         return
     a, b = order[same], order[same + 1]
     dup = _rows_equal(vocab.rows[a], vocab.rows[b])
+    if not dup.all():
+        # Two different tokens share a hash, so equal tokens need not sit side by side in
+        # hash order: sort the bytes themselves.
+        keys = _as_bytes(vocab.rows, vocab.rows.shape[1])
+        order = np.argsort(keys, kind="stable")
+        same = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+        a, b = order[same], order[same + 1]
+        dup = np.ones(len(a), dtype=bool)
     if dup.any():
         first, later = a[dup], b[dup]  # stable sort: later > first
         i = int(np.argmin(later))
@@ -207,15 +218,17 @@ def vocab_mapping(new: Vocab, old: Vocab) -> np.ndarray:
     return out
 
 
+def _as_bytes(rows: np.ndarray, width: int) -> np.ndarray:
+    """Rows as a NumPy ``S<width>`` array (the row encoding ends in 0x01, so NumPy's
+    stripping of trailing NULs cannot merge two tokens)."""
+    m = np.zeros((rows.shape[0], width), dtype=np.uint8)
+    m[:, : rows.shape[1]] = rows
+    return m.view(f"S{width}").ravel()
+
+
 def _exact_mapping(new: Vocab, old: Vocab) -> np.ndarray:
     w = max(new.rows.shape[1], old.rows.shape[1])
-
-    def as_bytes(rows):
-        m = np.zeros((rows.shape[0], w), dtype=np.uint8)
-        m[:, : rows.shape[1]] = rows
-        return m.view(f"S{w}").ravel()
-
-    o, n = as_bytes(old.rows), as_bytes(new.rows)
+    o, n = _as_bytes(old.rows, w), _as_bytes(new.rows, w)
     order = np.argsort(o, kind="stable")
     so = o[order]
     pos = np.searchsorted(so, n)
