@@ -322,18 +322,24 @@ def gather_copy(src: np.ndarray, src_dtype: Any, dst: np.ndarray, dst_dtype: Any
         drec = np.ndarray((flat.size - copy.shape[0] + 1,), dtype=run, buffer=dbytes, strides=(d_size,))
         drec[copy.dst_offsets] = srec[copy.src_offsets]
         return
-    if src_dtype == dst_dtype:
-        src_dtype = dst_dtype = _RAW_DTYPES[s_size]
-    sel = np.ndarray((chunk.nbytes - s_size + 1,), dtype=src_dtype, buffer=chunk, strides=(1,))
-    delem = np.ndarray((flat.size,), dtype=dst_dtype, buffer=dbytes, strides=(d_size,))
+    # Elements move as raw bits; a conversion runs through box_copy on a dense buffer, so
+    # that gathers convert exactly as box copies do.
+    s_raw, d_raw = _RAW_DTYPES[s_size], _RAW_DTYPES[d_size]
+    sel = np.ndarray((chunk.nbytes - s_size + 1,), dtype=s_raw, buffer=chunk, strides=(1,))
+    delem = np.ndarray((flat.size,), dtype=d_raw, buffer=dbytes, strides=(d_size,))
     s_in = _box_offsets(copy.shape, copy.src_strides) * s_size
     d_in = _box_offsets(copy.shape, copy.dst_strides)
     step = max(1, _GATHER_STEP // max(len(s_in), 1))
     for k in range(0, copy.boxes, step):
         so = copy.src_offsets[k: k + step, None] + s_in[None, :]
         do = copy.dst_offsets[k: k + step, None] + d_in[None, :]
-        with np.errstate(all="ignore"):
-            delem[do.reshape(-1)] = sel[so.reshape(-1)].astype(dst_dtype, copy=False)
+        values = sel[so.reshape(-1)]
+        if src_dtype != dst_dtype:
+            converted = np.empty(values.size, dtype=dst_dtype)
+            box_copy(values.view(np.uint8), src_dtype, converted, dst_dtype,
+                     BoxCopy(0, 0, (1,), 0, (1,), (values.size,)))
+            values = converted.view(d_raw)
+        delem[do.reshape(-1)] = values
 
 
 _HUGE = 2 << 20
