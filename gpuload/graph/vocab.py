@@ -44,6 +44,10 @@ class Vocab:
 
     path: str
     rows: np.ndarray
+    #: ``argsort`` of the rows' 64-bit hashes, and the sorted hashes (built once, by
+    #: :func:`read_vocab`, for the duplicate check and the matching).
+    order: np.ndarray = dataclasses.field(default=None, repr=False)
+    sorted_hashes: np.ndarray = dataclasses.field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -51,7 +55,8 @@ class Vocab:
     @property
     def nbytes(self) -> int:
         """Host memory held by this vocabulary."""
-        return int(self.rows.nbytes)
+        extra = sum(a.nbytes for a in (self.order, self.sorted_hashes) if a is not None)
+        return int(self.rows.nbytes) + extra
 
     def token(self, i: int) -> bytes:
         """Token ``i`` (0-based line number) as bytes."""
@@ -116,19 +121,29 @@ def read_vocab(path, size: int, *, what: str) -> Vocab:
     if len(empty):
         raise VocabFileError(f"{what}: empty line (every line must hold one token)",
                              path=path, line=int(empty[0]) + 1)
-    width = -(-(int(lens.max()) + 1) // 8) * 8
-    padded = np.zeros(len(buf) + width, dtype=np.uint8)
+    nwords = (int(lens.max()) + 1 + 7) // 8
+    padded = np.zeros(len(buf) + 8 * nwords + 8, dtype=np.uint8)
     padded[: len(buf)] = buf
-    rows = np.empty((n, width), dtype=np.uint8)
-    cols = np.arange(width, dtype=np.int64)
+    # 8-byte little-endian words starting at every byte of the file (an overlapping view),
+    # so a token is gathered a word, not a byte, at a time.
+    words = np.ndarray((len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))
+    rows = np.empty((n, nwords), dtype="<u8")
+    shifts = np.arange(nwords, dtype=np.int64) * 8
+    ones = np.uint64(0xFFFFFFFFFFFFFFFF)
     for a in range(0, n, _BLOCK_LINES):
         b = min(n, a + _BLOCK_LINES)
-        block = padded[starts[a:b, None] + cols[None, :]]
+        block = words[starts[a:b, None] + shifts[None, :]]
+        valid = np.clip(lens[a:b, None] - shifts[None, :], 0, 8)  # token bytes in each word
+        keep = np.where(valid >= 8, ones, (np.uint64(1) << (valid.astype(np.uint64) * np.uint64(8))) - np.uint64(1))
+        block &= keep
         ln = lens[a:b]
-        block[cols[None, :] >= ln[:, None]] = 0
-        block[np.arange(b - a), ln] = 1
+        # The end marker: byte ln of the row.
+        block[np.arange(b - a), ln // 8] |= np.uint64(1) << ((ln % 8).astype(np.uint64) * np.uint64(8))
         rows[a:b] = block
-    vocab = Vocab(path, rows)
+    vocab = Vocab(path, rows.view(np.uint8).reshape(n, 8 * nwords))
+    h = _hashes(vocab.rows)
+    order = np.argsort(h)
+    vocab = dataclasses.replace(vocab, order=order, sorted_hashes=h[order])
     _check_unique(vocab, what)
     return vocab
 
@@ -161,10 +176,12 @@ def _rows_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _sorted_index(vocab: Vocab):
-    """(order, sorted hashes, exact) for one vocabulary; exact=False if two tokens share a hash."""
-    h = _hashes(vocab.rows)
-    order = np.argsort(h, kind="stable")
-    hs = h[order]
+    """(order, sorted hashes, positions i where sorted hashes i and i + 1 are equal)."""
+    order, hs = vocab.order, vocab.sorted_hashes
+    if order is None:
+        h = _hashes(vocab.rows)
+        order = np.argsort(h)
+        hs = h[order]
     same = np.flatnonzero(hs[1:] == hs[:-1])
     return order, hs, same
 
@@ -184,7 +201,7 @@ def _check_unique(vocab: Vocab, what: str) -> None:
         a, b = order[same], order[same + 1]
         dup = np.ones(len(a), dtype=bool)
     if dup.any():
-        first, later = a[dup], b[dup]  # stable sort: later > first
+        first, later = np.minimum(a[dup], b[dup]), np.maximum(a[dup], b[dup])
         i = int(np.argmin(later))
         raise VocabFileError(
             f"{what}: token {vocab.token(int(later[i]))!r} repeats line {int(first[i]) + 1} "
@@ -206,15 +223,16 @@ def vocab_mapping(new: Vocab, old: Vocab) -> np.ndarray:
         # Two different old tokens share a 64-bit hash (about 1 in 10^7 for 2M tokens):
         # match on the bytes instead.
         return _exact_mapping(new, old)
-    hn = _hashes(new.rows)
+    # Sorted queries: searchsorted walks the old hashes in order (cache-friendly).
+    n_order, hn, _ = _sorted_index(new)
     pos = np.searchsorted(hs, hn)
     pos[pos == len(hs)] = 0
-    cand = order[pos]
-    hit = hs[pos] == hn
-    idx = np.flatnonzero(hit)
-    ok = _rows_equal(new.rows[idx], old.rows[cand[idx]])
+    hit = np.flatnonzero(hs[pos] == hn)
+    cand = order[pos[hit]]
+    new_idx = n_order[hit]
+    ok = _rows_equal(new.rows[new_idx], old.rows[cand])
     out = np.full(len(new), -1, dtype=np.int64)
-    out[idx[ok]] = cand[idx[ok]]
+    out[new_idx[ok]] = cand[ok]
     return out
 
 
