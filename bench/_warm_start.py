@@ -276,6 +276,7 @@ def _plot(summary, path: Path, title: str):
                                                                      else "#888" for r in ok])
     for i, r in enumerate(ok):
         ax.text(r["best_s"], i, f" {r['best_s']:.2f} s", va="center")
+    ax.set_xlim(0, 1.2 * max(r["best_s"] for r in ok) if ok else 1)
     ax.set_xlabel("seconds (best run; call + initializer run)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

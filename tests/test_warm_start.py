@@ -372,3 +372,18 @@ def test_plan_prints_gathers(small):
     assert "remapped along axis 0: 2 of 3 gathered" in text
     assert "gather -> dest 0: 2 boxes of shape (4,)" in text
     assert "gather -> dest 1: 1 boxes of shape (4,)" in text
+
+
+def test_plan_is_a_value(small):
+    """Two plans of the same load compare equal; a different remap does not."""
+    prefix, old_v, new_v, _, tmp_path = small
+    var = make_var("new/emb", [5, 4], "float32", partitions=[2, 1])
+    gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(new_v, 4, 1, old_v)}, {"new/emb": "old/emb"})
+    parts = var._get_variable_list()
+    _, a = loader.plan_for(prefix, parts)
+    _, b = loader.plan_for(prefix, parts)
+    assert a == b and str(a) == str(b)
+    other = write_vocab(tmp_path / "other.txt", [b"a", b"x", b"f", b"c"])
+    gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(other, 4, 1, old_v)}, {"new/emb": "old/emb"})
+    _, c = loader.plan_for(prefix, parts)
+    assert c != a
