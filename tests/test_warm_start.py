@@ -387,3 +387,26 @@ def test_plan_is_a_value(small):
     gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(other, 4, 1, old_v)}, {"new/emb": "old/emb"})
     _, c = loader.plan_for(prefix, parts)
     assert c != a
+
+
+@pytest.mark.parametrize("crc, gap", [(True, 0), (False, 0), (False, 1 << 20)])
+def test_one_tensor_feeds_a_remap_and_a_plain_load(tmp_path, crc, gap):
+    """The same stored tensor is gathered into one variable and box-copied into another:
+    its bytes are read once (each byte of the entry at most once) and both come out right."""
+    gpuload.reset_default_graph()
+    old = np.arange(6000 * 8, dtype=np.float32).reshape(6000, 8)
+    prefix = save_old(tmp_path, old)
+    toks = [b"t%d" % i for i in range(6000)]
+    old_v = write_vocab(tmp_path / "o.txt", toks)
+    new = toks[::-3]
+    new_v = write_vocab(tmp_path / "n.txt", new)
+    a = make_var("new/emb", [len(new) + 1, 8], "float32", partitions=[3, 2])
+    b = make_var("copy/emb", [6000, 8], "float32", partitions=[2, 1])
+    with config.set(verify_crc=crc, gap_bytes=gap, chunk_bytes=8192):
+        gpuload.warm_start(prefix, [".*emb"], {"new/emb": gpuload.VocabInfo(new_v, len(new), 1, old_v)},
+                           {"new/emb": "old/emb", "copy/emb": "old/emb"})
+        gpuload.global_variables_initializer().run()
+    want = remap_reference(old, toks, new, 1, 0, 0)
+    np.testing.assert_array_equal(a.numpy(), want)
+    np.testing.assert_array_equal(b.numpy(), old)
+    assert loader.last_stats()[0].bytes_read == old.nbytes
