@@ -127,7 +127,7 @@ def test_remap_equals_numpy(tmp_path_factory, s):
     info = gpuload.VocabInfo(new_file, len(s["new_tokens"]), s["oov"], old_file,
                              old_vocab_size=s["old_size"] or -1,
                              backup_initializer=gpuload.constant_initializer(7), axis=s["axis"])
-    with config.set(chunk_bytes=s["chunk_bytes"], verify_crc=s["verify_crc"], gap_bytes=0):
+    with config.set(chunk_bytes=s["chunk_bytes"], ring_bytes=4 * s["chunk_bytes"], verify_crc=s["verify_crc"], gap_bytes=0):
         gpuload.warm_start(prefix, ".*", {"new/emb": info}, {"new/emb": "old/emb"})
         gpuload.global_variables_initializer().run()
     want = remap_reference(old, s["old_tokens"], s["new_tokens"], s["oov"], s["axis"], 7, s["old_size"])

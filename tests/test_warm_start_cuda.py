@@ -35,8 +35,8 @@ def test_warm_start_on_the_gpu(tmp_path, axis, partitions, crc):
     var = gpuload.get_variable("emb", new_shape, "float32", partitioner=lambda shape, dtype: partitions,
                                device="/gpu:0")
     info = gpuload.VocabInfo(new_v, 2500, 2, old_v, backup_initializer=gpuload.constant_initializer(0.5), axis=axis)
-    with config.set(verify_crc=crc, chunk_bytes="64KiB"):
-        gpuload.warm_start(prefix, ".*", {"emb": info})
+    with config.set(verify_crc=crc, chunk_bytes="64KiB", ring_bytes="1MiB"):
+        gpuload.warm_start(prefix, ".*", {"emb": info}, {"emb": "old/emb"})
         gpuload.global_variables_initializer().run()
     parts = var._get_variable_list()
     assert all(isinstance(p.value(), cupy.ndarray) for p in parts)
