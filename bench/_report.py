@@ -122,7 +122,7 @@ def plot(summary, limits, path, title: str) -> str:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "none (matplotlib not installed: pip install 'gpuload[bench]')"
+        return "none (matplotlib not installed: pip install matplotlib)"
     fig, ax = plt.subplots(figsize=(12, 6.5), dpi=110)
     # One colour per loader, one line style per cache state, one marker per CRC setting.
     whats = []

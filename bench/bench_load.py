@@ -48,7 +48,7 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECAS
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 RSS_SLACK = 64 * _MIB
 
-# Targets of issue #4 (benchmarks, not timed tests).
+# The project's performance targets (benchmarks, not timed tests; see bench/README.md).
 T_WARM_CPU = 0.8      # gpuload CPU warm >= 0.8 x one-thread readinto
 T_CRC_COST = 0.15     # CRC on costs <= 15% of CRC-off throughput
 T_COLD = 0.9          # cold (O_DIRECT) >= 0.9 x O_DIRECT sequential read
@@ -71,9 +71,9 @@ def human(n: int) -> str:
     return f"{n}B"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "bench_load.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="bench_load.py", description=__doc__.split("\n\n")[0],
+        prog=prog, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     return p
@@ -428,8 +428,8 @@ def header(info) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv=None, prog: str = "bench_load.py") -> int:
+    args = build_parser(prog).parse_args(argv)
     if args.worker is not None:
         import _workers
 

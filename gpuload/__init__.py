@@ -48,6 +48,7 @@ from gpuload.graph.store import (
     global_variables,
     global_variables_initializer,
     reset_default_graph,
+    trainable_variables,
     variable_scope,
     variables_initializer,
 )
@@ -64,4 +65,5 @@ __all__ = [
     "fixed_size_partitioner", "min_max_variable_partitioner", "variable_axis_size_partitioner",
     "PartitionedVariable", "Variable", "device", "get_variable", "global_variables",
     "global_variables_initializer", "reset_default_graph", "variable_scope", "variables_initializer",
+    "trainable_variables",
 ]

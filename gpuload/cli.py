@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gpuload.errors import CheckpointError
+from gpuload.errors import CheckpointError, GpuloadError
 
 __all__ = ["main", "subcommand", "add_subcommand", "build_parser"]
 
@@ -38,7 +38,10 @@ add_subcommand = subcommand
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, one subparser per registered subcommand."""
+    from gpuload import __version__
+
     parser = argparse.ArgumentParser(prog="gpuload", description="TensorFlow checkpoints without TensorFlow.")
+    parser.add_argument("--version", action="version", version=f"gpuload {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, kwargs, fill in _SUBCOMMANDS:
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 problem found, 2 usage/open error)."""
+    """Run the command line; returns the exit status (0 ok, 1 problem found, 2 usage/input error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         return _run_bench(argv[1:])
@@ -57,7 +60,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args._handler(args) or 0)
-    except CheckpointError as e:
+    except GpuloadError as e:  # bad input or no usable device: one line, no traceback
         print(f"gpuload {args.command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `gpuload inspect ... | head`
@@ -221,7 +224,7 @@ def _run_bench(argv) -> int:
     spec = importlib.util.spec_from_file_location("gpuload_bench_load", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.main(argv)
+    return mod.main(argv, prog="gpuload bench")
 
 
 subcommand("bench",

@@ -103,12 +103,19 @@ class Config:
     def from_env(cls, environ=None) -> "Config":
         """Build a config from ``GPULOAD_*`` environment variables, defaults elsewhere."""
         environ = os.environ if environ is None else environ
-        kwargs = {}
+        kwargs, keys = {}, {}
         for f in dataclasses.fields(cls):
             key = "GPULOAD_" + f.name.upper()
             if key in environ:
                 kwargs[f.name] = environ[key]
-        return cls(**kwargs)
+                keys[f.name] = key
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            # Name the variable(s) at fault: the message names the field, or quotes the value.
+            msg = str(e)
+            at_fault = [k for n, k in keys.items() if n in msg or repr(kwargs[n]) in msg] or list(keys.values())
+            raise ValueError(f"{', '.join(at_fault)}: {msg}") from e
 
 
 _lock = threading.Lock()

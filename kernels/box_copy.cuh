@@ -210,14 +210,18 @@ struct gl_conv_float {
     }
 };
 
-// ml_dtypes converts float64 -> bfloat16 through float32 (two roundings); so do we.
-struct gl_conv_f64_bf16 {
+// float64 -> bfloat16 / float16 as TensorFlow's Cast does it: Eigen's bfloat16(T) and
+// half(T) constructors take static_cast<float>(x) first, so the value is rounded twice,
+// to float32 and then to 16 bits (1 + 2^-8 + 2^-40 -> bfloat16 1.0, where one rounding
+// gives 1 + 2^-7). D and RULE are the second step's; the first is f64 -> f32.
+template <class D, int RULE>
+struct gl_conv_f64_via_f32 {
     typedef gl_u64 src_t;
     typedef gl_u16 dst_t;
     static const bool identity = false;
     static GPULOAD_HD dst_t apply(src_t x) {
         const gl_u64 f = gl_float_convert<gl_fmt_f64, gl_fmt_f32, GL_NAN_QUIET>(x);
-        return (dst_t)gl_float_convert<gl_fmt_f32, gl_fmt_bf16, GL_NAN_CANONICAL>(f);
+        return (dst_t)gl_float_convert<gl_fmt_f32, D, RULE>(f);
     }
 };
 
@@ -243,7 +247,8 @@ typedef gl_conv_float<gl_u16, gl_u16, gl_fmt_bf16, gl_fmt_f16, GL_NAN_CANONICAL>
 typedef gl_conv_float<gl_u16, gl_u16, gl_fmt_f16, gl_fmt_bf16, GL_NAN_CANONICAL> gl_conv_f16_bf16;
 typedef gl_conv_float<gl_u64, gl_u32, gl_fmt_f64, gl_fmt_f32, GL_NAN_QUIET> gl_conv_f64_f32;
 typedef gl_conv_float<gl_u32, gl_u64, gl_fmt_f32, gl_fmt_f64, GL_NAN_QUIET> gl_conv_f32_f64;
-typedef gl_conv_float<gl_u64, gl_u16, gl_fmt_f64, gl_fmt_f16, GL_NAN_KEEP> gl_conv_f64_f16;
+typedef gl_conv_f64_via_f32<gl_fmt_bf16, GL_NAN_CANONICAL> gl_conv_f64_bf16;
+typedef gl_conv_f64_via_f32<gl_fmt_f16, GL_NAN_KEEP> gl_conv_f64_f16;
 typedef gl_conv_float<gl_u16, gl_u64, gl_fmt_bf16, gl_fmt_f64, GL_NAN_QUIET> gl_conv_bf16_f64;
 typedef gl_conv_float<gl_u16, gl_u64, gl_fmt_f16, gl_fmt_f64, GL_NAN_KEEP> gl_conv_f16_f64;
 

@@ -3,7 +3,8 @@
 A :class:`Case` is one staged chunk, the BoxCopy list a planner would make for one box of
 one tensor (split at the chunk's boundaries), a destination buffer pre-filled with a
 sentinel, and the expected destination computed independently with NumPy fancy indexing
-and ``astype`` (ml_dtypes for bfloat16). Every executor must reproduce ``expected`` bit
+and ``astype`` (ml_dtypes for bfloat16; float64 -> 16 bits through float32, as TensorFlow's
+Cast). Every executor must reproduce ``expected`` bit
 for bit. Nothing here imports CuPy.
 """
 
@@ -50,7 +51,8 @@ SPECIAL_BITS = {
             0x47EFFFFFE0000000, 0x47EFFFFFEFFFFFFF, 0x47EFFFFFF0000000, 0x3FF0000010000000,
             0x3FF0000030000000, 0x3FF0000010000001, 0x36A0000000000000, 0x3690000000000000,
             0x3690000000000001, 0x380FFFFFC0000000, 0x40EFFE0000000000, 0x40EFFDFFFFFFFFFF,
-            0x3FF0100000400000, 0x3E70000000000000, 0x3E60000000000000, 0x3E60000000000001],
+            0x3FF0100000400000, 0x3E70000000000000, 0x3E60000000000000, 0x3E60000000000001,
+            0x3FF0100000001000, 0x3FF0020000000001],
 }  # fmt: skip
 
 
@@ -67,11 +69,21 @@ def raw(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint8).reshape(a.shape + (a.dtype.itemsize,))
 
 
+#: Pairs TensorFlow's Cast rounds twice, through float32 (Eigen's half(T) and bfloat16(T)
+#: constructors take static_cast<float> first); NumPy / ml_dtypes >= 0.7 round them once.
+TF_VIA_F32 = {(F64, BF16), (F64, F16)}
+
+
 def convert(values: np.ndarray, dst: np.dtype) -> np.ndarray:
-    """The reference conversion: NumPy / ml_dtypes ``astype``; raw bits for identity."""
+    """The reference conversion, TensorFlow's Cast; raw bits for identity.
+
+    NumPy / ml_dtypes ``astype``, except for :data:`TF_VIA_F32`, converted to float32 first.
+    """
     if values.dtype == dst:
         return values.copy()
     with np.errstate(all="ignore"):
+        if (values.dtype, dst) in TF_VIA_F32:
+            values = values.astype(F32)
         return values.astype(dst)
 
 

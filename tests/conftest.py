@@ -9,11 +9,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: The TensorFlow-written reference data, shipped with the tests.
+IN_REPO_GOLDEN = REPO / "tests" / "data" / "golden"
+
+#: Where the same data lives outside the repository, when a checkout has it beside it;
+#: tests/test_golden_copy.py keeps the in-repo copy identical to it.
+SHARED_GOLDEN = REPO.parent / "shared" / "golden"
+
 
 def golden_dir() -> Path:
-    """``../shared/golden`` next to the repository (or ``GPULOAD_GOLDEN_DIR``)."""
+    """``tests/data/golden`` in the repository, or ``$GPULOAD_GOLDEN_DIR`` when set."""
     env = os.environ.get("GPULOAD_GOLDEN_DIR")
-    return Path(env) if env else REPO.parent / "shared" / "golden"
+    return Path(env) if env else IN_REPO_GOLDEN
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +29,8 @@ def golden() -> Path:
     if not (path / "cases.json").exists():
         if os.environ.get("GPULOAD_ALLOW_NO_GOLDEN") == "1":
             pytest.skip(f"golden data not found at {path} (GPULOAD_ALLOW_NO_GOLDEN=1)")
-        pytest.fail(f"golden data not found at {path}; set GPULOAD_GOLDEN_DIR", pytrace=False)
+        pytest.fail(f"golden data not found at {path} (it ships in tests/data/golden; "
+                    f"GPULOAD_GOLDEN_DIR overrides the location)", pytrace=False)
     return path
 
 

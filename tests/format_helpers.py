@@ -1,8 +1,8 @@
 """Shared helpers for the format-layer tests (``test_format_*.py``).
 
-The golden checkpoints live in ``../shared/golden`` next to the repository, or in
-``$GPULOAD_GOLDEN_DIR``. Without them the tests fail, unless ``GPULOAD_ALLOW_NO_GOLDEN=1``
-turns the failure into a skip.
+The golden checkpoints live in ``tests/data/golden`` (or in ``$GPULOAD_GOLDEN_DIR``).
+Without them the tests fail, unless ``GPULOAD_ALLOW_NO_GOLDEN=1`` turns the failure into a
+skip.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def golden_checkpoints() -> Path:
     if not all((path / n / "manifest.json").is_file() for n in GOLDEN_NAMES):
         if os.environ.get("GPULOAD_ALLOW_NO_GOLDEN") == "1":
             pytest.skip(f"golden checkpoints not found at {path} (GPULOAD_ALLOW_NO_GOLDEN=1)")
-        pytest.fail(f"golden checkpoints not found at {path}; set GPULOAD_GOLDEN_DIR", pytrace=False)
+        pytest.fail(f"golden checkpoints not found at {path} (they ship in tests/data/golden; "
+                    f"GPULOAD_GOLDEN_DIR overrides the location)", pytrace=False)
     return path
 
 

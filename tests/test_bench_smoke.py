@@ -1,4 +1,4 @@
-"""The benchmark runs end to end at a tiny size (issue #4: "a smoke test runs it in CI").
+"""The benchmark runs end to end at a tiny size (a smoke test runs it in CI).
 
 No timing is asserted: only that every layout was measured, every load was checked
 correct against the synthetic source, and the JSON and the PNG were written.

@@ -193,7 +193,7 @@ def test_no_gpu_raises_with_a_fix(probe):
         placement.check_device("gpu:0")
     msg = str(info.value)
     assert "'gpu:0' (/device:GPU:0) requested but no CUDA device is usable: CuPy could not be imported" in msg
-    assert 'pip install "gpuload[cuda13]"' in msg and '"gpuload[cuda12]"' in msg and "CUDA_VISIBLE_DEVICES" in msg
+    assert "pip install -e '.[cuda13]'" in msg and "pip install -e '.[cuda12]'" in msg and "CUDA_VISIBLE_DEVICES" in msg
     assert isinstance(info.value, RuntimeError)
 
 

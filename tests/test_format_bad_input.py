@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import tracemalloc
 from pathlib import Path
 
@@ -223,7 +222,7 @@ def test_snappy_block_without_cramjam(golden_ckpts, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "cramjam", None)  # as if not installed
     overwrite(index, _snappy_table(rows, lambda b: b"\x00" * 7 + b))
     with pytest.raises(UnsupportedCheckpointError,
-                       match=r"snappy-compressed index block; install cramjam \(pip install gpuload\[snappy\]\)"):
+                       match=r"snappy-compressed index block; install cramjam \(pip install cramjam\)"):
         Bundle.open(d)
 
 
@@ -419,9 +418,10 @@ def test_big_endian_bundle_is_swapped(tmp_path):
 
 
 class _FuzzTarget:
-    def __init__(self, name):
-        self.dir = Path(tempfile.mkdtemp(prefix=f"gpuload-fuzz-{name}-"))
-        shutil.copytree(golden_checkpoints() / name, self.dir, dirs_exist_ok=True)
+    def __init__(self, name, base: Path):
+        source = golden_checkpoints() / name  # fails (and creates nothing) without golden data
+        self.dir = base / name
+        shutil.copytree(source, self.dir)
         for p in self.dir.iterdir():
             p.chmod(0o644)
         self.index = self.dir / "model.ckpt.index"
@@ -429,29 +429,31 @@ class _FuzzTarget:
         self.blocks = block_ranges(self.original)
 
 
-_TARGETS = {}
+@pytest.fixture(scope="module")
+def fuzz_targets(tmp_path_factory):
+    """``name -> _FuzzTarget``: one writable copy per golden checkpoint, made on first use.
 
+    Module-scoped (Hypothesis reruns the test body, not the fixture) and under pytest's
+    temporary directory, so every copy is removed with it whatever the tests do.
+    """
+    base = tmp_path_factory.mktemp("fuzz")
+    targets = {}
 
-def _target(name):
-    if name not in _TARGETS:
-        _TARGETS[name] = _FuzzTarget(name)
-    return _TARGETS[name]
+    def get(name):
+        if name not in targets:
+            targets[name] = _FuzzTarget(name, base)
+        return targets[name]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _cleanup_targets():
-    yield
-    for t in _TARGETS.values():
-        shutil.rmtree(t.dir, ignore_errors=True)
-    _TARGETS.clear()
+    yield get
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @settings(max_examples=300, deadline=2000, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(target=st.sampled_from(["dtypes", "partitioned_save", "sharded"]),
        edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6),
        fix_crcs=st.booleans(), cut=st.none() | st.integers(0, 10**6))
-def test_fuzz_index(target, edits, fix_crcs, cut):
-    t = _target(target)
+def test_fuzz_index(fuzz_targets, target, edits, fix_crcs, cut):
+    t = fuzz_targets(target)
     data = bytearray(t.original)
     # aim most edits at block contents (not trailers/footer) so the decoders get exercised
     for pos, val in edits:
@@ -471,8 +473,8 @@ def test_fuzz_index(target, edits, fix_crcs, cut):
 
 @settings(max_examples=150, deadline=2000, database=None)
 @given(pos=st.integers(0, 10**6), val=st.integers(1, 255), verify=st.booleans())
-def test_fuzz_data(pos, val, verify):
-    t = _target("dtypes")
+def test_fuzz_data(fuzz_targets, pos, val, verify):
+    t = fuzz_targets("dtypes")
     shard = t.dir / "model.ckpt.data-00000-of-00001"
     original = shard.read_bytes()
     data = bytearray(original)
@@ -488,27 +490,24 @@ def test_fuzz_data(pos, val, verify):
         overwrite(shard, original)
 
 
-def test_random_index_garbage_never_escapes():
+def test_random_index_garbage_never_escapes(tmp_path):
     rng = np.random.default_rng(7)
-    d = Path(tempfile.mkdtemp(prefix="gpuload-garbage-"))
-    try:
-        for i in range(200):
-            n = int(rng.integers(0, 400))
-            blob = bytes(rng.integers(0, 256, n, dtype=np.uint8))
-            if i % 2:  # give it a real footer magic so parsing goes further
-                blob = blob + bytes(40) + bytes.fromhex("57fb808b247547db")
-            index = d / "m.index"
-            if i == 0:
-                index.write_bytes(blob)
-            else:
-                overwrite(index, blob)
-            try:
-                read_table(blob)
-                Bundle.open(d / "m")
-            except CheckpointError:
-                pass
-    finally:
-        shutil.rmtree(d)
+    d = tmp_path
+    for i in range(200):
+        n = int(rng.integers(0, 400))
+        blob = bytes(rng.integers(0, 256, n, dtype=np.uint8))
+        if i % 2:  # give it a real footer magic so parsing goes further
+            blob = blob + bytes(40) + bytes.fromhex("57fb808b247547db")
+        index = d / "m.index"
+        if i == 0:
+            index.write_bytes(blob)
+        else:
+            overwrite(index, blob)
+        try:
+            read_table(blob)
+            Bundle.open(d / "m")
+        except CheckpointError:
+            pass
 
 
 def test_errors_from_readers_of_unusual_requests(golden_ckpts):

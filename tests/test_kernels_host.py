@@ -20,6 +20,7 @@ from box_cases import (
     FLOATS,
     SPECIAL_BITS,
     UINT,
+    convert,
     edge_cases,
     make_case,
     raw,
@@ -96,8 +97,8 @@ def test_pack_descriptors_fields():
 
 
 def _numpy_convert(bits: np.ndarray, src: np.dtype, dst: np.dtype) -> np.ndarray:
-    with np.errstate(all="ignore"):
-        return bits.view(src).astype(dst).view(UINT[dst.itemsize])
+    """TensorFlow's Cast of the bit patterns (box_cases.convert: NumPy, twice where TF rounds twice)."""
+    return convert(bits.view(src), dst).view(UINT[dst.itemsize])
 
 
 @pytest.mark.parametrize("variant", [v for v in host.VARIANTS if v.split("_")[0] in ("f16", "bf16")])
@@ -151,8 +152,11 @@ def test_convert_wide_sources(harness, variant):
         ("f64_f32", 0x36A0000000000000, 0x00000001),  # smallest float32 subnormal
         ("f64_f32", 0x7FF0000000000001, 0x7FC00000),  # signalling -> quiet (SSE semantics)
         ("f32_f64", 0x00000001, 0x36A0000000000000),
-        ("f64_bf16", 0x3FF0100000400000, 0x3F80),  # ml_dtypes rounds twice, through float32
-        ("f64_f16", 0x3FF0020000000001, 0x3C01),  # NumPy rounds once
+        ("f64_bf16", 0x3FF0100000400000, 0x3F80),  # TF's Cast rounds twice, through float32
+        ("f64_bf16", 0x3FF0100000001000, 0x3F80),  # 1 + 2^-8 + 2^-40: once would give 0x3F81
+        ("f64_f16", 0x3FF0020000000001, 0x3C00),  # 1 + 2^-11 + 2^-52: once would give 0x3C01
+        ("f64_f16", 0x3FF0020000000000, 0x3C00),  # an exact tie: to even either way
+        ("f64_f16", 0x3FF0060000000001, 0x3C02),  # 1 + 3*2^-11 + 2^-52: tie up to even, once or twice
         ("bf16_f16", 0x4780, 0x7C00),  # 65536 -> inf
         ("bf16_f16", 0x3300, 0x0000),  # 2^-25 tie -> 0
         ("f16_bf16", 0x0001, 0x3380),  # 2^-24 is a normal bfloat16
@@ -164,6 +168,9 @@ def test_convert_named_values(harness, variant, src_bits, want):
     bits = np.array([src_bits], UINT[s.itemsize])
     assert int(harness.convert(variant, bits, d.itemsize)[0]) == want
     assert int(_numpy_convert(bits, s, d)[0]) == want
+    dest = np.zeros(1, d)
+    host.box_copy(bits.view(np.uint8), s, dest, d, BoxCopy(0, 0, (1,), 0, (1,), (1,)))
+    assert int(dest.view(UINT[d.itemsize])[0]) == want, "NumPy twin"
 
 
 # -- whole box copies ------------------------------------------------------------------------

@@ -4,8 +4,10 @@
 box and the destination box become strided views (``as_strided``) and one ``np.copyto``
 moves and converts the elements, so a dense copy runs at ``memcpy`` speed and nothing
 loops over elements in Python. It accepts exactly the dtype pairs the kernels do (see
-:func:`cast_code`), with the same results bit for bit: NumPy's and ml_dtypes' casts are
-the definition the kernels are tested against.
+:func:`cast_code`), with the same results bit for bit. The definition both follow is
+TensorFlow's ``Cast`` (Eigen's conversions); NumPy and ml_dtypes do each single rounding,
+and the twin spells out where TensorFlow rounds twice rather than inheriting whatever the
+installed library version does.
 
 :class:`HostBackend` is the ``"/device:CPU:0"`` backend: destinations are NumPy arrays,
 the staging ring is page-aligned anonymous memory, and :meth:`HostBackend.submit` runs
@@ -23,8 +25,14 @@ as raw bytes, so NaN payloads, ``bool`` and complex values pass unchanged):
 Rounding is to nearest, ties to even; subnormals are kept; overflow gives inf. NaNs follow
 NumPy / ml_dtypes on x86-64: to bfloat16 (and bfloat16 -> float16) a NaN becomes the
 canonical quiet NaN of its sign; float32 <-> float64 keep the payload and set the quiet
-bit; NumPy's float16 casts keep the payload's top bits as they are. float64 -> bfloat16
-rounds twice, through float32, exactly as ml_dtypes does.
+bit; NumPy's float16 casts keep the payload's top bits as they are.
+
+float64 -> bfloat16 and float64 -> float16 round twice, through float32, as TensorFlow's
+``Cast`` does on CPU and GPU (Eigen's ``bfloat16(T)`` and ``half(T)`` constructors take
+``static_cast<float>`` first) and as the kernels do: 1 + 2^-8 + 2^-40 becomes bfloat16
+``0x3f80`` (1.0), where one rounding (ml_dtypes >= 0.7's ``astype``) gives ``0x3f81``.
+The twin converts to float32 explicitly (:data:`_VIA_FLOAT32`), so the result does not
+depend on the ml_dtypes version.
 """
 
 from __future__ import annotations
@@ -69,6 +77,14 @@ _CASTS = (
     "f64_f32", "f32_f64", "f64_bf16", "f64_f16", "bf16_f64", "f16_f64",
 )  # fmt: skip
 _RAW_SIZES = (1, 2, 4, 8, 16)
+
+#: Casts that TensorFlow rounds twice, through float32 (see the module notes). The value
+#: is the intermediate dtype; every other pair is one NumPy / ml_dtypes cast, which rounds
+#: once, as TensorFlow does for those pairs (their other steps are exact widenings).
+_VIA_FLOAT32 = {
+    (np.dtype(np.float64), _BF16): np.dtype(np.float32),
+    (np.dtype(np.float64), np.dtype(np.float16)): np.dtype(np.float32),
+}
 
 #: Every kernel variant, in the order of GPULOAD_BOX_COPY_VARIANTS in box_copy.cuh.
 VARIANTS: tuple[str, ...] = tuple(f"b{n}_b{n}" for n in _RAW_SIZES) + _CASTS
@@ -242,8 +258,13 @@ def box_copy(src: np.ndarray, src_dtype: Any, dst: np.ndarray, dst_dtype: Any, c
     sview = as_strided(base, shape=copy.shape, strides=tuple(s * s_size for s in copy.src_strides), writeable=False)
     target = flat[copy.dst_offset : copy.dst_offset + dst_extent]
     dview = as_strided(target, shape=copy.shape, strides=tuple(d * d_size for d in copy.dst_strides))
+    via = _VIA_FLOAT32.get((src_dtype, dst_dtype))
     # Overflow to inf and NaN conversions are the specified results, not errors.
     with np.errstate(all="ignore"):
+        if via is not None:
+            # The first rounding, made explicit; the temporary is the box in float32 (half
+            # the chunk's bytes at most: the source elements are float64).
+            sview = sview.astype(via)
         np.copyto(dview, sview, casting="unsafe")
 
 

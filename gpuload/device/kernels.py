@@ -1,7 +1,8 @@
 """The only module that reads ``kernels/*.cu``: source assembly, compilation, launch shapes.
 
-Kernel sources live in ``kernels/`` at the repository root (``GPULOAD_KERNEL_DIR``
-overrides it). :func:`source` inlines their local ``#include "x.cuh"`` lines, with
+Kernel sources live in ``kernels/`` at the repository root; an installed package carries
+them as package data, ``gpuload/_kernels`` (see setup.py), found through
+``importlib.resources``; ``GPULOAD_KERNEL_DIR`` overrides both. :func:`source` inlines their local ``#include "x.cuh"`` lines, with
 ``#line`` markers so that compiler messages still name the right file and line, because
 CuPy's kernel cache hashes the source string it is given but not headers found through
 ``-I``: an edited header would otherwise reuse a stale cubin.
@@ -19,6 +20,7 @@ CuPy is imported lazily: this module imports without it.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import re
 import threading
@@ -84,6 +86,8 @@ DESC_DTYPE = np.dtype(
 )
 
 _MAIN_SOURCE = "box_copy.cu"
+#: Where a built package carries kernels/*.cu and *.cuh (setup.py maps them there).
+_PACKAGE_DATA = "_kernels"
 _INCLUDE_RE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"(?P<name>[^"]+)"[ \t]*(?://.*)?$')
 
 
@@ -113,9 +117,9 @@ class KernelCompileError(GpuloadError, RuntimeError):
 def kernel_dir() -> Path:
     """Directory holding the ``.cu`` sources.
 
-    ``$GPULOAD_KERNEL_DIR`` if set, else ``kernels/`` at the repository root (a checkout or
-    an editable install), else ``gpuload/kernels/`` inside the package (where a wheel that
-    maps ``kernels/`` into the package puts them).
+    ``$GPULOAD_KERNEL_DIR`` if set; else the installed package's ``gpuload/_kernels``
+    (package data, located with :func:`importlib.resources.files`); else ``kernels/`` at
+    the repository root (a checkout, or an editable install of one).
 
     Raises
     ------
@@ -128,14 +132,19 @@ def kernel_dir() -> Path:
         if not (path / _MAIN_SOURCE).is_file():
             raise FileNotFoundError(f"{KERNEL_DIR_ENV}={override!r} has no {_MAIN_SOURCE}")
         return path
-    here = Path(__file__).resolve()
-    candidates = (here.parents[2] / "kernels", here.parents[1] / "kernels")
+    candidates = [Path(__file__).resolve().parents[2] / "kernels"]
+    packaged = importlib.resources.files("gpuload") / _PACKAGE_DATA
+    # Sources are read and inlined by path; an install that is not on a file system (a
+    # zip) is not supported, and falls through to the error below.
+    if isinstance(packaged, Path):
+        candidates.insert(0, packaged)
     for path in candidates:
         if (path / _MAIN_SOURCE).is_file():
             return path
     raise FileNotFoundError(
         f"kernel sources ({_MAIN_SOURCE}) not found in {' or '.join(map(str, candidates))}; "
-        f"set {KERNEL_DIR_ENV} to the directory holding them"
+        f"reinstall gpuload (a wheel carries them in gpuload/{_PACKAGE_DATA}) or set "
+        f"{KERNEL_DIR_ENV} to the directory holding them"
     )
 
 

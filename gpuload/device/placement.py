@@ -51,7 +51,8 @@ _DEVICE_RE = re.compile(
 )
 
 _INSTALL_HINT = (
-    'install CuPy for your CUDA version (pip install "gpuload[cuda13]" or "gpuload[cuda12]"), '
+    "install CuPy with NVRTC and the CUDA runtime for your CUDA version (in a gpuload checkout: "
+    "pip install -e '.[cuda13]' for CUDA 13, pip install -e '.[cuda12]' for CUDA 12), "
     "check that the NVIDIA driver works (nvidia-smi) and that CUDA_VISIBLE_DEVICES exposes "
     'the GPU, or load with device="cpu"'
 )

@@ -73,7 +73,7 @@ def _read_block(data, offset, size, path, what) -> bytes:
             import cramjam
         except ImportError:
             raise UnsupportedCheckpointError(
-                f"{what}: snappy-compressed index block; install cramjam (pip install gpuload[snappy])",
+                f"{what}: snappy-compressed index block; install cramjam (pip install cramjam)",
                 path=path, offset=offset) from None
         try:
             return bytes(cramjam.snappy.decompress_raw(raw))

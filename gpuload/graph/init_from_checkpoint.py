@@ -117,6 +117,11 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool =
         v._init_source = src
 
 
+# Written by tf.train.Checkpoint (TF2 object-based checkpoints) next to the variables.
+_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_OBJECT_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
 @dataclasses.dataclass
 class _Checkpoint:
     given: str
@@ -130,10 +135,23 @@ class _Checkpoint:
         return self.prefix if os.path.abspath(self.given) == os.path.abspath(self.prefix) \
             else f"{self.prefix} (from {self.given})"
 
+    def _object_based_hint(self, key: str) -> str:
+        """A TF2 object-based checkpoint (``tf.train.Checkpoint``, Keras) keys its variables
+        by object path plus ``/.ATTRIBUTES/VARIABLE_VALUE``; say so, since a TF1 name misses."""
+        if _OBJECT_GRAPH_KEY not in self.names or key.endswith(_OBJECT_SUFFIX):
+            return ""
+        if key + _OBJECT_SUFFIX in self.names:
+            return f"; this is a TF2 object-based checkpoint: did you mean {key + _OBJECT_SUFFIX!r}?"
+        example = next((n for n in sorted(self.names) if n.endswith(_OBJECT_SUFFIX)), None)
+        shown = f" (e.g. {example!r})" if example else ""
+        return (f"; this is a TF2 object-based checkpoint: its variables are stored under object paths "
+                f"ending in {_OBJECT_SUFFIX!r}{shown}; map those keys (gpuload inspect lists them)")
+
     def missing(self, key: str, what: str) -> AssignmentMapError:
         names = sorted(self.names)
         close = difflib.get_close_matches(key, names, n=3)
         hint = f"; close names in the checkpoint: {', '.join(map(repr, close))}" if close else ""
+        hint += self._object_based_hint(key)
         return AssignmentMapError(
             f"{what}: tensor {key!r} is not in checkpoint {self.where()} "
             f"({len(names)} tensors){hint}")
