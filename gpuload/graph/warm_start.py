@@ -371,8 +371,6 @@ def _vocab_sources(var_name, variables, prev, info, bundle, names, prefix, where
         rows = vocab_mapping(new, old)
         mapping = mappings[key] = _Mapping(rows, old.nbytes + new.nbytes + rows.nbytes,
                                            time.perf_counter() - t0)
-    elif mapping.rows is not None and len(mapping.rows) != new_size:  # pragma: no cover - the key holds the size
-        raise AssertionError("vocabulary cache mismatch")
     full_rows = np.concatenate([mapping.rows, np.full(oov, -1, dtype=np.int64)])
     backup = Zeros() if info.backup_initializer is None else info.backup_initializer
     out = []
