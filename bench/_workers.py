@@ -710,7 +710,12 @@ WORKERS = {"gpuload": run_gpuload, "tensorflow": run_tensorflow, "safetensors": 
 def main(spec_json: str) -> int:
     spec = json.loads(spec_json)
     try:
-        res = WORKERS[spec["kind"]](spec)
+        if spec["kind"].startswith("ws_"):  # the warm-start benchmark's workers
+            import _warm_start
+
+            res = _warm_start.WORKERS[spec["kind"]](spec)
+        else:
+            res = WORKERS[spec["kind"]](spec)
     except BaseException as exc:
         res = {"kind": spec.get("kind"), "ok": False, "error": f"{type(exc).__name__}: {exc}",
                "traceback": traceback.format_exc()[-3000:]}

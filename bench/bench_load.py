@@ -99,8 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crc", choices=["both", "on", "off"], default="both", help="verify_crc setting(s)")
     p.add_argument("--peers", default="tensorflow,safetensors,dali",
                    help="peers to run when installed: tensorflow,safetensors,dali (or none)")
-    p.add_argument("--peer-python", default=sys.executable,
-                   help="interpreter for the peers (e.g. a venv with tensorflow-cpu); default this one")
+    p.add_argument("--peer-python", default=os.environ.get("GPULOAD_PEER_PYTHON") or sys.executable,
+                   help="interpreter for the peers (e.g. a venv with tensorflow-cpu); default "
+                        "$GPULOAD_PEER_PYTHON, else this one")
     p.add_argument("--ring-bytes", type=parse_size, help="gpuload ring_bytes (default: gpuload's)")
     p.add_argument("--chunk-bytes", type=parse_size, help="gpuload chunk_bytes (default: gpuload's)")
     p.add_argument("--reader-threads", type=int, help="gpuload reader_threads (default: gpuload's)")
@@ -112,6 +113,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per measurement process")
     p.add_argument("--replot", metavar="RESULTS_JSON",
                    help="redraw the PNG and markdown of an earlier run from its JSON, and stop")
+    p.add_argument("--warm-start", action="store_true",
+                   help="run the warm-start benchmark instead (issue #10: [rows x 64] float32, 80%% of the "
+                        "old vocabulary reordered + 20%% new tokens, 2 OOV buckets, 8 row parts; gpuload "
+                        "CRC on/off against TensorFlow's warm_start)")
+    p.add_argument("--ws-rows", type=int, help="warm start: rows of the table and tokens of each "
+                                               "vocabulary (default 1000000; 20000 with --quick)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
 
 
@@ -471,6 +478,13 @@ def run(args) -> int:
         return replot(Path(args.replot), write_latest=Path(args.replot).resolve().parent == Path(args.out).resolve())
     import _sysinfo
 
+    if args.warm_start:
+        import _warm_start
+
+        args.ws_rows = args.ws_rows or (20000 if args.quick else 1_000_000)
+        if args.quick and args.repeat == 3:
+            args.repeat = 1
+        return _warm_start.run(args, run_worker, _sysinfo)
     t_start = time.perf_counter()
     dtype = _data.np_dtype(args.dtype)
     if args.quick:

@@ -26,6 +26,7 @@ from gpuload.format.reader import (
 )
 from gpuload.format.writer import save_checkpoint
 from gpuload.graph.init_from_checkpoint import init_from_checkpoint
+from gpuload.graph.warm_start import VocabInfo, warm_start
 from gpuload.graph.initializers import (
     constant_initializer,
     glorot_uniform_initializer,
@@ -59,7 +60,7 @@ __version__ = "0.1.0"
 __all__ = [
     "config", "errors", "loader", "is_gpu_available",
     "CheckpointReader", "latest_checkpoint", "list_variables", "load_checkpoint", "load_variable",
-    "save_checkpoint", "init_from_checkpoint",
+    "save_checkpoint", "init_from_checkpoint", "warm_start", "VocabInfo",
     "constant_initializer", "glorot_uniform_initializer", "ones_initializer",
     "random_normal_initializer", "random_uniform_initializer", "truncated_normal_initializer",
     "zeros_initializer",

@@ -166,3 +166,28 @@ class DeviceMemoryError(DeviceError, OutOfMemoryError):
     An :class:`OutOfMemoryError` too, so one ``except`` catches running out of memory
     wherever it happens.
     """
+
+
+class WarmStartError(AssignmentMapError):
+    """``warm_start`` arguments do not fit the variables, the checkpoint or the vocabularies."""
+
+
+class VocabFileError(WarmStartError):
+    """A vocabulary file is shorter than the size given, has an empty line or a duplicate token.
+
+    Attributes
+    ----------
+    path:
+        The vocabulary file.
+    line:
+        The 1-based line number concerned (``None`` when the file as a whole is at fault).
+    """
+
+    def __init__(self, message: str, *, path, line=None):
+        self.path = str(path)
+        self.line = line
+        where = self.path if line is None else f"{self.path}, line {line}"
+        super().__init__(f"{where}: {message}")
+
+
+__all__ += ["WarmStartError", "VocabFileError"]

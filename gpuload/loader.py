@@ -35,7 +35,8 @@ def plan_for(prefix, variables, *, cfg=None):
     cfg = cfg or config_mod.get()
     bundle = Bundle.open(prefix)
     check_sources_unchanged(bundle, variables)
-    requests = [Request(v.op.name, v._init_source.tensor, v._init_source.box, v.dtype, v.device)
+    requests = [Request(v.op.name, v._init_source.tensor, v._init_source.box, v.dtype, v.device,
+                        None if v._init_source.remap is None else v._init_source.remap.plan_remap())
                 for v in variables]
     plan = build_plan(bundle, requests, chunk_bytes=cfg.chunk_bytes, gap_bytes=cfg.gap_bytes,
                       verify_crc=cfg.verify_crc,
@@ -124,8 +125,16 @@ def load_checkpoint_sources(variables) -> None:
             return reader.get_slice(source, box)
 
         stats = LoadStats()
+        remaps = [v._init_source.remap for v in group if v._init_source.remap is not None]
+        mappings = {id(r.mapping): r.mapping for r in remaps}.values()
+        stats.vocab_bytes = sum(r.rows.nbytes for r in remaps) + sum(m.nbytes for m in mappings)
+        stats.vocab_s = sum(m.seconds for m in mappings)
+
+        def prefill(i, dest, _group=group):
+            return _group[i]._init_source.remap.backup_value(_group[i])
+
         try:
-            arrays = execute(plan, backends, config=cfg, host_loader=host_loader, stats=stats)
+            arrays = execute(plan, backends, config=cfg, host_loader=host_loader, stats=stats, prefill=prefill)
         finally:
             if reader is not None:
                 reader.close()

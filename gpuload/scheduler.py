@@ -56,6 +56,10 @@ class LoadStats:
     #: process, ~0 on later ones (the pinned ring is kept; see
     #: :func:`gpuload.device.release_pinned_memory`). Not part of ``read_s``.
     pin_s: float = 0.0
+    #: Host memory of the warm-start vocabularies and index mappings behind the plan's gathers.
+    vocab_bytes: int = 0
+    #: Seconds spent reading vocabulary files and building those mappings.
+    vocab_s: float = 0.0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -65,7 +69,7 @@ class _Abort(Exception):
     pass
 
 
-def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None = None):
+def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None = None, prefill=None):
     """Fill every destination of ``plan``; return the destination arrays, in plan order.
 
     Parameters
@@ -81,6 +85,11 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
         ``(source, box) -> np.ndarray`` for the plan's host loads (string tensors).
     stats:
         Filled in with byte counts and per-stage times when given.
+    prefill:
+        ``(dest index, destination) -> array`` for the plan's gather destinations
+        (``Destination.remap`` set): their starting values, already on the destination's
+        device (a warm start's backup initializer); the gathers then overwrite the rows
+        that come from the checkpoint.
 
     Raises
     ------
@@ -101,7 +110,22 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
     sessions = {dev: opened[id(b)][1] for dev, b in backends.items()}
     failed = False
     try:
-        dests = [_allocate(sessions[d.device], d) for d in plan.destinations]
+        dests = []
+        for i, d in enumerate(plan.destinations):
+            session = sessions[d.device]
+            if d.remap is None:
+                dests.append(_allocate(session, d))
+                continue
+            if prefill is None:
+                raise ValueError(f"destination {i} ({d.name}) is a gather destination but no prefill was given")
+            value = prefill(i, d)
+            if (tuple(value.shape) != tuple(d.shape) or np.dtype(value.dtype) != d.dtype
+                    or not value.flags.c_contiguous):
+                raise ValueError(f"prefill of {d.name} is a {np.dtype(value.dtype).name}{tuple(value.shape)} "
+                                 f"array (C-contiguous: {value.flags.c_contiguous}); expected "
+                                 f"{d.dtype.name}{tuple(d.shape)}")
+            # The session orders its own streams after the work that computed the value.
+            dests.append(session.adopt(value))
         dtypes = [(d.src_dtype, d.dtype) for d in plan.destinations]
         for h in plan.host_loads:
             value = host_loader(h.source, h.box)

@@ -1095,6 +1095,8 @@ class RawModule:
         log = _syntax_check(self.code, self.options)
         if log is not None:
             raise CompileException(log, self.code, name, self.options)
+        if name.startswith("gpuload_gather_") and name[len("gpuload_gather_"):] in _harness().variants():
+            return _GatherKernel(name, dev, self.only)
         if not name.startswith("gpuload_box_copy_") or name[len("gpuload_box_copy_"):] not in _harness().variants():
             raise CUDARuntimeError(500, f"cudaErrorNotFound: named symbol not found: {name}")
         return _Kernel(name, dev, self.only)
@@ -1154,6 +1156,76 @@ class _Kernel:
                 _dev_range(op, src_ptr, src_hi - src_ptr, False, "kernel source")
             h = _harness()
             rc = h.lib.gpuload_harness_run(kernel.variant.encode(), src_ptr, desc_ptr, n, gx, gy, block[0], 0)
+            if rc != 0:
+                _violate(f"{op}: the harness does not know variant {kernel.variant}")
+
+        _enqueue(s, f"kernel {self.name}<<<{tuple(grid)}, {tuple(block)}>>>", run)
+
+
+class _GatherKernel(_Kernel):
+    """``gpuload_gather_<variant>(src, descs, n, offsets)`` (kernels/gather.cu, issue 10): reads
+    its descriptors and (source byte, destination element) pairs when it runs, checks every
+    box's source and destination range, and runs gather.cuh's loop through the harness."""
+
+    def __init__(self, name, device, only):
+        super().__init__(name, device, only)
+        self.variant = name[len("gpuload_gather_"):]
+        self.stub = only is not None and only != self.variant
+
+    def __call__(self, grid, block, args, shared_mem=0, stream=None):
+        cur = _api(f"launch {self.name}")
+        if self.device != cur:
+            _violate(f"kernel {self.name} loaded on GPU {self.device} launched while GPU {cur} is current")
+        s = stream if stream is not None else _current_stream(cur)
+        if s.device != cur:
+            _violate(f"launch of {self.name} on {s} while GPU {cur} is current")
+        src, descs, n, offsets = args
+        src_ptr, desc_ptr, off_ptr, n = src.data.ptr, descs.data.ptr, offsets.data.ptr, int(n)
+        gx, gy = (tuple(grid) + (1, 1))[:2]
+        state.calls.append(("gather", self.variant, tuple(grid), tuple(block), n))
+        from gpuload.device.kernels import GATHER_DESC_DTYPE as gdt
+
+        kernel = self
+
+        def run(op):
+            if n == 0:
+                return
+            if _dev_range(op, desc_ptr, n * gdt.itemsize, False, "gather descriptors") is None:
+                return
+            recs = np.frombuffer((ctypes.c_char * (n * gdt.itemsize)).from_address(desc_ptr), gdt).copy()
+            npairs = int(max((int(r["index_offset"]) + int(r["boxes"]) for r in recs), default=0))
+            if npairs and _dev_range(op, off_ptr, 16 * npairs, False, "gather offset pairs") is None:
+                return
+            pairs = np.frombuffer((ctypes.c_char * (16 * npairs)).from_address(off_ptr), np.int64).reshape(-1, 2)
+            s_alloc = _find(src_ptr)
+            if s_alloc is None or s_alloc.device != op.device:
+                _violate(f"{op}: source {src_ptr:#x} is not memory of GPU {op.device}")
+                return
+            if kernel.stub:
+                return
+            s_code, d_code = kernel.variant.split("_")
+            s_isz, d_isz = _codesize(s_code), _codesize(d_code)
+            src_lo, src_hi = None, None
+            for r in recs:
+                b = r["box"]
+                if b["count"] == 0 or r["boxes"] == 0:
+                    continue
+                rank = int(b["rank"])
+                shape, ss, ds = b["shape"][:rank], b["src_strides"][:rank], b["dst_strides"][:rank]
+                p = pairs[int(r["index_offset"]): int(r["index_offset"]) + int(r["boxes"])]
+                lo = src_ptr + int(p[:, 0].min())
+                hi = src_ptr + int(p[:, 0].max()) + s_isz * (1 + int(((shape - 1) * ss).sum()))
+                src_lo = lo if src_lo is None else min(src_lo, lo)
+                src_hi = hi if src_hi is None else max(src_hi, hi)
+                d_lo = int(b["dst"]) + int(p[:, 1].min()) * d_isz
+                d_hi = int(b["dst"]) + d_isz * (int(p[:, 1].max()) + 1 + int(((shape - 1) * ds).sum()))
+                if _dev_range(op, d_lo, d_hi - d_lo, True, "gather destination") is None:
+                    return
+            if src_lo is not None:
+                _dev_range(op, src_lo, src_hi - src_lo, False, "gather source")
+            h = _harness()
+            rc = h.lib.gpuload_harness_gather_run(kernel.variant.encode(), src_ptr, desc_ptr, n, off_ptr, gx, gy,
+                                                  block[0], 0)
             if rc != 0:
                 _violate(f"{op}: the harness does not know variant {kernel.variant}")
 

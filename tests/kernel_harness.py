@@ -33,6 +33,8 @@ class Harness:
         lib.gpuload_harness_run.argtypes = [ctypes.c_char_p, vp, vp, i, i, i, i, i]
         lib.gpuload_harness_convert.argtypes = [ctypes.c_char_p, vp, vp, ll]
         lib.gpuload_harness_plan.argtypes = [ctypes.c_char_p, vp, vp, vp]
+        lib.gpuload_harness_gather_layout.argtypes = [vp, i]
+        lib.gpuload_harness_gather_run.argtypes = [ctypes.c_char_p, vp, vp, i, vp, i, i, i, i]
 
     def variants(self) -> tuple[str, ...]:
         return tuple(v for v in self.lib.gpuload_harness_variants().decode().split(",") if v)
@@ -65,6 +67,19 @@ class Harness:
         out = np.zeros(6, np.int64)
         assert self.lib.gpuload_harness_plan(variant.encode(), src.ctypes.data, desc.ctypes.data, out.ctypes.data) == 0
         return dict(zip(("items", "row_items", "head", "body", "vec", "aligned"), out.tolist()))
+
+    def gather_layout(self) -> list[int]:
+        out = np.zeros(8, np.int64)
+        n = self.lib.gpuload_harness_gather_layout(out.ctypes.data, out.size)
+        return out[:n].tolist()
+
+    def gather_run(self, variant: str, src: np.ndarray, descs: np.ndarray, offsets: np.ndarray, grid=(3, 2),
+                   block=32, force64=False, n_desc=None) -> None:
+        """Simulate ``gpuload_gather_<variant><<<grid, block>>>(src, descs, n_desc, offsets)``."""
+        n = len(descs) if n_desc is None else n_desc
+        rc = self.lib.gpuload_harness_gather_run(variant.encode(), src.ctypes.data, descs.ctypes.data, n,
+                                                 offsets.ctypes.data, grid[0], grid[1], block, int(force64))
+        assert rc == 0, variant
 
     def execute(self, case, dest: np.ndarray, grid=(3, 2), block=32, force64=False) -> None:
         """All of a case's copies in one simulated batched launch (empty copies included)."""

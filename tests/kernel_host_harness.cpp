@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "box_copy.cuh"
+#include "gather.cuh"
 
 namespace {
 
@@ -125,6 +126,66 @@ int gpuload_harness_plan(const char* name, const unsigned char* src, const gpulo
     if (std::strcmp(name, #NAME) == 0) {    \
         run_plan<CONV>(src, desc, out);     \
         return 0;                           \
+    }
+    GPULOAD_BOX_COPY_VARIANTS(GPULOAD_DISPATCH)
+#undef GPULOAD_DISPATCH
+    return -1;
+}
+
+}  // extern "C"
+
+// -- row gather (kernels/gather.cuh) ------------------------------------------------------
+
+namespace {
+
+template <class C>
+void run_gather(const gl_u8* src, const gpuload_gather_desc* descs, int n_desc,
+                const gl_i64* offsets, int grid_x, int grid_y, int block, int force64) {
+    for (int by = 0; by < grid_y; ++by) {
+        for (int k = by; k < n_desc; k += grid_y) {
+            const gpuload_gather_desc d = descs[k];
+            const bool small = d.boxes * d.box.count <= GPULOAD_MAX_ITEMS_32 && !force64;
+            for (int bx = 0; bx < grid_x; ++bx) {
+                for (int tx = 0; tx < block; ++tx) {
+                    if (small) {
+                        gl_gather_items<C, gl_u32>(d, offsets, src, (gl_u32)bx, (gl_u32)grid_x,
+                                                   (gl_u32)tx, (gl_u32)block);
+                    } else {
+                        gl_gather_items<C, gl_u64>(d, offsets, src, (gl_u64)bx, (gl_u64)grid_x,
+                                                   (gl_u64)tx, (gl_u64)block);
+                    }
+                }
+            }
+        }
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+// sizeof(gpuload_gather_desc), then the offsets of box, boxes, index_offset.
+int gpuload_harness_gather_layout(long long* out, int n) {
+    const long long v[] = {
+        (long long)sizeof(gpuload_gather_desc),
+        (long long)offsetof(gpuload_gather_desc, box),
+        (long long)offsetof(gpuload_gather_desc, boxes),
+        (long long)offsetof(gpuload_gather_desc, index_offset),
+    };
+    const int m = (int)(sizeof(v) / sizeof(v[0]));
+    for (int i = 0; i < n && i < m; ++i) out[i] = v[i];
+    return m;
+}
+
+// Simulated launch of gpuload_gather_<name>. Returns 0, or -1 for an unknown name.
+int gpuload_harness_gather_run(const char* name, const unsigned char* src,
+                               const gpuload_gather_desc* descs, int n_desc,
+                               const long long* offsets, int grid_x, int grid_y, int block,
+                               int force64) {
+#define GPULOAD_DISPATCH(NAME, CONV)                                                  \
+    if (std::strcmp(name, #NAME) == 0) {                                              \
+        run_gather<CONV>(src, descs, n_desc, offsets, grid_x, grid_y, block, force64); \
+        return 0;                                                                     \
     }
     GPULOAD_BOX_COPY_VARIANTS(GPULOAD_DISPATCH)
 #undef GPULOAD_DISPATCH

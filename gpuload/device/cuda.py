@@ -53,9 +53,9 @@ from typing import Any
 import numpy as np
 
 from gpuload.device import kernels
-from gpuload.device.host import cast_code, check_copy
+from gpuload.device.host import cast_code, check_copy, check_gather
 from gpuload.errors import DeviceError, DeviceMemoryError
-from gpuload.plan.copies import BoxCopy
+from gpuload.plan.copies import BoxCopy, GatherCopy
 
 __all__ = ["CudaBackend", "CudaLoad", "CudaToken", "pinned_pool_bytes", "release_pinned_memory"]
 
@@ -225,13 +225,15 @@ def pinned_pool_bytes() -> dict:
 class _Slot:
     """Per-ring-slot device state of one load: staging buffer, descriptor buffers, last token."""
 
-    __slots__ = ("desc_dev", "desc_host", "desc_raw", "last", "staging")
+    __slots__ = ("desc_dev", "desc_host", "desc_raw", "gather_dev", "gather_host", "last", "staging")
 
     def __init__(self) -> None:
         self.staging = None  # cupy uint8 array
         self.desc_raw = None  # pinned uint8 buffer from the process pool
         self.desc_host = None  # numpy DESC_DTYPE view of it
         self.desc_dev = None  # cupy uint8 array
+        self.gather_host = None  # pinned uint8 from the process pool: gather descriptors, then (src, dst) pairs
+        self.gather_dev = None  # cupy uint8 array, same layout
         self.last: CudaToken | None = None
 
 
@@ -273,6 +275,7 @@ class CudaBackend:
         self.stats: dict = {
             "submits": 0, "h2d_bytes": 0, "staged_bytes": 0, "direct_bytes": 0, "direct_copies": 0,
             "kernel_copies": 0, "kernel_launches": 0, "submit_seconds": 0.0, "pin_seconds": 0.0,
+            "gather_copies": 0,
         }  # fmt: skip
 
     def __repr__(self) -> str:
@@ -330,6 +333,10 @@ class CudaBackend:
     def forget_host_slots(self, slots: list[np.ndarray]) -> None:
         """Drop ring slots a failed device may still read: never reused, unpinned once unreferenced."""
         _POOL.forget(slots)
+
+    def adopt(self, array: Any):
+        """:meth:`CudaLoad.adopt` on the default session."""
+        return self._session().adopt(array)
 
     def submit(self, slot_index: int, chunk: np.ndarray, copies: list[BoxCopy], dests: list,
                dtypes: list[tuple[Any, Any]]) -> CudaToken:
@@ -430,6 +437,30 @@ class CudaLoad:
                 slot.desc_dev = cp.empty(nbytes, dtype=np.uint8)
         return slot.desc_host, slot.desc_dev
 
+    def _gather_buffers(self, slot: _Slot, nbytes: int):
+        cp = self._cupy
+        if slot.gather_host is None or slot.gather_host.nbytes < nbytes:
+            cap = max(4096, 1 << (nbytes - 1).bit_length())
+            # Pinned, from the process pool (the previous buffer is idle, see _slot).
+            if slot.gather_host is not None:
+                _POOL.give_back([slot.gather_host])
+            slot.gather_host, seconds = _POOL.take(cp, self.index, cap)
+            self._backend._add_stats(pin_seconds=seconds)
+            slot.gather_dev = None
+            with self._copy_stream:
+                slot.gather_dev = cp.empty(cap, dtype=np.uint8)
+        return slot.gather_host, slot.gather_dev
+
+    def adopt(self, array: Any):
+        """Take a prefilled destination (a warm start's backup values, computed by CuPy on
+        the current stream): this load's streams wait for that work before writing it."""
+        cp = self._cupy
+        with cp.cuda.Device(self.index), _device_errors(cp, self.device, "ordering after a prefill"):
+            ev = cp.cuda.get_current_stream().record()
+            self._copy_stream.wait_event(ev)
+            self._kernel_stream.wait_event(ev)
+        return array
+
     def _dest_ptr(self, dest: Any, dst_dtype: np.dtype, copy: BoxCopy) -> tuple[int, int]:
         cp = self._cupy
         if not isinstance(dest, cp.ndarray):
@@ -489,10 +520,20 @@ class CudaLoad:
         host_ptr = chunk.ctypes.data
         direct: list[tuple[BoxCopy, int, int]] = []  # (copy, dst address, nbytes)
         groups: dict[str, list[tuple[BoxCopy, int]]] = {}  # variant -> [(copy, dst base address)]
+        gathers: dict[str, list[tuple[GatherCopy, int]]] = {}  # variant -> [(gather, dst base address)]
+        g_lo, g_hi = chunk.nbytes, 0  # chunk bytes the gathers read
         for c in copies:
             src_dt, dst_dt = (np.dtype(t) for t in dtypes[c.dest])
             variant = cast_code(src_dt, dst_dt)
             ptr, size = self._dest_ptr(dests[c.dest], dst_dt, c)
+            if isinstance(c, GatherCopy):
+                check_gather(c, chunk.nbytes, src_dt.itemsize, size)
+                if c.size:
+                    gathers.setdefault(variant, []).append((c, ptr))
+                    span = src_dt.itemsize * (1 + sum((n - 1) * k for n, k in zip(c.shape, c.src_strides)))
+                    g_lo = min(g_lo, int(c.src_offsets.min()))
+                    g_hi = max(g_hi, int(c.src_offsets.max()) + span)
+                continue
             check_copy(c, chunk.nbytes, src_dt.itemsize, size)
             if c.size == 0:
                 continue
@@ -503,29 +544,56 @@ class CudaLoad:
 
         events = []
         st = dict.fromkeys(("h2d_bytes", "staged_bytes", "direct_bytes", "direct_copies", "kernel_copies",
-                            "kernel_launches"), 0)  # fmt: skip
+                            "kernel_launches", "gather_copies"), 0)  # fmt: skip
         with cp.cuda.Device(self.index), _device_errors(cp, self.device, "enqueueing a chunk's copies"):
             slot = self._slot(slot_index)
             h2d = cp.cuda.runtime.memcpyHostToDevice
             cs, ks = self._copy_stream, self._kernel_stream
             launches = []
-            if groups:
+            gather_launches = []
+            if groups or gathers:
                 # Stage only the bytes the kernels read (dense copies go direct, below), so
                 # each byte of the chunk crosses PCIe about once.
-                lo = min(c.src_offset for g in groups.values() for c, _ in g)
-                hi = max(_src_end(c, dtypes[c.dest][0]) for g in groups.values() for c, _ in g)
+                lo = min([c.src_offset for g in groups.values() for c, _ in g] + ([g_lo] if gathers else []))
+                hi = max([_src_end(c, dtypes[c.dest][0]) for g in groups.values() for c, _ in g]
+                         + ([g_hi] if gathers else []))
                 base = lo - lo % _STAGE_ALIGN
                 staging = self._staging(slot, hi - base)
                 cp.cuda.runtime.memcpyAsync(staging.data.ptr, host_ptr + base, hi - base, h2d, cs.ptr)
-                n_total = sum(len(g) for g in groups.values())
-                desc_host, desc_dev = self._descriptors(slot, n_total)
-                at = 0
-                for group in groups.values():
-                    kernels.pack_descriptors((c for c, _ in group), (p for _, p in group), src_base=base, out=desc_host[at:])
-                    launches.append((group, at))
-                    at += len(group)
-                desc_bytes = n_total * kernels.DESC_DTYPE.itemsize
-                cp.cuda.runtime.memcpyAsync(desc_dev.data.ptr, desc_host.ctypes.data, desc_bytes, h2d, cs.ptr)
+                desc_bytes = 0
+                if groups:
+                    n_total = sum(len(g) for g in groups.values())
+                    desc_host, desc_dev = self._descriptors(slot, n_total)
+                    at = 0
+                    for group in groups.values():
+                        kernels.pack_descriptors((c for c, _ in group), (p for _, p in group), src_base=base,
+                                                 out=desc_host[at:])
+                        launches.append((group, at))
+                        at += len(group)
+                    desc_bytes = n_total * kernels.DESC_DTYPE.itemsize
+                    cp.cuda.runtime.memcpyAsync(desc_dev.data.ptr, desc_host.ctypes.data, desc_bytes, h2d, cs.ptr)
+                if gathers:
+                    # One pinned buffer per slot: every gather descriptor, then every box's
+                    # (source byte, destination element) pair, copied up in one H2D.
+                    gd = kernels.GATHER_DESC_DTYPE
+                    n_desc = sum(len(g) for g in gathers.values())
+                    n_pairs = sum(c.boxes for g in gathers.values() for c, _ in g)
+                    pair_at = -(-n_desc * gd.itemsize // 16) * 16
+                    g_bytes = pair_at + 16 * n_pairs
+                    g_host, g_dev = self._gather_buffers(slot, g_bytes)
+                    all_descs = g_host[: n_desc * gd.itemsize].view(gd)
+                    all_pairs = g_host[pair_at: g_bytes].view(np.int64)
+                    at = first = 0
+                    for group in gathers.values():
+                        nb = sum(c.boxes for c, _ in group)
+                        kernels.pack_gather((c for c, _ in group), (p for _, p in group), src_base=base,
+                                            out_descs=all_descs[at:], out_offsets=all_pairs[2 * first:],
+                                            first_pair=first)
+                        gather_launches.append((group, at))
+                        at += len(group)
+                        first += nb
+                    cp.cuda.runtime.memcpyAsync(g_dev.data.ptr, g_host.ctypes.data, g_bytes, h2d, cs.ptr)
+                    desc_bytes += g_bytes
                 # Recorded before the direct copies are queued, so the kernels start as soon
                 # as their own inputs have landed.
                 ready = cs.record(cp.cuda.Event(disable_timing=True))
@@ -537,7 +605,7 @@ class CudaLoad:
                 st["h2d_bytes"] += nbytes
             st["direct_copies"] += len(direct)
             events.append(cs.record(cp.cuda.Event(disable_timing=True)))
-            if launches:
+            if launches or gather_launches:
                 ks.wait_event(ready)
                 with ks:
                     for group, first in launches:
@@ -548,6 +616,14 @@ class CudaLoad:
                         fn(grid, block, (staging, descs, np.int32(len(group))))
                         st["kernel_launches"] += 1
                         st["kernel_copies"] += len(group)
+                    for group, first in gather_launches:
+                        src_dt, dst_dt = dtypes[group[0][0].dest]
+                        fn = kernels.get_gather_kernel(src_dt, dst_dt)
+                        grid, block = kernels.launch_geometry((c.size for c, _ in group), self._sm_count)
+                        descs = g_dev[first * kernels.GATHER_DESC_DTYPE.itemsize:]
+                        fn(grid, block, (staging, descs, np.int32(len(group)), g_dev[pair_at:]))
+                        st["kernel_launches"] += 1
+                        st["gather_copies"] += len(group)
                 events.append(ks.record(cp.cuda.Event(disable_timing=True)))
         token = CudaToken(cp, self.index, events, (chunk, tuple(dests)))
         slot.last = token
@@ -575,5 +651,6 @@ class CudaLoad:
             ok = True
         finally:
             pinned = [s.desc_raw for s in self._slots.values() if s.desc_raw is not None]
+            pinned += [s.gather_host for s in self._slots.values() if s.gather_host is not None]
             (_POOL.give_back if ok else _POOL.forget)(pinned)
             self._slots.clear()

@@ -47,7 +47,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from gpuload.errors import PlanError
-from gpuload.plan.copies import BoxCopy
+from gpuload.plan.copies import BoxCopy, GatherCopy
 
 __all__ = [
     "MAX_RANK",
@@ -57,6 +57,8 @@ __all__ = [
     "box_copy",
     "cast_code",
     "check_copy",
+    "check_gather",
+    "gather_copy",
     "is_supported_cast",
 ]
 
@@ -266,6 +268,101 @@ def box_copy(src: np.ndarray, src_dtype: Any, dst: np.ndarray, dst_dtype: Any, c
         np.copyto(dview, sview, casting="unsafe")
 
 
+def _box_offsets(shape, strides) -> np.ndarray:
+    """Offsets (in elements) of every element of a box, row-major."""
+    off = np.zeros((), dtype=np.int64)
+    for n, s in zip(shape, strides):
+        off = off[..., None] + np.arange(n, dtype=np.int64) * s
+    return off.reshape(-1)
+
+
+def check_gather(copy: GatherCopy, src_nbytes: int, src_itemsize: int, dst_size: int) -> None:
+    """Check that every box of ``copy`` reads inside the chunk and writes inside the destination.
+
+    Raises
+    ------
+    PlanError
+        Malformed copy (rank, strides, negative offsets) or a box outside the chunk or
+        the destination. The gather kernel does not check bounds: every backend calls this.
+    """
+    rank = len(copy.shape)
+    if not 1 <= rank <= MAX_RANK or len(copy.src_strides) != rank or len(copy.dst_strides) != rank:
+        raise PlanError(f"GatherCopy to destination {copy.dest}: rank {rank} with {len(copy.src_strides)} "
+                        f"source and {len(copy.dst_strides)} destination strides; expected rank 1..{MAX_RANK}")
+    if any(v < 0 for v in (*copy.shape, *copy.src_strides, *copy.dst_strides)):
+        raise PlanError(f"GatherCopy to destination {copy.dest} has a negative extent or stride: {copy!r}")
+    if copy.boxes == 0 or 0 in copy.shape:
+        return
+    if copy.src_offsets.min() < 0 or copy.dst_offsets.min() < 0:
+        raise PlanError(f"GatherCopy to destination {copy.dest} has a negative offset: {copy!r}")
+    src_span = src_itemsize * (1 + sum((n - 1) * s for n, s in zip(copy.shape, copy.src_strides)))
+    dst_span = 1 + sum((n - 1) * d for n, d in zip(copy.shape, copy.dst_strides))
+    src_end = int(copy.src_offsets.max()) + src_span
+    dst_end = int(copy.dst_offsets.max()) + dst_span
+    if src_end > src_nbytes:
+        raise PlanError(f"GatherCopy to destination {copy.dest} reads chunk bytes up to {src_end} "
+                        f"but the chunk holds {src_nbytes} bytes")
+    if dst_end > dst_size:
+        raise PlanError(f"GatherCopy to destination {copy.dest} writes elements up to {dst_end} "
+                        f"but the destination holds {dst_size} elements")
+
+
+#: Elements moved per NumPy step of a strided gather: bounds its index arrays (8 bytes each).
+_GATHER_STEP = 1 << 20
+
+
+def gather_copy(src: np.ndarray, src_dtype: Any, dst: np.ndarray, dst_dtype: Any, copy: GatherCopy) -> None:
+    """Execute one GatherCopy on the host (the NumPy twin of ``kernels/gather.cu``).
+
+    Box ``k`` of the copy is the :class:`~gpuload.plan.copies.BoxCopy` at
+    ``src_offsets[k]`` / ``dst_offsets[k]``; the result is what :func:`box_copy` of each
+    box in turn gives (later boxes win where boxes overlap in the destination, as no
+    plan makes them).
+
+    Raises
+    ------
+    PlanError
+        Unsupported dtype pair, or a box outside the chunk or the destination.
+    TypeError
+        ``src`` or ``dst`` is not an array of the expected layout.
+    """
+    src_dtype, dst_dtype = np.dtype(src_dtype), np.dtype(dst_dtype)
+    cast_code(src_dtype, dst_dtype)
+    chunk = _chunk_bytes(src)
+    flat = _flat_dest(dst, dst_dtype)
+    check_gather(copy, chunk.nbytes, src_dtype.itemsize, flat.size)
+    if copy.size == 0:
+        return
+    s_size, d_size = src_dtype.itemsize, dst_dtype.itemsize
+    dbytes = flat.view(np.uint8)
+    if src_dtype == dst_dtype and len(copy.shape) == 1 and copy.src_strides == (1,) and copy.dst_strides == (1,):
+        # Dense boxes (rows): each box is one void record; views with a 1-byte (source) and
+        # one-element (destination) step let a fancy index pick a record at any offset.
+        run = np.dtype((np.void, copy.shape[0] * s_size))
+        srec = np.ndarray((chunk.nbytes - run.itemsize + 1,), dtype=run, buffer=chunk, strides=(1,))
+        drec = np.ndarray((flat.size - copy.shape[0] + 1,), dtype=run, buffer=dbytes, strides=(d_size,))
+        drec[copy.dst_offsets] = srec[copy.src_offsets]
+        return
+    # Elements move as raw bits; a conversion runs through box_copy on a dense buffer, so
+    # that gathers convert exactly as box copies do.
+    s_raw, d_raw = _RAW_DTYPES[s_size], _RAW_DTYPES[d_size]
+    sel = np.ndarray((chunk.nbytes - s_size + 1,), dtype=s_raw, buffer=chunk, strides=(1,))
+    delem = np.ndarray((flat.size,), dtype=d_raw, buffer=dbytes, strides=(d_size,))
+    s_in = _box_offsets(copy.shape, copy.src_strides) * s_size
+    d_in = _box_offsets(copy.shape, copy.dst_strides)
+    step = max(1, _GATHER_STEP // max(len(s_in), 1))
+    for k in range(0, copy.boxes, step):
+        so = copy.src_offsets[k: k + step, None] + s_in[None, :]
+        do = copy.dst_offsets[k: k + step, None] + d_in[None, :]
+        values = sel[so.reshape(-1)]
+        if src_dtype != dst_dtype:
+            converted = np.empty(values.size, dtype=dst_dtype)
+            box_copy(values.view(np.uint8), src_dtype, converted, dst_dtype,
+                     BoxCopy(0, 0, (1,), 0, (1,), (values.size,)))
+            values = converted.view(d_raw)
+        delem[do.reshape(-1)] = values
+
+
 _HUGE = 2 << 20
 
 
@@ -406,7 +503,10 @@ class HostBackend:
         written = 0
         for c in copies:
             src_dtype, dst_dtype = dtypes[c.dest]
-            box_copy(chunk, src_dtype, dests[c.dest], dst_dtype, c)
+            if isinstance(c, GatherCopy):
+                gather_copy(chunk, src_dtype, dests[c.dest], dst_dtype, c)
+            else:
+                box_copy(chunk, src_dtype, dests[c.dest], dst_dtype, c)
             written += c.size * np.dtype(dst_dtype).itemsize
         st = self.stats
         st["submits"] += 1
@@ -415,6 +515,10 @@ class HostBackend:
         st["bytes_written"] += written
         st["copy_seconds"] += time.perf_counter() - t0
         return _COMPLETED
+
+    def adopt(self, array: Any) -> np.ndarray:
+        """Take a prefilled destination (a warm start's backup values) as it is."""
+        return array
 
     def synchronize(self) -> None:
         """Nothing to wait for: host work is synchronous."""

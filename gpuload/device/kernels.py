@@ -347,3 +347,115 @@ def launch_geometry(counts: Iterable[int], sm_count: int) -> tuple[tuple[int, in
     budget = max(1, -(-8 * max(sm_count, 1) // gy))
     gx = max(1, min(need, budget, 2**31 - 1))
     return (gx, gy), (BLOCK_THREADS,)
+
+
+# -- row gather (kernels/gather.cu): a warm start's vocabulary remap ------------------------
+
+#: Host image of ``struct gpuload_gather_desc`` (gather.cuh); a test checks the layout.
+GATHER_DESC_DTYPE = np.dtype([("box", DESC_DTYPE), ("boxes", "<i8"), ("index_offset", "<i8")])
+
+_GATHER_SOURCE = "gather.cu"
+_gather_modules: dict[str, Any] = {}
+_gather_functions: dict[tuple[int, str], Any] = {}
+
+
+def gather_kernel_name(src_dtype: Any, dst_dtype: Any) -> str:
+    """``gpuload_gather_<variant>`` for a dtype pair (raises PlanError if unsupported)."""
+    return f"gpuload_gather_{cast_code(src_dtype, dst_dtype)}"
+
+
+def get_gather_kernel(src_dtype: Any, dst_dtype: Any):
+    """The compiled ``gpuload_gather_<variant>`` for a dtype pair, on the current CuPy device.
+
+    Compiled from ``kernels/gather.cu`` on first use per device, with the same options
+    (one variant per module) as the box copies.
+
+    Raises
+    ------
+    PlanError
+        No kernel for this dtype pair.
+    KernelCompileError
+        The source does not compile.
+    """
+    import cupy
+
+    variant = cast_code(src_dtype, dst_dtype)
+    key = (cupy.cuda.Device().id, variant)
+    fn = _gather_functions.get(key)
+    if fn is not None:
+        return fn
+    with _lock:
+        fn = _gather_functions.get(key)
+        if fn is None:
+            opts = options(variant)
+            try:
+                mod = _gather_modules.get(variant)
+                if mod is None:
+                    mod = _gather_modules[variant] = cupy.RawModule(code=source(_GATHER_SOURCE), options=opts)
+                fn = mod.get_function(f"gpuload_gather_{variant}")
+                fn.attributes  # noqa: B018 - forces the compile and load now, inside the try
+            except cupy.cuda.compiler.CompileException as e:
+                path = kernel_dir() / _GATHER_SOURCE
+                raise KernelCompileError(
+                    f"{path}: variant {variant!r} failed to compile with options {opts}:\n{e}",
+                    path=path, options=opts, cause=e,
+                ) from e
+            _gather_functions[key] = fn
+    return fn
+
+
+def pack_gather(copies, dst_ptrs: Iterable[int], src_base: int = 0, *, out_descs: np.ndarray | None = None,
+                out_offsets: np.ndarray | None = None, first_pair: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Descriptors and (source byte, destination element) pairs of a batch of GatherCopies.
+
+    Parameters
+    ----------
+    copies:
+        :class:`~gpuload.plan.copies.GatherCopy` objects (already checked with
+        :func:`~gpuload.device.host.check_gather`).
+    dst_ptrs:
+        Address of each copy's destination buffer (element 0).
+    src_base:
+        Byte offset of the kernel's ``src`` pointer within the chunk.
+    out_descs, out_offsets:
+        Optional arrays (e.g. views of pinned memory) to fill: :data:`GATHER_DESC_DTYPE`
+        records and ``int64`` pairs (two per box).
+    first_pair:
+        Index of the first pair in the offsets buffer the kernel receives (descriptors'
+        ``index_offset`` count from there).
+
+    Returns
+    -------
+    (descs, offsets)
+        One record per copy, and ``2 * total boxes`` ``int64`` values.
+    """
+    copies = list(copies)
+    ptrs = list(dst_ptrs)
+    if len(ptrs) != len(copies):
+        raise ValueError(f"{len(copies)} copies but {len(ptrs)} destination addresses")
+    total = sum(c.boxes for c in copies)
+    descs = np.zeros(len(copies), GATHER_DESC_DTYPE) if out_descs is None else out_descs[: len(copies)]
+    pairs = np.empty(2 * total, np.int64) if out_offsets is None else out_offsets[: 2 * total]
+    if not copies:
+        return descs, pairs
+    pad = (0,) * MAX_RANK
+    box = descs["box"]
+    box["rank"] = [len(c.shape) for c in copies]
+    box["count"] = [c.box_size for c in copies]
+    box["src_offset"] = 0
+    box["dst_offset"] = 0
+    box["dst"] = ptrs
+    box["shape"] = [(c.shape + pad)[:MAX_RANK] for c in copies]
+    box["src_strides"] = [(c.src_strides + pad)[:MAX_RANK] for c in copies]
+    box["dst_strides"] = [(c.dst_strides + pad)[:MAX_RANK] for c in copies]
+    descs["boxes"] = [c.boxes for c in copies]
+    at = 0
+    starts = []
+    view = pairs.reshape(-1, 2)
+    for c in copies:
+        starts.append(first_pair + at)
+        view[at: at + c.boxes, 0] = c.src_offsets - src_base
+        view[at: at + c.boxes, 1] = c.dst_offsets
+        at += c.boxes
+    descs["index_offset"] = starts
+    return descs, pairs

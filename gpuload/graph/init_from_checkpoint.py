@@ -48,6 +48,9 @@ class CheckpointSource:
     stored: tuple | None = None
     #: ...and the identity of the index file it was read from (:class:`~gpuload.format.bundle.IndexId`).
     index_id: object = None
+    #: Set by ``warm_start`` for a vocabulary variable: a
+    #: :class:`gpuload.graph.warm_start.VocabRemap` (gather rows + backup initializer).
+    remap: object = None
 
 
 def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool = False) -> None:

@@ -1,6 +1,6 @@
 """Pure arithmetic: which stored bytes go to which destination. Imports no CuPy."""
 
-from gpuload.plan.copies import BoxCopy, normalize
+from gpuload.plan.copies import BoxCopy, GatherCopy, normalize
 from gpuload.plan.plan import (
     Chunk,
     CrcCheck,
@@ -8,6 +8,7 @@ from gpuload.plan.plan import (
     Destination,
     HostLoad,
     Plan,
+    Remap,
     Request,
     build_plan,
     row_major_blocks,
@@ -15,6 +16,6 @@ from gpuload.plan.plan import (
 )
 
 __all__ = [
-    "BoxCopy", "normalize", "Chunk", "CrcCheck", "CrcSpan", "Destination", "HostLoad", "Plan",
+    "BoxCopy", "GatherCopy", "normalize", "Remap", "Chunk", "CrcCheck", "CrcSpan", "Destination", "HostLoad", "Plan",
     "Request", "build_plan", "row_major_blocks", "strides_of",
 ]

@@ -30,10 +30,42 @@ import numpy as np
 
 from gpuload.errors import PlanError
 from gpuload.format.slices import Box
-from gpuload.plan.copies import BoxCopy, normalize
+from gpuload.plan.copies import BoxCopy, GatherCopy, normalize
 
-__all__ = ["Request", "Destination", "Chunk", "CrcCheck", "CrcSpan", "HostLoad", "Plan", "build_plan",
+__all__ = ["Request", "Remap", "Destination", "Chunk", "CrcCheck", "CrcSpan", "HostLoad", "Plan", "build_plan",
            "row_major_blocks", "strides_of"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Remap:
+    """A destination filled by a row gather (a warm start's vocabulary remap).
+
+    ``rows[j]`` is the index, along ``axis`` of the source tensor, of the slab that lands
+    at position ``j`` along ``axis`` of the destination; ``-1`` means "not from the
+    checkpoint" (the destination's prefilled value stays). On the other axes the
+    destination's box is in the source tensor's coordinates.
+    """
+
+    axis: int
+    rows: np.ndarray
+
+    def __post_init__(self):
+        rows = np.ascontiguousarray(self.rows, dtype=np.int64)
+        rows.flags.writeable = False
+        object.__setattr__(self, "rows", rows)
+
+    @property
+    def gathered(self) -> int:
+        """Positions filled from the checkpoint."""
+        return int(np.count_nonzero(self.rows >= 0))
+
+    def __eq__(self, other):
+        if not isinstance(other, Remap):
+            return NotImplemented
+        return self.axis == other.axis and np.array_equal(self.rows, other.rows)
+
+    def __hash__(self):
+        return hash((self.axis, self.rows.shape, self.rows[:8].tobytes()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +81,9 @@ class Request:
     box: Box
     dtype: np.dtype
     device: str = "/device:CPU:0"
+    #: A row gather instead of a box copy: ``box`` is then the destination's region of
+    #: the *new* tensor, and its position along ``remap.axis`` maps through ``remap.rows``.
+    remap: Remap | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +96,9 @@ class Destination:
     src_dtype: np.dtype
     dtype: np.dtype
     device: str
+    #: Set for a gather destination: it is prefilled (a warm start's backup values), then
+    #: the gathered slabs overwrite their positions.
+    remap: Remap | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -134,10 +172,12 @@ class Plan:
 
     def summary(self) -> str:
         """A few lines: files, destinations, chunks, bytes."""
-        ncopies = sum(len(c.copies) for c in self.chunks)
+        ncopies = sum(1 for c in self.chunks for cp in c.copies if isinstance(cp, BoxCopy))
+        ngathers = sum(1 for c in self.chunks for cp in c.copies if isinstance(cp, GatherCopy))
+        gathers = f"{ngathers} gather copies, " if ngathers else ""
         return (
             f"Plan for {self.prefix}: {len(self.files)} file(s), {len(self.destinations)} destination(s), "
-            f"{len(self.chunks)} chunk(s) of <= {_human(self.chunk_bytes)}, {ncopies} box copies, "
+            f"{len(self.chunks)} chunk(s) of <= {_human(self.chunk_bytes)}, {ncopies} box copies, {gathers}"
             f"{_human(self.bytes_read)} read, {_human(self.bytes_written)} written, "
             f"{len(self.checks)} CRC check(s), {len(self.host_loads)} host load(s)"
         )
@@ -147,12 +187,22 @@ class Plan:
         for i, f in enumerate(self.files):
             lines.append(f"  file {i}: {f}")
         for i, d in enumerate(self.destinations):
+            remap = "" if d.remap is None else (
+                f", remapped along axis {d.remap.axis}: {d.remap.gathered} of {len(d.remap.rows)} "
+                f"gathered, the rest prefilled")
             lines.append(
-                f"  dest {i}: {d.name} <- {d.source!r}{d.box} {d.src_dtype} -> {d.dtype} on {d.device}"
+                f"  dest {i}: {d.name} <- {d.source!r}{d.box} {d.src_dtype} -> {d.dtype} on {d.device}{remap}"
             )
         for i, c in enumerate(self.chunks):
             lines.append(f"  chunk {i}: file {c.file} [{c.offset}, {c.offset + c.size})")
             for cp in c.copies:
+                if isinstance(cp, GatherCopy):
+                    lines.append(
+                        f"    gather -> dest {cp.dest}: {cp.boxes} boxes of shape {cp.shape}, src strides "
+                        f"{cp.src_strides}, dst strides {cp.dst_strides}, src +{_head(cp.src_offsets)}, "
+                        f"dst +{_head(cp.dst_offsets)}"
+                    )
+                    continue
                 lines.append(
                     f"    copy -> dest {cp.dest}: src +{cp.src_offset} strides {cp.src_strides}, "
                     f"dst +{cp.dst_offset} strides {cp.dst_strides}, shape {cp.shape}"
@@ -162,6 +212,11 @@ class Plan:
         for h in self.host_loads:
             lines.append(f"  host load -> dest {h.dest}: {h.source!r}{h.box}")
         return "\n".join(lines)
+
+
+def _head(a) -> str:
+    items = ", ".join(str(int(x)) for x in a[:3])
+    return f"[{items}{', ...' if len(a) > 3 else ''}]"
 
 
 def _human(n: int) -> str:
@@ -235,8 +290,112 @@ class _Piece:
     entry: object  # gpuload.format.bundle.TensorEntry
     itemsize: int
     users: list = dataclasses.field(default_factory=list)  # (dest index, intersection box)
+    gathers: list = dataclasses.field(default_factory=list)  # _Gather
     ranges: list = dataclasses.field(default_factory=list)  # needed byte ranges [a, b) within the entry
     check: int | None = None
+
+
+@dataclasses.dataclass
+class _Gather:
+    """One gather destination's needs from one stored piece.
+
+    ``box`` is the piece's box cut to the destination on every axis but ``axis`` (where
+    it keeps the piece's extent); ``old`` are the needed indices along ``axis`` (global,
+    sorted, within the piece) and ``pos`` their positions along ``axis`` in the destination.
+    """
+
+    dest: int
+    axis: int
+    box: Box
+    old: np.ndarray
+    pos: np.ndarray
+
+
+def _merge_np(starts, ends, gap: int):
+    """Merge sorted-or-not ranges whose holes are at most ``gap`` bytes: [[a, b], ...]."""
+    if len(starts) == 0:
+        return []
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], ends[order]
+    e = np.maximum.accumulate(e)
+    brk = np.flatnonzero(s[1:] > e[:-1] + gap) + 1
+    first = np.concatenate(([0], brk))
+    last = np.concatenate((brk - 1, [len(s) - 1]))
+    return [[int(a), int(b)] for a, b in zip(s[first], e[last])]
+
+
+def _plan_gather(bundle, di, req, shape, pieces, src_dtype):
+    """Register destination ``di``'s row gather with the pieces it reads."""
+    remap = req.remap
+    a = remap.axis
+    if not 0 <= a < len(shape) or req.box.rank != len(shape):
+        raise PlanError(f"{req.name}: remap axis {a} does not fit tensor {req.source!r} of shape "
+                        f"{list(shape)} in {bundle.prefix} (destination rank {req.box.rank})")
+    if len(remap.rows) != req.box.shape[a]:
+        raise PlanError(f"{req.name}: {len(remap.rows)} remap rows for a destination of extent "
+                        f"{req.box.shape[a]} along axis {a}")
+    other = Box(tuple(0 if k == a else s for k, s in enumerate(req.box.start)),
+                tuple(shape[a] if k == a else n for k, n in enumerate(req.box.shape)))
+    if not other.within(shape):
+        raise PlanError(f"{req.name}: region {req.box} (off the remapped axis {a}) lies outside tensor "
+                        f"{req.source!r} of shape {list(shape)} in {bundle.prefix}")
+    rows = remap.rows
+    bad = (rows < -1) | (rows >= shape[a])
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        raise PlanError(f"{req.name}: remap row {int(rows[j])} at position {j} is outside axis {a} "
+                        f"(extent {shape[a]}) of tensor {req.source!r} in {bundle.prefix}")
+    pos = np.flatnonzero(rows >= 0)
+    old = rows[pos]
+    order = np.argsort(old, kind="stable")
+    old, pos = old[order], pos[order]
+    need = len(old) * (other.size // max(shape[a], 1)) if shape[a] else 0
+    covered = 0
+    for sp in bundle.pieces(req.source):
+        inter = sp.box.intersect(other)
+        if inter is None or inter.size == 0:
+            continue
+        lo, hi = np.searchsorted(old, [sp.box.start[a], sp.box.start[a] + sp.box.shape[a]])
+        if hi <= lo:
+            continue
+        key = sp.entry.key
+        piece = pieces.get(key)
+        if piece is None:
+            piece = pieces[key] = _Piece(len(pieces), req.source, sp.box, sp.entry, src_dtype.itemsize)
+        piece.gathers.append(_Gather(di, a, inter, old[lo:hi], pos[lo:hi]))
+        covered += int(hi - lo) * (inter.size // inter.shape[a])
+    if covered != need:
+        raise PlanError(
+            f"{req.name}: the stored slices of tensor {req.source!r} in {bundle.prefix} cover "
+            f"{covered} of the {need} elements the remap needs (TensorFlow: "
+            f"\"Does not have sufficient slices for partitioned tensor\")"
+        )
+
+
+def _gather_ranges(piece, gap: int):
+    """Byte ranges (within the piece's entry) that the piece's gathers need, CRC off."""
+    starts, ends = [], []
+    pstrides = strides_of(piece.box.shape)
+    isz = piece.itemsize
+    for g in piece.gathers:
+        rel = g.box.relative_to(piece.box)
+        if g.axis == 0:
+            # Only the needed rows, each cut to the destination's extent on the other axes.
+            first = _flat((0,) + rel.start[1:], pstrides)
+            last = _flat((0,) + tuple(s + n - 1 for s, n in zip(rel.start[1:], rel.shape[1:])), pstrides)
+            o = (g.old - piece.box.start[0]) * pstrides[0]
+            starts.append((o + first) * isz)
+            ends.append((o + last + 1) * isz)
+        else:
+            # A slab along a later axis is strided: read the hull from the first to the
+            # last needed slab.
+            lo = list(rel.start)
+            hi = [s + n - 1 for s, n in zip(rel.start, rel.shape)]
+            lo[g.axis] = int(g.old[0]) - piece.box.start[g.axis]
+            hi[g.axis] = int(g.old[-1]) - piece.box.start[g.axis]
+            starts.append(np.array([_flat(lo, pstrides) * isz], dtype=np.int64))
+            ends.append(np.array([(_flat(hi, pstrides) + 1) * isz], dtype=np.int64))
+    return starts, ends
 
 
 def _merge(ranges):
@@ -287,7 +446,7 @@ def build_plan(bundle, requests, *, chunk_bytes: int, gap_bytes: int = 0, verify
         shape = tuple(bundle.shape(req.source))
         src_dtype = np.dtype(bundle.numpy_dtype(req.source))
         dst_dtype = np.dtype(req.dtype)
-        if not req.box.within(shape):
+        if req.remap is None and not req.box.within(shape):
             raise PlanError(
                 f"{req.name}: region {req.box} lies outside tensor {req.source!r} of shape "
                 f"{list(shape)} in {bundle.prefix}"
@@ -298,7 +457,14 @@ def build_plan(bundle, requests, *, chunk_bytes: int, gap_bytes: int = 0, verify
                     f"{req.name}: dtype {dst_dtype} does not match {src_dtype} of tensor "
                     f"{req.source!r} in {bundle.prefix}"
                 )
-        destinations.append(Destination(req.name, req.source, req.box, src_dtype, dst_dtype, req.device))
+        destinations.append(Destination(req.name, req.source, req.box, src_dtype, dst_dtype, req.device,
+                                        req.remap))
+        if req.remap is not None:
+            if src_dtype == object:
+                raise PlanError(f"{req.name}: tensor {req.source!r} holds strings; a remap gathers "
+                                f"fixed-size elements")
+            _plan_gather(bundle, di, req, shape, pieces, src_dtype)
+            continue
         if src_dtype == object:
             host_loads.append(HostLoad(di, req.source, req.box))
             continue
@@ -341,7 +507,13 @@ def build_plan(bundle, requests, *, chunk_bytes: int, gap_bytes: int = 0, verify
                 first = _flat(rel.start, pstrides)
                 last = _flat(tuple(s + n - 1 for s, n in zip(rel.start, rel.shape)), pstrides)
                 hulls.append((first * piece.itemsize, (last + 1) * piece.itemsize))
-            piece.ranges = _merge(hulls)
+            if piece.gathers:
+                gs, ge = _gather_ranges(piece, gap_bytes)
+                starts = np.concatenate([np.array([h[0] for h in hulls], dtype=np.int64)] + gs)
+                ends = np.concatenate([np.array([h[1] for h in hulls], dtype=np.int64)] + ge)
+                piece.ranges = _merge_np(starts, ends, gap_bytes)
+            else:
+                piece.ranges = _merge(hulls)
         for a, b in piece.ranges:
             segments.append((fi, e.offset + a, b - a, piece, a))
     segments.sort(key=lambda s: (s[0], s[1]))
@@ -433,4 +605,38 @@ def _make_chunk(fi: int, cstart: int, cend: int, segs, destinations) -> Chunk:
                     dst_strides=strides_of(dest.box.shape),
                     shape=sub.shape,
                 )))
+            for g in piece.gathers:
+                gc = _gather_copy(g, gblock, piece, base, cstart, destinations[g.dest])
+                if gc is not None:
+                    copies.append(gc)
     return Chunk(fi, cstart, cend - cstart, tuple(copies), tuple(spans))
+
+
+def _gather_copy(g, gblock, piece, base, cstart, dest):
+    """The slabs of gather ``g`` that lie in ``gblock`` (one row-major block of a chunk)."""
+    a = g.axis
+    # Axes other than a: ordinary intersection; axis a: the needed indices inside the block.
+    lo = [max(s, t) for s, t in zip(gblock.start, g.box.start)]
+    hi = [min(s + n, t + m) for s, n, t, m in zip(gblock.start, gblock.shape, g.box.start, g.box.shape)]
+    if any(h <= l for k, (l, h) in enumerate(zip(lo, hi)) if k != a):
+        return None
+    i0, i1 = np.searchsorted(g.old, [lo[a], hi[a]])
+    if i1 <= i0:
+        return None
+    old, pos = g.old[i0:i1], g.pos[i0:i1]
+    pstrides = strides_of(piece.box.shape)
+    dstrides = strides_of(dest.box.shape)
+    start = [l if k != a else piece.box.start[a] for k, l in enumerate(lo)]
+    src0 = _flat([s - p for s, p in zip(start, piece.box.start)], pstrides)
+    dst0 = _flat([0 if k == a else s - d for k, (s, d) in enumerate(zip(start, dest.box.start))], dstrides)
+    shape = tuple(1 if k == a else h - l for k, (l, h) in enumerate(zip(lo, hi)))
+    template = normalize(BoxCopy(g.dest, 0, pstrides, 0, dstrides, shape))
+    isz = piece.itemsize
+    return GatherCopy(
+        dest=g.dest,
+        src_offsets=base - cstart + (src0 + (old - piece.box.start[a]) * pstrides[a]) * isz,
+        dst_offsets=dst0 + pos * dstrides[a],
+        src_strides=template.src_strides,
+        dst_strides=template.dst_strides,
+        shape=template.shape,
+    )
