@@ -114,7 +114,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replot", metavar="RESULTS_JSON",
                    help="redraw the PNG and markdown of an earlier run from its JSON, and stop")
     p.add_argument("--warm-start", action="store_true",
-                   help="run the warm-start benchmark instead (issue #10: [rows x 64] float32, 80%% of the "
+                   help="run the warm-start benchmark instead ([rows x 64] float32, 80%% of the "
                         "old vocabulary reordered + 20%% new tokens, 2 OOV buckets, 8 row parts; gpuload "
                         "CRC on/off against TensorFlow's warm_start)")
     p.add_argument("--ws-rows", type=int, help="warm start: rows of the table and tokens of each "

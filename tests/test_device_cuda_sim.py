@@ -88,8 +88,6 @@ def test_edge_table_through_submit(mode_sim):
         results.append((case, dest))
     backend.synchronize()
     for case, dest in results:
-        if case.src_dtype == np.float64 and case.dst_dtype == BF16:
-            continue  # f64 -> bf16 rounding: issue 8 item 2, fixed on another branch
         got = _get(dest).view(case.dst_dtype).reshape(case.fill.shape)
         np.testing.assert_array_equal(raw(got), raw(case.expected), err_msg=case.name)
     st = backend.stats
