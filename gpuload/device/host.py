@@ -516,8 +516,8 @@ class HostBackend:
         st["copy_seconds"] += time.perf_counter() - t0
         return _COMPLETED
 
-    def adopt(self, array: Any) -> np.ndarray:
-        """Take a prefilled destination (a warm start's backup values) as it is."""
+    def adopt(self, array: Any, stream: int | None = None) -> np.ndarray:
+        """Take a prefilled or caller-provided destination as it is (host work is synchronous)."""
         return array
 
     def synchronize(self) -> None:
