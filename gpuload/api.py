@@ -171,16 +171,18 @@ def load(checkpoint, requests, *, config=None, allow_cast: bool = False) -> Load
 
     Examples
     --------
+    >>> import os, tempfile
     >>> import numpy as np, gpuload
-    >>> d = getfixture("tmp_path")  # doctest: +SKIP
-    >>> emb = np.arange(12, dtype=np.float32).reshape(4, 3)
-    >>> gpuload.save_checkpoint(f"{d}/ckpt", {"emb": emb})  # doctest: +SKIP
+    >>> prefix = os.path.join(tempfile.mkdtemp(), "model.ckpt")
+    >>> _ = gpuload.save_checkpoint(prefix, {"emb": np.arange(12, dtype=np.float32).reshape(4, 3)})
     >>> out = np.empty((2, 3), np.float32)
-    >>> r = gpuload.load(f"{d}/ckpt", {"top": gpuload.Request("emb", rows=(2, 4), target=out),
-    ...                                "col": ("emb", gpuload.Spec(dtype="float64")),
-    ...                                "all": "emb"})  # doctest: +SKIP
-    >>> r["top"] is out, out[0].tolist()  # doctest: +SKIP
-    (True, [6.0, 7.0, 8.0])
+    >>> r = gpuload.load(prefix, {"top": gpuload.Request("emb", rows=(2, 4), target=out),
+    ...                           "col": gpuload.Request("emb", columns=(2, 3)),
+    ...                           "f64": ("emb", gpuload.Spec(dtype="float64"))}, allow_cast=True)
+    >>> r["top"] is out, out[0].tolist(), r["col"].ravel().tolist(), r["f64"].dtype.name
+    (True, [6.0, 7.0, 8.0], [2.0, 5.0, 8.0, 11.0], 'float64')
+    >>> r.stats.bytes_written
+    136
     """
     cfg = config or config_mod.get()
     bundle = _open(checkpoint)
