@@ -274,3 +274,29 @@ def test_load_docstring_example_runs(tmp_path, monkeypatch):
     (test,) = [t for t in doctest.DocTestFinder().find(gpuload.api.load, "load") if t.examples]
     result = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS).run(test)
     assert result.failed == 0 and result.attempted >= 8
+
+
+def test_the_tf1_initializer_goes_through_load(ckpt):
+    prefix, t = ckpt
+    gpuload.reset_default_graph()
+    with gpuload.variable_scope("new"):
+        v = gpuload.get_variable("emb", shape=[50, 8], dtype="float32", partitioner=gpuload.fixed_size_partitioner(2),
+                                 device="/cpu:0")
+    gpuload.init_from_checkpoint(prefix, {"emb": "new/emb"})
+    gpuload.global_variables_initializer().run()
+    r = gpuload.last_load()
+    assert r is not None and set(r) == {"new/emb/part_0", "new/emb/part_1"}
+    parts = list(v)
+    assert all(r[p.op.name] is p.value() for p in parts)  # assigned as loaded, not copied
+    np.testing.assert_array_equal(v.numpy(), t["emb"])
+    assert gpuload.loader.last_stats() == [r.stats]
+    gpuload.reset_default_graph()
+
+
+def test_scalar_and_empty_tensors(tmp_path):
+    prefix = str(tmp_path / "s.ckpt")
+    gpuload.save_checkpoint(prefix, {"step": np.int64(7), "none": np.zeros((0, 3), np.float32)})
+    r = gpuload.load(prefix, ["step", "none"])
+    assert r["step"].shape == () and int(r["step"]) == 7 and r["none"].shape == (0, 3)
+    out = np.zeros((), np.int64)
+    assert gpuload.load(prefix, {"s": ("step", out)})["s"] is out and int(out) == 7
