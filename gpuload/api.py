@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 # Imported here, not inside load(): a load's clock starts at the call and imports are not load time.
-import gpuload.device.host  # noqa: F401  (the CPU backend, built by backend_for)
+import gpuload.device.host as _host  # the CPU backend, built by backend_for
 from gpuload import config as config_mod
 from gpuload.device.placement import backend_for, canonical_device
 from gpuload.errors import ArgumentTypeError, InvalidArgumentError, TargetError
@@ -405,9 +405,11 @@ def _jax_spec(name, dev, dtype, box):
         raise TargetError(f"request {name!r}: JAX device {dev!r} (platform {platform!r}) is neither a CPU nor a "
                           f"CUDA GPU")
 
-    # JAX's CPU client takes a DLPack buffer without a copy only when it is 64-byte aligned
-    # (malloc gives 16): allocate so. GPU buffers come from CuPy's pool, 256-byte aligned.
-    target = _aligned_empty(box.shape, dtype) if device == _CPU and dtype.kind not in "OSU" else None
+    # JAX's CPU client takes a DLPack buffer without a copy only when it is 64-byte aligned.
+    # The CPU backend maps large arrays (page-aligned) but mallocs small ones (16-byte
+    # aligned): allocate those here. GPU buffers come from CuPy's pool, 256-byte aligned.
+    small = box.size * dtype.itemsize < _host.HUGE_BYTES
+    target = _aligned_empty(box.shape, dtype) if device == _CPU and small and dtype.kind not in "OSU" else None
 
     def finish(a, _dev=dev):
         if device == _CPU:

@@ -244,12 +244,15 @@ def test_jax_arrays_handed_over_without_a_copy(ckpt):
         gpuload.load(prefix, {"x": ("emb", jax.numpy.zeros((50, 8), jax.numpy.float32))})
 
 
-def test_jax_cpu_handover_is_zero_copy(ckpt, monkeypatch):
-    """The buffer gpuload filled is the one JAX holds: observe it through a spy on execute."""
+def test_jax_cpu_handover_is_zero_copy(tmp_path, monkeypatch):
+    """The buffer gpuload filled is the one JAX holds: observe it through a spy on execute.
+    Small buffers (malloc'd by the CPU backend) and large ones (its own mappings) both."""
     jax = pytest.importorskip("jax")
     import gpuload.api
 
-    prefix, t = ckpt
+    prefix = str(tmp_path / "j.ckpt")
+    big = np.arange(700 * 1000, dtype=np.float32).reshape(700, 1000)  # 2.8 MB: a mapped destination
+    gpuload.save_checkpoint(prefix, {"emb": big[:5], "big": big})
     filled = []
     real = gpuload.api.execute
 
@@ -259,8 +262,10 @@ def test_jax_cpu_handover_is_zero_copy(ckpt, monkeypatch):
         return out
 
     monkeypatch.setattr(gpuload.api, "execute", spy)
-    r = gpuload.load(prefix, {"e": ("emb", gpuload.Spec(device=jax.devices("cpu")[0]))})
-    assert filled == [r["e"].unsafe_buffer_pointer()]
+    cpu = jax.devices("cpu")[0]
+    r = gpuload.load(prefix, {"e": ("emb", gpuload.Spec(device=cpu)), "b": ("big", gpuload.Spec(device=cpu))})
+    assert filled == [r["e"].unsafe_buffer_pointer(), r["b"].unsafe_buffer_pointer()]
+    np.testing.assert_array_equal(np.asarray(r["b"]), big)
 
 
 def test_load_docstring_example_runs(tmp_path, monkeypatch):

@@ -364,6 +364,8 @@ def gather_copy(src: np.ndarray, src_dtype: Any, dst: np.ndarray, dst_dtype: Any
 
 
 _HUGE = 2 << 20
+#: Destinations of this size or more get their own page-aligned mapping (see ``empty``).
+HUGE_BYTES = _HUGE
 
 
 def _anonymous(nbytes: int) -> mmap.mmap:
