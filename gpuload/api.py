@@ -31,7 +31,7 @@ import numpy as np
 import gpuload.device.host as _host  # the CPU backend, built by backend_for
 from gpuload import config as config_mod
 from gpuload.device.placement import backend_for, canonical_device
-from gpuload.errors import ArgumentTypeError, InvalidArgumentError, TargetError
+from gpuload.errors import ArgumentTypeError, DeviceUnavailableError, InvalidArgumentError, TargetError
 from gpuload.format import dtypes as _dt
 from gpuload.format.reader import CheckpointReader
 from gpuload.format.slices import Box
@@ -187,7 +187,13 @@ def load(checkpoint, requests, *, config=None, allow_cast: bool = False) -> Load
     cfg = config or config_mod.get()
     bundle = _open(checkpoint)
     plan, names, targets, finish = _prepare(bundle, _normalize(requests), cfg, allow_cast)
-    backends = {d.device: backend_for(d.device) for d in plan.destinations}
+    backends = {}
+    for d in plan.destinations:
+        if d.device not in backends:
+            try:
+                backends[d.device] = backend_for(d.device)
+            except DeviceUnavailableError as e:
+                raise DeviceUnavailableError(f"request {d.name!r} (tensor {d.source!r}) targets {d.device}: {e}") from e
     reader = None
 
     def host_loader(source, box):

@@ -102,6 +102,11 @@ def test_wrong_targets_name_the_key_and_the_target(ckpt):
         gpuload.load(prefix, {"e": ("emb", np.empty((50, 8), np.int32))})
     with pytest.raises(TargetError, match=r"'e'.*bad device.*'tpu:0'"):
         gpuload.load(prefix, {"e": ("emb", gpuload.Spec(device="tpu:0"))})
+    from gpuload.device import placement
+
+    if not placement.is_gpu_available():
+        with pytest.raises(gpuload.errors.DeviceUnavailableError, match=r"request 'e' \(tensor 'emb'\) targets /device:GPU:0"):
+            gpuload.load(prefix, {"e": ("emb", gpuload.Spec(device="gpu:0"))})
     with pytest.raises(CheckpointNotFoundError, match=r"'e'.*'embb'.*close names: 'emb'"):
         gpuload.load(prefix, {"e": "embb"})
     with pytest.raises(ValueError, match=r"'e'.*axis 0 is \[40, 60\)"):
