@@ -478,6 +478,9 @@ def _check_host(name, r, box, arr, what) -> None:
         raise TargetError(f"request {name!r}: the target {what} is not C-contiguous")
     if not arr.flags.writeable:
         raise TargetError(f"request {name!r}: the target {what} is read-only")
+    if not arr.dtype.isnative:
+        raise TargetError(f"request {name!r}: the target {what} is {arr.dtype.str} (non-native byte order); "
+                          f"pass an array of native byte order")
     if arr.dtype.kind in "SUO":
         raise TargetError(f"request {name!r}: the target {what} holds {arr.dtype}; string tensors load into "
                           f"a Spec target (a NumPy object array)")

@@ -98,6 +98,8 @@ def test_wrong_targets_name_the_key_and_the_target(ckpt):
     ro.flags.writeable = False
     with pytest.raises(TargetError, match="'e'.*read-only"):
         gpuload.load(prefix, {"e": ("emb", ro)})
+    with pytest.raises(TargetError, match="'e'.*>f4.*non-native byte order"):
+        gpuload.load(prefix, {"e": ("emb", np.empty((50, 8), ">f4"))}, allow_cast=True)
     with pytest.raises(TargetError, match=r"'e'.*'emb' is float32.*numpy\.ndarray\(shape=\[50, 8\], dtype=int32"):
         gpuload.load(prefix, {"e": ("emb", np.empty((50, 8), np.int32))})
     with pytest.raises(TargetError, match=r"'e'.*bad device.*'tpu:0'"):
