@@ -10,12 +10,14 @@ ports by changing one import::
     tf1.init_from_checkpoint("/ckpts/run1", {"old_scope/emb": "new_scope_2/emb"})
     tf1.global_variables_initializer().run()   # streams the checkpoint into the GPU parts
 
-Reading checkpoints: :func:`list_variables`, :func:`load_checkpoint`,
+Loading into any framework's arrays (NumPy, CuPy, PyTorch, JAX): :func:`load`
+(:class:`Request`, :class:`Spec`), :func:`plan_load`. Reading checkpoints: :func:`list_variables`, :func:`load_checkpoint`,
 :func:`load_variable`, :func:`latest_checkpoint`; writing them: :func:`save_checkpoint`.
 Settings: :mod:`gpuload.config`. Errors: :mod:`gpuload.errors`.
 """
 
 from gpuload import config, device, errors, loader  # device: a subpackage, callable as tf.device
+from gpuload.api import LoadResult, Request, Spec, last_load, load, plan_load
 from gpuload.device.placement import is_gpu_available
 from gpuload.format.reader import (
     CheckpointReader,
@@ -59,6 +61,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "config", "errors", "loader", "is_gpu_available",
+    "load", "plan_load", "last_load", "Request", "Spec", "LoadResult",
     "CheckpointReader", "latest_checkpoint", "list_variables", "load_checkpoint", "load_variable",
     "save_checkpoint", "init_from_checkpoint", "warm_start", "VocabInfo",
     "constant_initializer", "glorot_uniform_initializer", "ones_initializer",

@@ -27,6 +27,7 @@ __all__ = [
     "CheckpointChangedError",
     "InvalidArgumentError",
     "ArgumentTypeError",
+    "TargetError",
     "OutOfMemoryError",
     "DeviceError",
     "DeviceMemoryError",
@@ -136,6 +137,11 @@ class CheckpointChangedError(CheckpointFileError):
 
 class InvalidArgumentError(GpuloadError, ValueError):
     """An argument of a public function has a bad value; the message names the argument."""
+
+
+class TargetError(InvalidArgumentError):
+    """A :func:`gpuload.load` target of the wrong shape, dtype, device or layout; the message
+    names the request, the checkpoint tensor and the target."""
 
 
 class ArgumentTypeError(GpuloadError, TypeError):

@@ -1,8 +1,9 @@
-"""Run the checkpoint initializers of a set of variables: plan, stream, then assign.
+"""Run the checkpoint initializers of a set of variables: requests, :func:`gpuload.load`, assign.
 
-This is where the graph layer meets the data path. Variables are grouped by checkpoint;
-each checkpoint gets one plan (so a stored tensor feeding many parts is read once) and one
-streamed execution. Values are assigned only after every checkpoint loaded completely.
+This is where the graph layer meets the data path, through the public API only: the
+variables' checkpoint sources become :class:`gpuload.Request` values, grouped by checkpoint
+(one plan per checkpoint, so a stored tensor feeding many parts is read once), and the
+arrays :func:`gpuload.load` returns are assigned only after every checkpoint loaded.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import collections
 # Imported here, not inside run(): a load's clock starts at run() and imports are not load time.
 import gpuload.device.host  # noqa: F401  (the CPU backend, built by backend_for)
 from gpuload import config as config_mod
-from gpuload.device.placement import backend_for
+from gpuload.api import load, plan_load
 from gpuload.errors import CheckpointChangedError
 from gpuload.format.bundle import Bundle
-from gpuload.format.reader import CheckpointReader
 from gpuload.graph.store import _assign_all
-from gpuload.plan import Request, build_plan
-from gpuload.scheduler import LoadStats, execute
+from gpuload.scheduler import LoadStats
 
-__all__ = ["load_checkpoint_sources", "last_stats"]
+__all__ = ["load_checkpoint_sources", "last_stats", "requests_for"]
 
 _last_stats: list[LoadStats] = []
 
@@ -30,17 +29,34 @@ def last_stats() -> list[LoadStats]:
     return list(_last_stats)
 
 
+def requests_for(variables) -> dict:
+    """The public :func:`gpuload.load` requests of ``variables``' checkpoint sources, by variable name.
+
+    A plain source is a box of its tensor into a new buffer of the variable's dtype on its
+    device; a warm start's vocabulary source is a remap request whose target holds the
+    backup initializer's values (computed now, on the variable's device).
+    """
+    from gpuload.api import Request, Spec
+
+    out = {}
+    for v in variables:
+        src = v._init_source
+        if src.remap is None:
+            target = Spec(tuple(v.shape), v.dtype, v.device)
+            out[v.op.name] = Request(src.tensor, box=src.box, target=target)
+        else:
+            out[v.op.name] = Request(src.tensor, box=src.box, target=src.remap.backup_value(v),
+                                     remap=src.remap.plan_remap())
+    return out
+
+
 def plan_for(prefix, variables, *, cfg=None):
     """The :class:`~gpuload.plan.Plan` that loads ``variables`` (all from checkpoint ``prefix``)."""
     cfg = cfg or config_mod.get()
     bundle = Bundle.open(prefix)
     check_sources_unchanged(bundle, variables)
-    requests = [Request(v.op.name, v._init_source.tensor, v._init_source.box, v.dtype, v.device,
-                        None if v._init_source.remap is None else v._init_source.remap.plan_remap())
-                for v in variables]
-    plan = build_plan(bundle, requests, chunk_bytes=cfg.chunk_bytes, gap_bytes=cfg.gap_bytes,
-                      verify_crc=cfg.verify_crc,
-                      allow_cast=any(v._init_source.allow_cast for v in variables))
+    plan = plan_load(bundle, requests_for(variables), config=cfg,
+                     allow_cast=any(v._init_source.allow_cast for v in variables))
     return bundle, plan
 
 
@@ -114,33 +130,17 @@ def load_checkpoint_sources(variables) -> None:
     results = []
     stats_all = []
     for prefix, group in groups.items():
-        bundle, plan = plan_for(prefix, group, cfg=cfg)
-        backends = {d.device: backend_for(d.device) for d in plan.destinations}
-        reader = None
-
-        def host_loader(source, box, _prefix=prefix):
-            nonlocal reader
-            if reader is None:
-                reader = CheckpointReader(_prefix, verify_crc=cfg.verify_crc)
-            return reader.get_slice(source, box)
-
-        stats = LoadStats()
+        bundle = Bundle.open(prefix)
+        check_sources_unchanged(bundle, group)
+        # The same opened bundle: the plan is built from the index that was just checked.
+        result = load(bundle, requests_for(group), config=cfg,
+                      allow_cast=any(v._init_source.allow_cast for v in group))
+        stats = result.stats
         remaps = [v._init_source.remap for v in group if v._init_source.remap is not None]
         mappings = {id(r.mapping): r.mapping for r in remaps}.values()
         stats.vocab_bytes = sum(r.rows.nbytes for r in remaps) + sum(m.nbytes for m in mappings)
         stats.vocab_s = sum(m.seconds for m in mappings)
-
-        def prefill(i, dest, _group=group):
-            return _group[i]._init_source.remap.backup_value(_group[i])
-
-        try:
-            arrays = execute(plan, backends, config=cfg, host_loader=host_loader, stats=stats, prefill=prefill)
-        finally:
-            if reader is not None:
-                reader.close()
-            # (GPU staging is per load: execute() closed its sessions.)
-        results.extend(zip(group, arrays))
+        results.extend((v, result[v.op.name]) for v in group)
         stats_all.append(stats)
     _assign_all(results)
     _last_stats[:] = stats_all
-

@@ -69,7 +69,8 @@ class _Abort(Exception):
     pass
 
 
-def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None = None, prefill=None):
+def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None = None, prefill=None,
+            targets=None):
     """Fill every destination of ``plan``; return the destination arrays, in plan order.
 
     Parameters
@@ -90,6 +91,13 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
         (``Destination.remap`` set): their starting values, already on the destination's
         device (a warm start's backup initializer); the gathers then overwrite the rows
         that come from the checkpoint.
+    targets:
+        Caller-provided destination buffers, one entry per destination (``None``: allocate
+        one): a C-contiguous array of the destination's shape and dtype on its device
+        (NumPy on the CPU, CuPy on a GPU), or an ``(array, stream)`` pair where ``stream`` is
+        the raw ``cudaStream_t`` whose work so far must finish before the load writes the
+        array (a framework's current stream; default CuPy's current stream). The array is
+        filled in place and returned; for a gather destination its values are the prefill.
 
     Raises
     ------
@@ -113,17 +121,20 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
         dests = []
         for i, d in enumerate(plan.destinations):
             session = sessions[d.device]
+            given = None if targets is None else targets[i]
+            if given is not None:
+                value, stream = given if isinstance(given, tuple) else (given, None)
+                _check_target(d, value, "target")
+                # Ordered after the caller's work on that memory, as a prefill is.
+                dests.append(session.adopt(value) if stream is None else session.adopt(value, stream=stream))
+                continue
             if d.remap is None:
                 dests.append(_allocate(session, d))
                 continue
             if prefill is None:
                 raise ValueError(f"destination {i} ({d.name}) is a gather destination but no prefill was given")
             value = prefill(i, d)
-            if (tuple(value.shape) != tuple(d.shape) or np.dtype(value.dtype) != d.dtype
-                    or not value.flags.c_contiguous):
-                raise ValueError(f"prefill of {d.name} is a {np.dtype(value.dtype).name}{tuple(value.shape)} "
-                                 f"array (C-contiguous: {value.flags.c_contiguous}); expected "
-                                 f"{d.dtype.name}{tuple(d.shape)}")
+            _check_target(d, value, "prefill")
             # The session orders its own streams after the work that computed the value.
             dests.append(session.adopt(value))
         dtypes = [(d.src_dtype, d.dtype) for d in plan.destinations]
@@ -146,6 +157,14 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
     stats.bytes_written = plan.bytes_written
     stats.wall_s = time.perf_counter() - t0
     return dests
+
+
+def _check_target(d, value, what: str) -> None:
+    if (tuple(value.shape) != tuple(d.shape) or np.dtype(value.dtype) != d.dtype
+            or not value.flags.c_contiguous):
+        raise ValueError(f"{what} of {d.name} is a {np.dtype(value.dtype).name}{tuple(value.shape)} "
+                         f"array (C-contiguous: {value.flags.c_contiguous}); expected "
+                         f"{d.dtype.name}{tuple(d.shape)}")
 
 
 def _allocate(backend, d):

@@ -460,17 +460,17 @@ def test_o_direct_into_pinned_slots_that_are_not_page_aligned(tmp_path, sim, mis
 
 def test_demo_on_a_gpu_compiles_kernels_before_the_timed_load(tmp_path, capsys, sim, monkeypatch):  # noqa: F811
     """Item 9: NVRTC compiles landed inside the timed load of `gpuload demo`."""
-    import gpuload.loader
+    import gpuload.api
     from gpuload.cli import main
 
     seen = []
-    real = gpuload.loader.execute
+    real = gpuload.api.execute
 
     def spy(*a, **k):
         seen.append(set(kernels._functions))
         return real(*a, **k)
 
-    monkeypatch.setattr(gpuload.loader, "execute", spy)
+    monkeypatch.setattr(gpuload.api, "execute", spy)
     assert main(["demo", "--rows", "3000", "--cols", "8", "--parts", "3", "--device", "/gpu:0", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "box-copy kernels ready on /device:GPU:0" in out and "bit for bit" in out

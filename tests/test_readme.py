@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 README = (REPO / "README.md").read_text()
@@ -33,6 +34,30 @@ def test_use_example_runs_as_written(tmp_path):
     lines = proc.stdout.splitlines()
     assert [ln.split()[0] for ln in lines] == [f"new_scope/emb/part_{i}:0" for i in range(4)], proc.stdout
     assert "_get_variable_list" not in code  # the public way to the parts
+
+
+def _run_block(code, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPULOAD_")}
+    env["TMPDIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_load_api_numpy_example_runs_as_written(tmp_path):
+    blocks = _blocks(_section("PyTorch, JAX and NumPy: `gpuload.load`"), "python")
+    (code,) = [b for b in blocks if "import torch" not in b]
+    out = _run_block(code, tmp_path)
+    assert "Plan for" in out and "dest 0: top <- 'emb'" in out, out
+
+
+def test_load_api_torch_example_runs_as_written(tmp_path):
+    pytest.importorskip("torch")
+    blocks = _blocks(_section("PyTorch, JAX and NumPy: `gpuload.load`"), "python")
+    (code,) = [b for b in blocks if "import torch" in b]
+    out = _run_block(code, tmp_path)
+    assert out.strip() == "64000 bytes read; 4 destinations", out
 
 
 def test_readme_commands_are_what_ci_runs():

@@ -334,9 +334,9 @@ class CudaBackend:
         """Drop ring slots a failed device may still read: never reused, unpinned once unreferenced."""
         _POOL.forget(slots)
 
-    def adopt(self, array: Any):
+    def adopt(self, array: Any, stream: int | None = None):
         """:meth:`CudaLoad.adopt` on the default session."""
-        return self._session().adopt(array)
+        return self._session().adopt(array, stream)
 
     def submit(self, slot_index: int, chunk: np.ndarray, copies: list[BoxCopy], dests: list,
                dtypes: list[tuple[Any, Any]]) -> CudaToken:
@@ -451,12 +451,15 @@ class CudaLoad:
                 slot.gather_dev = cp.empty(cap, dtype=np.uint8)
         return slot.gather_host, slot.gather_dev
 
-    def adopt(self, array: Any):
-        """Take a prefilled destination (a warm start's backup values, computed by CuPy on
-        the current stream): this load's streams wait for that work before writing it."""
+    def adopt(self, array: Any, stream: int | None = None):
+        """Take a prefilled or caller-provided destination: this load's streams wait for the
+        work queued so far on ``stream`` (a raw ``cudaStream_t``, e.g. PyTorch's current
+        stream), by default CuPy's current stream (a warm start's backup values), before
+        writing it."""
         cp = self._cupy
         with cp.cuda.Device(self.index), _device_errors(cp, self.device, "ordering after a prefill"):
-            ev = cp.cuda.get_current_stream().record()
+            src = cp.cuda.get_current_stream() if stream is None else cp.cuda.ExternalStream(stream)
+            ev = src.record()
             self._copy_stream.wait_event(ev)
             self._kernel_stream.wait_event(ev)
         return array

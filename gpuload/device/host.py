@@ -364,6 +364,8 @@ def gather_copy(src: np.ndarray, src_dtype: Any, dst: np.ndarray, dst_dtype: Any
 
 
 _HUGE = 2 << 20
+#: Destinations of this size or more get their own page-aligned mapping (see ``empty``).
+HUGE_BYTES = _HUGE
 
 
 def _anonymous(nbytes: int) -> mmap.mmap:
@@ -516,8 +518,8 @@ class HostBackend:
         st["copy_seconds"] += time.perf_counter() - t0
         return _COMPLETED
 
-    def adopt(self, array: Any) -> np.ndarray:
-        """Take a prefilled destination (a warm start's backup values) as it is."""
+    def adopt(self, array: Any, stream: int | None = None) -> np.ndarray:
+        """Take a prefilled or caller-provided destination as it is (host work is synchronous)."""
         return array
 
     def synchronize(self) -> None:
