@@ -243,17 +243,31 @@ def _big_index(prefix: str, n: int) -> int:
         flat[vstart + len(head) + j] = var[:, j]
     for j, byte in enumerate(tail):
         flat[vstart + len(head) + 4 + j] = byte
-    out = bytearray()
-    index = _BlockBuilder(1)
     header = proto.encode_header(1)
     # the header entry goes in a block of its own (any block split is a valid table)
-    blocks = [(b"", b"\x00\x00" + bytes([len(header)]) + header + b"\x00" * 4 + b"\x01\x00\x00\x00")]
+    blocks = [(b"", _raw_entry(0, b"", header) + b"\x00" * 4 + b"\x01\x00\x00\x00")]
     per = 4096
     for b0 in range(0, n, per):
         b1 = min(n, b0 + per)
         body = flat[starts[b0]:ends[b1 - 1]].tobytes()
         restarts = (starts[b0:b1:16] - starts[b0]).astype("<u4").tobytes()
         blocks.append((keys[b1 - 1].tobytes(), body + restarts + len(range(b0, b1, 16)).to_bytes(4, "little")))
+    out = _assemble(blocks)
+    with open(prefix + ".index", "wb") as f:
+        f.write(out)
+    with open(data_filename(prefix, 0, 1), "wb") as f:
+        f.truncate((1 << 21) + 8 * n)  # sparse
+    return len(out)
+
+
+def _raw_entry(shared: int, suffix: bytes, value: bytes) -> bytes:
+    return encode_varint(shared) + encode_varint(len(suffix)) + encode_varint(len(value)) + suffix + value
+
+
+def _assemble(blocks) -> bytes:
+    """A table from ``(index key, block contents)`` pairs: trailers, index block, footer."""
+    out = bytearray()
+    index = _BlockBuilder(1)
     for last_key, contents in blocks:
         handle = encode_varint(len(out)) + encode_varint(len(contents))
         out += contents + b"\x00" + mask(crc32c(contents + b"\x00")).to_bytes(4, "little")
@@ -266,11 +280,7 @@ def _big_index(prefix: str, n: int) -> int:
     out += idx + b"\x00" + mask(crc32c(idx + b"\x00")).to_bytes(4, "little")
     footer = meta_handle + index_handle
     out += footer + b"\x00" * (FOOTER_SIZE - 8 - len(footer)) + _MAGIC_BYTES
-    with open(prefix + ".index", "wb") as f:
-        f.write(out)
-    with open(data_filename(prefix, 0, 1), "wb") as f:
-        f.truncate((1 << 21) + 8 * n)  # sparse
-    return len(out)
+    return bytes(out)
 
 
 def _measure(prefix):
@@ -308,7 +318,7 @@ def test_million_entry_index_opens_fast_in_little_memory(tmp_path):
     # the memory bound is the issue's, measured by tracemalloc (which counts NumPy's)
     assert seconds < 30
     assert peak < 4 * size
-    assert len(b) == n
+    assert len(b) == n and b._data is not None and not b._objs  # the columnar path, nothing decoded yet
     names = b.names()
     assert len(names) == n and names[0] == "v/0000000" and names[-1] == "v/0999999"
     e = b.entry("v/0123456")
@@ -331,3 +341,55 @@ def test_wrong_value_never_served_after_a_lazy_decode(tmp_path):
     assert fast._data is not None and not fast._objs
     ref = _outcome(prefix, True)[1]
     assert [fast._entry_at(r) for r in range(1, 5001)] == ref["rows"]
+
+
+def _one_block_table(prefix: Path, entries, restarts=(0,)):
+    body = b"".join(entries)
+    contents = body + b"".join(r.to_bytes(4, "little") for r in restarts) + len(restarts).to_bytes(4, "little")
+    Path(str(prefix) + ".index").write_bytes(_assemble([(b"\xff", contents)]))
+    with open(data_filename(str(prefix), 0, 1), "wb") as f:
+        f.truncate(64)
+
+
+def test_hostile_share_count_is_refused_without_allocating(tmp_path):
+    v = proto.encode_entry(1, (1,), 0, 0, 4)
+    entries = [_raw_entry(0, b"", proto.encode_header(1)), _raw_entry(0, b"a", v), _raw_entry(0xFFFFFFF0, b"b", v)]
+    _one_block_table(tmp_path / "m", entries)
+    assert fastindex.parse_table((tmp_path / "m.index").read_bytes()) is None
+    tracemalloc.start()
+    try:
+        out = _same(tmp_path / "m")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out[0] == "error" and "shares" in out[2]
+    assert peak < 1 << 20
+
+
+def test_non_canonical_prefix_sharing_is_left_to_the_reference(tmp_path):
+    v = proto.encode_entry(1, (1,), 0, 0, 4)
+    # "ab" then "ac" written without sharing the common "a": valid, but not what TF writes
+    entries = [_raw_entry(0, b"", proto.encode_header(1)), _raw_entry(0, b"ab", v), _raw_entry(0, b"ac", v)]
+    _one_block_table(tmp_path / "m", entries)
+    out = _same(tmp_path / "m")
+    assert out[0] == "ok" and out[1]["names"] == ["ab", "ac"]
+    # and equal or decreasing keys are errors in both
+    for second in (b"ab", b"aa", b"a"):
+        entries[2] = _raw_entry(0, second, v)
+        _one_block_table(tmp_path / "m", entries)
+        assert _same(tmp_path / "m")[0] == "error"
+
+
+def test_long_restart_intervals_go_to_the_reference(tmp_path):
+    from gpuload.format.sstable import TableWriter
+    w = TableWriter(restart_interval=100)
+    w.add(b"", proto.encode_header(1))
+    for i in range(300):
+        w.add(b"t%04d" % i, proto.encode_entry(1, (1,), 0, 0, 4))
+    data = w.finish()
+    assert fastindex.parse_table(data) is None
+    Path(str(tmp_path / "m") + ".index").write_bytes(data)
+    with open(data_filename(str(tmp_path / "m"), 0, 1), "wb") as f:
+        f.truncate(64)
+    out = _same(tmp_path / "m")
+    assert out[0] == "ok" and not out[2] and out[1]["len"] == 300

@@ -183,7 +183,7 @@ class Bundle:
         self._data: bytes | None = None
         self._vpos = self._vlen = None
         self._objs: dict[int, TensorEntry] = {}
-        self._cache: dict[int, TensorEntry] = {}  # rows decoded lazily by entry()
+        self._cache: dict[str, TensorEntry] = {}  # public entries asked for, by name
         self._first_public = 1  # slice keys (leading NUL) sort first and are hidden, as TF hides them
         self._slice_owner: dict[str, tuple[str, Box]] = {}  # slice key -> (tensor, box)
         self._pieces: dict[str, list[StoredPiece]] = {}  # partitioned tensors only
@@ -419,13 +419,11 @@ class Bundle:
     def _entry_at(self, r: int) -> TensorEntry:
         e = self._objs.get(r)
         if e is None:
-            e = self._cache.get(r)
-            if e is None:
-                # checked at open (fastindex): this decode cannot fail
-                pos = int(self._vpos[r])
-                key = self._key(r).decode("utf-8", "surrogateescape")
-                p = decode_entry(self._data[pos:pos + int(self._vlen[r])], Context(self.index_path, pos, key))
-                e = TensorEntry(key, p.dtype, tuple(p.shape.dims), p.shard_id, p.offset, p.size, p.crc32c)
+            # checked at open (fastindex): this decode cannot fail
+            pos = int(self._vpos[r])
+            key = self._key(r).decode("utf-8", "surrogateescape")
+            p = decode_entry(self._data[pos:pos + int(self._vlen[r])], Context(self.index_path, pos, key))
+            e = TensorEntry(key, p.dtype, tuple(p.shape.dims), p.shard_id, p.offset, p.size, p.crc32c)
         return e
 
     def _public_row(self, name) -> int:
@@ -551,7 +549,7 @@ class Bundle:
         return list(self._names_list())
 
     def __contains__(self, name) -> bool:
-        return self._public_row(name) >= 0
+        return isinstance(name, str) and (name in self._cache or self._public_row(name) >= 0)
 
     def __len__(self) -> int:
         return max(0, len(self._key_off) - 1 - self._first_public)
@@ -566,17 +564,16 @@ class Bundle:
         """
         if isinstance(name, bytes):
             name = name.decode("utf-8", "surrogateescape")
+        e = self._cache.get(name) if isinstance(name, str) else None
+        if e is not None:
+            return e
         r = self._public_row(name)
         if r < 0:
             close = close_matches(str(name), self._names_list())
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise CheckpointNotFoundError(
                 f"tensor {name!r} not found in checkpoint {self.prefix!r} ({len(self)} tensors){hint}")
-        e = self._objs.get(r)
-        if e is None:
-            e = self._cache.get(r)
-            if e is None:
-                e = self._cache[r] = self._entry_at(r)
+        e = self._cache[name] = self._entry_at(r)
         return e
 
     def numpy_dtype(self, name: str) -> np.dtype:

@@ -243,6 +243,15 @@ def parse_table(data: bytes, path=None) -> TableColumns | None:
         shared[at], nonshared[at], vlen[at], kpos[at] = a1, a2, a3, a4
         step_of[at] = s_i
     del steps, first_of, idx
+    # a key shares at most the previous key's length: checked before sizing the key buffer,
+    # so that a hostile share count cannot make it huge (by induction from the restart
+    # entries, which share nothing, every key is then made of its interval's bytes)
+    for lo in range(1, total, _CHUNK):
+        hi = min(total, lo + _CHUNK)
+        later = step_of[lo:hi] > 0
+        prev_len = shared[lo - 1:hi - 1].astype(np.int64) + nonshared[lo - 1:hi - 1]
+        if (shared[lo:hi][later] > prev_len[later]).any():
+            return None
     key_off = np.zeros(total + 1, np.int64)
     keylen = shared + nonshared
     np.cumsum(keylen, dtype=np.int64, out=key_off[1:])
@@ -255,15 +264,12 @@ def parse_table(data: bytes, path=None) -> TableColumns | None:
         dst = _ranges(key_off[lo:hi] + shared[lo:hi], nonshared[lo:hi])
         src = _ranges(kpos[lo:hi], nonshared[lo:hi])
         kb[dst] = d[src]
-    del dst, src
     # the shared part, copied from the previous key: one step at a time
     for step in range(1, nsteps):
         ids = np.nonzero(step_of == step)[0]
         ids = ids[shared[ids] > 0]
         for lo in range(0, len(ids), _CHUNK // 4):
             sel = ids[lo:lo + _CHUNK // 4]
-            if (shared[sel] > key_off[sel] - key_off[sel - 1]).any():  # shares more than the previous key has
-                return None
             dst = _ranges(key_off[sel], shared[sel])
             src = _ranges(key_off[sel - 1], shared[sel])
             kb[dst] = kb[src]
@@ -423,7 +429,7 @@ def _decode_chunk(d, p, vlen, num_shards):
             v, n3, b2 = _varints(d, s2 + 1, s2 + ln[has], 10)
             bad[i[tagged & b2]] = True
             unusual[i[tagged & ~b2 & (n3 != s2 + ln[has])]] = True  # more fields in the Dim
-            dim[has] = v.view(np.int64)
+            dim[has] = np.where(tagged & ~b2, v.view(np.int64), 0)
         neg = dim < 0
         bad[act[neg]] = True
         nelem[act] *= np.where(neg, 1, dim)
