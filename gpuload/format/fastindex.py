@@ -36,6 +36,7 @@ __all__ = ["TableColumns", "EntryColumns", "parse_table", "decode_entries", "ITE
 _MAX_STEPS = 64  # entries per restart interval walked in lock step (TF writes 16)
 _MAX_FAST_RANK = 32  # deeper shapes go through the per-entry decoder
 _CHUNK = 1 << 16  # entries decoded per batch: bounds the temporaries
+_COPY_BYTES = 1 << 17  # key bytes copied per batch (their int64 indices: 8 bytes each, twice)
 _EXACT = float(1 << 50)  # element counts below this are exact in float64 and int64 * 16
 
 # itemsize by TF DataType code (0: unsupported or DT_STRING, handled apart)
@@ -118,6 +119,17 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     # at each range start, jump from the previous range's last index to this start
     out[(e - ln)[1:]] = s[1:] - (s[:-1] + ln[:-1] - 1)
     return np.cumsum(out)
+
+
+def _spans(lengths: np.ndarray, limit: int = _COPY_BYTES):
+    """``(lo, hi)`` runs of ``lengths`` adding up to at most ``limit`` (or one item)."""
+    total = len(lengths)
+    lo = 0
+    while lo < total:
+        c = np.cumsum(lengths[lo:lo + _CHUNK // 4], dtype=np.int64)
+        hi = lo + max(1, int(np.searchsorted(c, limit, side="right")))
+        yield lo, hi
+        lo = hi
 
 
 def _walk_block_index(data, path):
@@ -259,8 +271,7 @@ def parse_table(data: bytes, path=None) -> TableColumns | None:
     keys = bytearray(int(key_off[-1]))
     kb = np.frombuffer(keys, np.uint8)
     # the literal part of every key
-    for lo in range(0, total, _CHUNK // 4):
-        hi = min(total, lo + _CHUNK // 4)
+    for lo, hi in _spans(nonshared):
         dst = _ranges(key_off[lo:hi] + shared[lo:hi], nonshared[lo:hi])
         src = _ranges(kpos[lo:hi], nonshared[lo:hi])
         kb[dst] = d[src]
@@ -268,8 +279,8 @@ def parse_table(data: bytes, path=None) -> TableColumns | None:
     for step in range(1, nsteps):
         ids = np.nonzero(step_of == step)[0]
         ids = ids[shared[ids] > 0]
-        for lo in range(0, len(ids), _CHUNK // 4):
-            sel = ids[lo:lo + _CHUNK // 4]
+        for lo, hi in _spans(shared[ids]):
+            sel = ids[lo:hi]
             dst = _ranges(key_off[sel], shared[sel])
             src = _ranges(key_off[sel - 1], shared[sel])
             kb[dst] = kb[src]
