@@ -8,15 +8,13 @@ seconds with peak memory below 4x the index size.
 
 from __future__ import annotations
 
-import math
-import os
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
-from format_helpers import block_ranges, copy_golden, fix_block_crcs, golden_checkpoints, overwrite, rewrite_index
+from format_helpers import block_ranges, copy_golden, fix_block_crcs, golden_checkpoints, overwrite
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -70,20 +68,19 @@ def test_golden_checkpoints_take_the_fast_path_and_agree(name):
     assert out[0] == "ok" and out[2], "a golden (TF-written) index must not need the per-entry path"
 
 
-_DIR = None
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fast")
+    for target in ("dtypes", "partitioned_save", "sharded"):
+        copy_golden(target, d)
+    return d
 
 
-@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                                  HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(target=st.sampled_from(["dtypes", "partitioned_save", "sharded"]),
        edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4))
-def test_fuzzed_index_fast_and_reference_agree(tmp_path_factory, target, edits):
-    global _DIR
-    if _DIR is None:
-        _DIR = tmp_path_factory.mktemp("fast")
-    d = _DIR / target
-    if not d.exists():
-        copy_golden(target, _DIR)
+def test_fuzzed_index_fast_and_reference_agree(fuzz_dir, target, edits):
+    d = fuzz_dir / target
     index = d / "model.ckpt.index"
     original = (golden_checkpoints() / target / "model.ckpt.index").read_bytes()
     data = bytearray(original)

@@ -3,7 +3,13 @@
 :meth:`Bundle.open` parses the whole ``.index`` and checks every entry against the format
 and against the real data files *before* anything is allocated: a corrupt index fails
 with a :class:`~gpuload.errors.CheckpointFormatError` that names the file, the tensor and
-what was expected, never with ``MemoryError``, ``IndexError`` or a hang.
+what was expected, never with ``MemoryError``, ``IndexError`` or a hang. The index is kept
+as columns (one key buffer, value positions in the raw index bytes; parsed and checked
+vectorised by :mod:`gpuload.format.fastindex`), and a :class:`TensorEntry` is built when an
+entry is asked for, so a 10^6-entry index opens in well under a second in about 3x its
+size. Indexes that the vectorised path does not take (a bad one, a compressed block, an
+unusual encoding) are parsed one entry at a time by the reference code, which defines
+every error message.
 
 Reads go straight from the data file into the destination array (``os.preadv`` in pieces
 of at most 64 MiB) with the CRC32C computed on each piece while it is still in cache. A
