@@ -186,6 +186,7 @@ class Bundle:
         # _data[_vpos[r]:_vpos[r] + _vlen[r]] when asked for (it was checked at open).
         self._keys = bytearray()
         self._key_off = np.zeros(1, np.int64)
+        self._off = memoryview(self._key_off)
         self._data: bytes | None = None
         self._vpos = self._vlen = None
         self._objs: dict[int, TensorEntry] = {}
@@ -321,6 +322,7 @@ class Bundle:
     def _set_keys(self, keys: bytearray, key_off: np.ndarray):
         self._keys = keys
         self._key_off = key_off
+        self._off = memoryview(np.ascontiguousarray(key_off))  # its items index as Python ints, fast
         n = len(key_off) - 1
         if n > 1:
             kb = np.frombuffer(keys, np.uint8)
@@ -411,14 +413,14 @@ class Bundle:
 
     def _find(self, key: bytes, lo: int, hi: int) -> int:
         """Row of ``key`` among rows ``[lo, hi)`` (sorted), or -1."""
-        keys, off = self._keys, self._key_off
+        keys, off = self._keys, self._off
         while lo < hi:
             mid = (lo + hi) // 2
-            if keys[int(off[mid]):int(off[mid + 1])] < key:
+            if keys[off[mid]:off[mid + 1]] < key:
                 lo = mid + 1
             else:
                 hi = mid
-        if lo < len(off) - 1 and keys[int(off[lo]):int(off[lo + 1])] == key:
+        if lo < len(off) - 1 and keys[off[lo]:off[lo + 1]] == key:
             return lo
         return -1
 
