@@ -24,13 +24,13 @@ PACKAGE = REPO / "gpuload"
 # Imported by everything: they import nothing of gpuload themselves.
 BASE = ("gpuload.errors", "gpuload.config")
 
-# (layer, the only gpuload modules it may import besides itself and BASE, why)
+# layer -> the only gpuload layers it may import besides itself and BASE
 ONLY_BELOW = {
     "gpuload.format": (),
     "gpuload.plan": ("gpuload.format",),
     "gpuload.io": ("gpuload.format", "gpuload.plan"),
 }
-# (layer, what it must not import)
+# layer -> what it must not import
 NOT_ABOVE = {
     "gpuload.device": ("gpuload.scheduler", "gpuload.loader", "gpuload.distributed", "gpuload.graph",
                        "gpuload.cli", "gpuload.demo"),
