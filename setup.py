@@ -11,5 +11,6 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["gpuload", "gpuload.*"]), "gpuload._kernels"],
     package_dir={"gpuload._kernels": "kernels"},
-    package_data={"gpuload._kernels": ["*.cu", "*.cuh"]},
+    # py.typed: gpuload ships its type hints (PEP 561).
+    package_data={"gpuload": ["py.typed"], "gpuload._kernels": ["*.cu", "*.cuh"]},
 )

@@ -19,7 +19,7 @@ import sys
 
 from gpuload.errors import CheckpointError, GpuloadError
 
-__all__ = ["main", "subcommand", "add_subcommand", "build_parser"]
+__all__ = ["main", "subcommand", "build_parser"]
 
 _SUBCOMMANDS: list[tuple[str, dict, object]] = []
 
@@ -31,9 +31,6 @@ def subcommand(name: str, **parser_kwargs):
         _SUBCOMMANDS.append((name, parser_kwargs, fill))
         return fill
     return register
-
-
-add_subcommand = subcommand
 
 
 def build_parser() -> argparse.ArgumentParser:

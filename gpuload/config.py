@@ -189,7 +189,7 @@ class _Setting:
         self.changes = changes
         self.cache = None
         self._applied = applied  # (previous default, new default) when the default was changed
-        self._token = None
+        self._token: contextvars.Token | None = None
 
     def __enter__(self) -> Config:
         if self._token is not None:
@@ -212,7 +212,7 @@ class _Setting:
     def __exit__(self, *exc):
         token, self._token = self._token, None
         try:
-            _layers.reset(token)  # exactly the layers this block replaced
+            _layers.reset(token)  # type: ignore[arg-type]  # exactly the layers this block replaced
         except ValueError:  # exited in another context than it was entered in
             _layers.set(tuple(layer for layer in _layers.get() if layer is not self))
         return False

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-__all__ = ["main", "fill_parser", "run"]
+__all__ = ["fill_parser", "run"]
 
 
 def fill_parser(p: argparse.ArgumentParser):
@@ -109,10 +109,3 @@ def run(args) -> int:
               f"{st.copy_s + st.submit_s:.3f} s copying")
         print("every part matches the saved array bit for bit")
     return 0
-
-
-def main(argv=None) -> int:
-    """``gpuload demo [options]`` as a function."""
-    from gpuload.cli import main as cli_main
-
-    return cli_main(["demo", *(argv or [])])

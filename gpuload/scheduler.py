@@ -65,10 +65,6 @@ class LoadStats:
         return dataclasses.asdict(self)
 
 
-class _Abort(Exception):
-    pass
-
-
 def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None = None, prefill=None,
             targets=None):
     """Fill every destination of ``plan``; return the destination arrays, in plan order.

@@ -75,8 +75,8 @@ class _State:
         self.starts: list[int] = []
         self.pending: dict[int, _Op] = {}  # op id -> op not yet run
         self.host_vc: dict[int, int] = {}
-        self.streams: dict[int, _Stream] = {}  # ptr -> stream
-        self.null: dict[int, _Stream] = {}
+        self.streams: dict[int, Stream] = {}  # ptr -> stream
+        self.null: dict[int, Stream] = {}
         self.mem_limit: dict[int, int | None] = {d: None for d in range(NDEV)}
         self.mem_used: dict[int, int] = {d: 0 for d in range(NDEV)}
         self.sticky: dict[int, Exception | None] = {d: None for d in range(NDEV)}

@@ -5,7 +5,6 @@ the process-wide default (issue 7, part B, item 3)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 
 import numpy as np

@@ -5,10 +5,11 @@ checkout), installed with ``--no-deps`` into a fresh virtual environment outside
 checkout, whose other dependencies come from the environment running the tests. Inside it,
 ``gpuload.device.kernels`` must find the sources in the installed ``gpuload/_kernels``
 (through importlib.resources), and every kernel compiles from those files with nvcc: each
-``.cu`` standalone for sm_80 and sm_90 (as .ci/run does), and every box-copy variant in the
+``.cu`` standalone for sm_80 and sm_90, and every box-copy variant in the
 form CuPy gets it (inlined source, the loader's options, ``-ftz=true``).
 
-Needs the network the first time (pip's isolated build fetches setuptools). Skips only
+This is CI's one compile of the kernels (.ci/run has no separate nvcc loop, and
+test_kernels_nvcc.py only emits the PTX it inspects). Needs the network the first time (pip's isolated build fetches setuptools). Skips only
 without nvcc, except under CI, where that fails (as in test_kernels_nvcc.py).
 """
 
@@ -28,7 +29,8 @@ import pytest
 from conftest import REPO
 from test_kernels_nvcc import ARCHS, _nvcc
 
-pytestmark = pytest.mark.slow
+# ~25 nvcc processes, 60-80 s on two busy cores: headroom over the 300 s default for slow runners.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 # What the build reads; everything else in the checkout is left out of the copy.
 BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "gpuload", "kernels")
@@ -91,6 +93,7 @@ def test_wheel_lists_every_kernel_file(installed):
     names = set(zipfile.ZipFile(wheel).namelist())
     want = {f"gpuload/_kernels/{p.name}" for p in (REPO / "kernels").iterdir() if p.suffix in (".cu", ".cuh")}
     assert want and want <= names, sorted(want - names)
+    assert "gpuload/py.typed" in names  # PEP 561: type checkers use the package's hints
 
 
 def test_installed_kernels_compile_with_nvcc(installed, tmp_path):
@@ -104,6 +107,11 @@ def test_installed_kernels_compile_with_nvcc(installed, tmp_path):
     assert not kdir.is_relative_to(REPO)
     installed_cu = sorted(kdir.glob("*.cu"))
     assert [p.name for p in installed_cu] == sorted(p.name for p in (REPO / "kernels").glob("*.cu"))
+    # Byte-identical to the checkout's, so this is CI's one compile of kernels/ as well
+    # (test_kernels_nvcc.py does not compile them again).
+    for p in kdir.iterdir():
+        if p.suffix in (".cu", ".cuh"):
+            assert p.read_bytes() == (REPO / "kernels" / p.name).read_bytes(), p.name
 
     cmds = [[nvcc, "-std=c++17", f"-arch={arch}", "-Werror", "all-warnings", "-c", str(cu),
              "-o", str(tmp_path / f"{cu.stem}.{arch}.o")] for cu in installed_cu for arch in ARCHS]

@@ -23,12 +23,16 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gpuload.errors import ArgumentTypeError, AssignmentMapError
 from gpuload.format.names import close_matches
 from gpuload.format.slices import Box
+
+if TYPE_CHECKING:
+    from gpuload.format.bundle import Bundle
 
 __all__ = ["CheckpointSource", "init_from_checkpoint"]
 
@@ -118,7 +122,7 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool =
                 f"{type(ckpt_key).__name__}: {ckpt_key!r}")
     pairs.sort(key=lambda p: p[0])
 
-    plan: dict[int, tuple[object, CheckpointSource]] = {}  # id(var) -> (var, source); later wins
+    plan: dict[int, tuple[Any, CheckpointSource]] = {}  # id(var) -> (var, source); later wins
     for ckpt_key, target in pairs:
         var = _as_variable_or_parts(target, store, store_mod)
         if var is not None:
@@ -151,7 +155,7 @@ class _StoreView:
 class _Checkpoint:
     given: str
     prefix: str
-    bundle: object
+    bundle: Bundle
 
     def __post_init__(self):
         self.names = frozenset(self.bundle.names())

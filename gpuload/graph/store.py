@@ -772,9 +772,6 @@ class _VariableStore:
         self.partitioned_vars: collections.OrderedDict[str, PartitionedVariable] = collections.OrderedDict()
         self._lock = threading.RLock()
 
-    def get(self, name: str) -> Variable | None:
-        return self.vars.get(name)
-
     def snapshot(self) -> dict[str, Variable]:
         """A copy of :attr:`vars`, taken under the store's lock.
 
