@@ -37,6 +37,19 @@ if os.environ.get("GPULOAD_TEST_GPU_PER_RANK") == "1":
     _ids = _visible.split(",")
     os.environ["CUDA_VISIBLE_DEVICES"] = _ids[MPI.COMM_WORLD.rank % len(_ids)]
 
+# GPULOAD_SIMULATE_CUDA=1|late|early: CuPy is the CUDA-ordering simulator here too
+# (tests/cuda_sim.py, installed as `cupy` before gpuload could import CuPy, as
+# tests/conftest.py does), with its NCCL stand-in's transfers going over MPI between
+# these processes. Two simulated GPUs per process; CUDA_VISIBLE_DEVICES (set above for
+# one GPU per rank) names the physical GPU behind device 0, so the ranks' NCCL
+# identities differ as on a real node.
+SIMULATE_CUDA = os.environ.get("GPULOAD_SIMULATE_CUDA", "").strip().lower() not in ("", "0")
+if SIMULATE_CUDA:
+    import cuda_sim
+
+    cuda_sim.install("early" if os.environ["GPULOAD_SIMULATE_CUDA"].strip().lower() == "early" else "late")
+    cuda_sim.nccl_over_mpi(MPI.COMM_WORLD)
+
 import gpuload as tf1
 from gpuload.distributed import NotLocalError
 from gpuload.errors import ChecksumError
@@ -77,10 +90,18 @@ def part_expected(rows, k):
     return full[k * n:(k + 1) * n]
 
 
-def run_load(comm, timeout=None):
+def small_chunks(rows):
+    """A chunk size that cuts a small test tensor (simulator runs) into 16 chunks: with the
+    default 32 MiB, one chunk would hold all of it and a single rank would read it."""
+    return None if rows >= 1 << 19 else max(4096, rows * COLS * 4 // 16 // 4096 * 4096)
+
+
+def run_load(comm, timeout=None, chunk_bytes=None):
     settings = {"communicator": comm}
     if timeout is not None:
         settings["collective_timeout"] = timeout
+    if chunk_bytes is not None:
+        settings["chunk_bytes"] = chunk_bytes
     with tf1.config.set(**settings):
         t = time.perf_counter()
         tf1.global_variables_initializer().run()
@@ -178,8 +199,8 @@ def gpu_replicated(comm, workdir, rows):
     prefix = write(comm, workdir, rows)
     emb = make_emb(rows, "/device:GPU:0")
     tf1.init_from_checkpoint(prefix, {"emb": "emb"})
-    run_load(comm)  # the first load builds the NCCL communicator and compiles the kernels
-    wall = run_load(comm)
+    run_load(comm, chunk_bytes=small_chunks(rows))  # the first load builds the NCCL communicator, compiles the kernels
+    wall = run_load(comm, chunk_bytes=small_chunks(rows))
     exact = all(np.array_equal(p.numpy().view(np.uint32), part_expected(rows, k).view(np.uint32))
                 for k, p in enumerate(emb._get_variable_list()))
     st = tf1.loader.last_stats()[0]
@@ -192,7 +213,7 @@ def gpu_sharded(comm, workdir, rows):
     prefix = write(comm, workdir, rows)
     emb = make_emb(rows, [f"/job:worker/task:{k % comm.size}/device:GPU:0" for k in range(PARTS)])
     tf1.init_from_checkpoint(prefix, {"emb": "emb"})
-    wall = run_load(comm)
+    wall = run_load(comm, chunk_bytes=small_chunks(rows))
     parts = emb._get_variable_list()
     held = [k for k in range(PARTS) if k % comm.size == comm.rank]
     exact = all(np.array_equal(parts[k].numpy().view(np.uint32), part_expected(rows, k).view(np.uint32))
@@ -277,18 +298,44 @@ def check(name, results, rows):
     raise SystemExit(f"unknown scenario {name!r}")
 
 
+def _share_sim_harness(comm):
+    """Rank 0 compiles the simulator's kernel harness (g++) once; the others load its library."""
+    import ctypes
+
+    import kernel_harness
+
+    path = None
+    if comm.rank == 0:
+        cuda_sim._harness()
+        path = cuda_sim.state.harness.lib._name  # the CDLL's file
+    path = comm.bcast(path, root=0)
+    if comm.rank != 0:
+        kernel_harness._built["lib"] = cuda_sim.state.harness = kernel_harness.Harness(ctypes.CDLL(path))
+
+
 def main():
     name, workdir = sys.argv[1], sys.argv[2]
     rows = int(sys.argv[3]) if len(sys.argv) > 3 else 1 << 20
     comm = MPI.COMM_WORLD
+    if SIMULATE_CUDA:
+        _share_sim_harness(comm)
     try:
         result = globals()[name](comm, workdir, rows)
     except Exception:  # noqa: BLE001 - reported, then the job fails
         result = {"crash": traceback.format_exc()}
+    if SIMULATE_CUDA:
+        import gc
+
+        gc.collect()
+        # Every simulator violation of this process (races, wrong devices, unmatched NCCL
+        # transfers, ...) fails the job, like the `sim` fixture fails a test.
+        found = cuda_sim.finish_test()
+        if found:
+            result["sim_violations"] = found[:20]
     results = comm.gather(result, root=0)
     ok = True
     if comm.rank == 0:
-        if any("crash" in r for r in results):
+        if any("crash" in r or "sim_violations" in r for r in results):
             ok, extra = False, {}
         else:
             ok, extra = check(name, results, rows)
