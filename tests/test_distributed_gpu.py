@@ -44,6 +44,21 @@ def test_nccl_one_process_per_gpu(scenario, tmp_path, monkeypatch):
     assert r["transport"] == ["nccl"]
 
 
+@pytest.mark.parametrize("scenario", ["warm_start", "warm_start_sharded"])
+def test_warm_start_over_nccl(scenario, tmp_path, monkeypatch):
+    """A vocabulary-remapped warm start into GPUs: gathers out of NCCL-received staging over
+    the backup initializer's values, equal to the single-process warm start."""
+    n = _gpus()
+    if n < 2:
+        pytest.skip(f"needs 2+ GPUs for one process per GPU over NCCL ({n} visible)")
+    monkeypatch.setenv("GPULOAD_TEST_GPU_PER_RANK", "1")
+    monkeypatch.setenv("GPULOAD_TEST_NGPUS", str(n))
+    monkeypatch.setenv("GPULOAD_TEST_EXPECT_TRANSPORT", "nccl")
+    monkeypatch.setenv("GPULOAD_TEST_WS_DEVICE", "gpu")
+    r = run_scenario(scenario, tmp_path, ranks=2)
+    assert r["crc_True"]["transport"] == ["nccl"]
+
+
 def test_gpu_destinations_over_mpi_when_ranks_share_a_gpu(tmp_path, monkeypatch):
     if _gpus() < 1:
         pytest.skip("needs a GPU")
