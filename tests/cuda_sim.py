@@ -38,6 +38,7 @@ mode without bfloat16 (:func:`set_version`).
 from __future__ import annotations
 
 import bisect
+import collections
 import ctypes
 import hashlib
 import itertools
@@ -155,6 +156,7 @@ def finish_test() -> list[str]:
             state.fatal_after[d] = None
             state.mem_limit[d] = None
         state.pinned_misalign = 0
+        _nccl_finish()
         _drain_frees()
         _flush_graveyard()
         out, state.violations = state.violations, []
@@ -223,6 +225,14 @@ class Device:
         self.id = device
         self.attributes = {"MultiProcessorCount": 4}
         self.compute_capability = "90"
+
+    @property
+    def pci_bus_id(self):
+        # Which physical GPU this is: CUDA_VISIBLE_DEVICES renumbers (a process that sees
+        # only GPU "1" calls it device 0), so identities differ between such processes.
+        visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        phys = visible[self.id] if self.id < len(visible) else str(self.id)
+        return f"0000:{int(phys) if phys.isdigit() else 0x80 + self.id:02x}:00.0"
 
     def __enter__(self):
         stack = state.tls.__dict__.setdefault("stack", [])
@@ -734,7 +744,7 @@ def alloc_pinned_memory(size):
 
 
 class _Op:
-    __slots__ = ("id", "stream", "deps", "fn", "done", "vc", "what", "device")
+    __slots__ = ("id", "stream", "deps", "fn", "done", "vc", "what", "device", "ready", "blocking", "queries")
 
     def __init__(self, stream, what, fn, extra_deps=(), extra_vcs=()):
         self.id = next(state.ids)
@@ -743,6 +753,12 @@ class _Op:
         self.what = what
         self.fn = fn
         self.done = False
+        # NCCL stand-in (below): ``ready()`` says whether a peer's data can be there yet;
+        # ``blocking``: running it anyway waits for the peer (another process) instead of
+        # being a deadlock.
+        self.ready = None
+        self.blocking = False
+        self.queries = 0
         deps = [stream.last] if stream.last is not None else []
         vc = dict(state.host_vc)
         if stream.last is not None:
@@ -777,7 +793,7 @@ def _hb_host(p: _Op) -> bool:
     return p.vc[p.stream.sid] <= state.host_vc.get(p.stream.sid, 0)
 
 
-def _enqueue(stream, what, fn, extra_deps=(), extra_vcs=()) -> _Op:
+def _enqueue(stream, what, fn, extra_deps=(), extra_vcs=(), ready=None, blocking=False) -> _Op:
     with state.lock:
         deps = list(extra_deps)
         if stream.null:
@@ -786,6 +802,7 @@ def _enqueue(stream, what, fn, extra_deps=(), extra_vcs=()) -> _Op:
         elif not stream.non_blocking:
             deps.append(_current_stream_null(stream.device).last)
         op = _Op(stream, what, fn, deps, extra_vcs)
+        op.ready, op.blocking = ready, blocking
         stream.last = op
         state.pending[op.id] = op
         if state.mode == "early":
@@ -829,6 +846,9 @@ def _run(target: _Op | None) -> None:
         if todo:
             stack.extend(todo)
             continue
+        if op.ready is not None and not op.blocking and not op.ready():
+            _violate(f"deadlock: {op} waits for a peer's operation that was never enqueued")
+            raise CUDARuntimeError(999, f"simulated deadlock: {op} can never finish")
         stack.pop()
         _execute(op)
     _merge(state.host_vc, target.vc)
@@ -855,7 +875,8 @@ def _pump() -> None:
     while progress:
         progress = False
         for op in sorted(state.pending.values(), key=lambda o: o.id):
-            if not op.done and all(d.done for d in op.deps) and state.sticky.get(op.device) is None:
+            if (not op.done and all(d.done for d in op.deps) and state.sticky.get(op.device) is None
+                    and (op.ready is None or op.ready())):
                 _execute(op)
                 progress = True
 
@@ -897,8 +918,24 @@ class Event:
 
     @property
     def done(self):
+        """``cudaEventQuery``. Early mode: whatever can run has run. Late mode: unfinished work
+        is reported unfinished to the first query and finishes (runs) at the second, so code
+        that polls makes progress (the GPU does finish work nobody waits for) but must have
+        seen it unfinished first."""
         _api("cudaEventQuery", self.device)
-        return self.op is None or self.op.done
+        with state.lock:
+            if self.op is not None and not self.op.done:
+                if state.mode == "early":
+                    _pump()
+                else:
+                    self.op.queries += 1
+                    if self.op.queries >= 2:
+                        _run(self.op)
+            if self.op is None or self.op.done:
+                if self.op is not None:
+                    _merge(state.host_vc, self.op.vc)  # a query that says "done" orders the host after it
+                return True
+            return False
 
     def synchronize(self):
         _api("cudaEventSynchronize", self.device)
@@ -993,8 +1030,20 @@ def _memcpy_async(dst, src, size, kind, stream_ptr):
     stream = _stream_of(stream_ptr, cur)
     if stream.device != cur:
         _violate(f"cudaMemcpyAsync on {stream} while GPU {cur} is current")
+    if kind == memcpyDeviceToDevice:
+        state.calls.append(("memcpy", dst, src, size, kind))
+
+        def run_d2d(op):
+            if not size:
+                return
+            if (_dev_range(op, src, size, False, "source") is not None
+                    and _dev_range(op, dst, size, True, "destination") is not None):
+                ctypes.memmove(dst, src, size)
+
+        _enqueue(stream, f"D2D copy of {size} bytes", run_d2d)
+        return
     if kind != 1:
-        raise NotImplementedError("the simulator models host-to-device copies only")
+        raise NotImplementedError("the simulator models host-to-device and device-to-device copies only")
     state.calls.append(("memcpy", dst, src, size, kind))
     with state.lock:
         pinned = _find(src, size)
@@ -1025,6 +1074,7 @@ def _memcpy_async(dst, src, size, kind, stream_ptr):
 
 memcpyHostToDevice = 1  # noqa: N816 - CuPy's names
 memcpyDeviceToHost = 2  # noqa: N816
+memcpyDeviceToDevice = 3  # noqa: N816
 hostAllocPortable = 1  # noqa: N816
 hostAllocDefault = 0  # noqa: N816
 
@@ -1232,6 +1282,264 @@ class _GatherKernel(_Kernel):
         _enqueue(s, f"kernel {self.name}<<<{tuple(grid)}, {tuple(block)}>>>", run)
 
 
+# ----------------------------------------------------------------------------- NCCL
+
+
+class NcclError(RuntimeError):
+    pass
+
+
+class _Msg:
+    """One transfer from one rank to another: matched in enqueue order, like NCCL's."""
+
+    __slots__ = ("data", "nbytes", "recv_op", "send_op")
+
+    def __init__(self):
+        self.send_op = self.recv_op = self.data = None
+        self.nbytes = None
+
+
+class _NcclState:
+    def __init__(self):
+        self.unmatched_sends = {}  # (uid, src, dst) -> deque[_Msg] (in-process ranks)
+        self.unmatched_recvs = {}
+        self.mpi = None  # an mpi4py communicator when the ranks are processes
+        self.mpi_sends = []  # (request, buffer, what) of MPI sends not known finished
+        self.group = 0
+        self.timeout = 120.0
+
+
+_nccl = _NcclState()
+_NCCL_TAG = 4242
+_NCCL_SIZES = {0: 1, 1: 1, 2: 4, 3: 4, 4: 8, 5: 8, 6: 2, 7: 4, 8: 8, 9: 2}
+
+
+def nccl_over_mpi(comm) -> None:
+    """Ranks are processes: NCCL transfers go over (a duplicate of) this mpi4py communicator,
+    whose rank numbers must be the NCCL ranks."""
+    _nccl.mpi = comm.Dup()
+
+
+def _nccl_finish() -> None:
+    """End of a test: unmatched in-process transfers and unfinished MPI sends are violations."""
+    for key, q in list(_nccl.unmatched_sends.items()) + list(_nccl.unmatched_recvs.items()):
+        for m in q:
+            op = m.send_op or m.recv_op
+            if op is not None:
+                _violate(f"NCCL {op} (ranks {key[1]} -> {key[2]}) was never matched by its peer")
+    _nccl.unmatched_sends.clear()
+    _nccl.unmatched_recvs.clear()
+    _nccl.group = 0
+    if _nccl.mpi_sends:
+        import time
+
+        deadline = time.monotonic() + 10
+        while _nccl.mpi_sends and time.monotonic() < deadline:
+            _nccl.mpi_sends = [x for x in _nccl.mpi_sends if not x[0].Test()]
+        for _req, _buf, what in _nccl.mpi_sends:
+            _violate(f"NCCL {what} never received by its peer")
+        _nccl.mpi_sends = []
+
+
+class NcclCommunicator:
+    """``cupy.cuda.nccl.NcclCommunicator``: ranks in this process (in-process transfers) or
+    in several processes (:func:`nccl_over_mpi`). Operations are enqueued on the stream
+    given and run under the simulator's ordering rules; their buffers must be memory of
+    the communicator's device (the current one at creation)."""
+
+    def __init__(self, ndev, comm_id, rank):
+        self.device = _api("ncclCommInitRank")
+        self.size, self.rank, self.uid = int(ndev), int(rank), tuple(comm_id)
+        if not 0 <= self.rank < self.size:
+            raise NcclError(f"ncclInvalidArgument: rank {rank} of {ndev}")
+        if _nccl.mpi is not None and (_nccl.mpi.size != self.size or _nccl.mpi.rank != self.rank):
+            _violate(f"NCCL communicator rank {rank} of {ndev} in MPI rank {_nccl.mpi.rank} of {_nccl.mpi.size}")
+        self.aborted = False
+
+    def __repr__(self):
+        return f"NCCL rank {self.rank}/{self.size} on GPU {self.device}"
+
+    def _stream(self, stream_ptr, what):
+        cur = _api(what, self.device)
+        if self.aborted:
+            raise NcclError(f"{what} on an aborted communicator")
+        stream = _stream_of(int(stream_ptr), cur)
+        if stream.device != self.device:
+            _violate(f"{what} of {self} enqueued on {stream}")
+        return stream
+
+    def _peer(self, peer, what):
+        if not 0 <= int(peer) < self.size or int(peer) == self.rank:
+            raise NcclError(f"ncclInvalidArgument: {what} peer {peer} (rank {self.rank} of {self.size})")
+        return int(peer)
+
+    # -- matching (in-process ranks)
+    def _match(self, src, dst, side):
+        key = (self.uid, src, dst)
+        mine = _nccl.unmatched_sends if side == "send" else _nccl.unmatched_recvs
+        theirs = _nccl.unmatched_recvs if side == "send" else _nccl.unmatched_sends
+        q = theirs.get(key)
+        if q:
+            m = q.popleft()
+            if not q:
+                del theirs[key]
+            return m
+        m = _Msg()
+        mine.setdefault(key, collections.deque()).append(m)
+        return m
+
+    def _send_op(self, stream, ptr, nbytes, peers, what, recv_ptr=None):
+        comm = self
+        msgs = [] if _nccl.mpi is not None else [self._match(self.rank, p, "send") for p in peers]
+
+        def run(op):
+            if comm.aborted:
+                return
+            if nbytes and _dev_range(op, ptr, nbytes, False, "NCCL send buffer") is None:
+                return
+            data = ctypes.string_at(ptr, nbytes) if nbytes else b""
+            if recv_ptr is not None and recv_ptr != ptr and nbytes:
+                if _dev_range(op, recv_ptr, nbytes, True, "NCCL receive buffer") is not None:
+                    ctypes.memmove(recv_ptr, data, nbytes)
+            if _nccl.mpi is not None:
+                for p in peers:
+                    buf = np.frombuffer(data, np.uint8).copy()
+                    _nccl.mpi_sends.append((_nccl.mpi.Isend([buf, _mpi_byte()], dest=p, tag=_NCCL_TAG),
+                                            buf, f"{op} to rank {p}"))
+            for m in msgs:
+                m.data = data
+
+        op = _enqueue(stream, what, run)
+        for m in msgs:
+            m.send_op = op
+            if m.recv_op is not None and not m.recv_op.done:
+                m.recv_op.deps.append(op)
+        return op
+
+    def _recv_op(self, stream, ptr, nbytes, peer, what):
+        comm = self
+        if _nccl.mpi is not None:
+            mpi = _nccl.mpi
+
+            def ready():
+                return comm.aborted or mpi.Iprobe(source=peer, tag=_NCCL_TAG)
+
+            def run(op):
+                if comm.aborted:
+                    return
+                import time
+
+                deadline = time.monotonic() + _nccl.timeout
+                while not mpi.Iprobe(source=peer, tag=_NCCL_TAG):
+                    _nccl.mpi_sends = [x for x in _nccl.mpi_sends if not x[0].Test()]
+                    if time.monotonic() > deadline:
+                        _violate(f"{op}: rank {peer} sent nothing for {_nccl.timeout} s")
+                        raise NcclError(f"{op}: timed out")
+                    time.sleep(0.0005)
+                from mpi4py import MPI
+
+                buf = np.empty(nbytes, np.uint8)
+                status = MPI.Status()
+                mpi.Recv([buf, MPI.BYTE], source=peer, tag=_NCCL_TAG, status=status)
+                got = status.Get_count(MPI.BYTE)
+                if got != nbytes:
+                    _violate(f"{op}: rank {peer} sent {got} bytes, {nbytes} expected")
+                if nbytes and _dev_range(op, ptr, nbytes, True, "NCCL receive buffer") is not None:
+                    ctypes.memmove(ptr, buf.ctypes.data, min(got, nbytes))
+
+            return _enqueue(stream, what, run, ready=ready, blocking=True)
+        m = self._match(peer, self.rank, "recv")
+
+        def run(op):
+            if comm.aborted:
+                return
+            if len(m.data) != nbytes:
+                _violate(f"{op}: rank {peer} sent {len(m.data)} bytes, {nbytes} expected")
+            if nbytes and _dev_range(op, ptr, nbytes, True, "NCCL receive buffer") is not None:
+                ctypes.memmove(ptr, m.data, min(nbytes, len(m.data)))
+
+        extra = (m.send_op,) if m.send_op is not None else ()
+        op = _enqueue(stream, what, run, extra_deps=extra, extra_vcs=tuple(o.vc for o in extra),
+                      ready=lambda: comm.aborted or m.data is not None)
+        m.recv_op = op
+        return op
+
+    # -- CuPy's API
+    def send(self, sendbuf, count, datatype, peer, stream):
+        n = int(count) * _NCCL_SIZES[int(datatype)]
+        peer = self._peer(peer, "ncclSend")
+        s = self._stream(stream, "ncclSend")
+        state.calls.append(("nccl send", self.rank, peer, n))
+        with state.lock:
+            self._send_op(s, int(sendbuf), n, [peer], f"ncclSend of {n} bytes rank {self.rank} -> {peer}")
+
+    def recv(self, recvbuf, count, datatype, peer, stream):
+        n = int(count) * _NCCL_SIZES[int(datatype)]
+        peer = self._peer(peer, "ncclRecv")
+        s = self._stream(stream, "ncclRecv")
+        state.calls.append(("nccl recv", self.rank, peer, n))
+        with state.lock:
+            self._recv_op(s, int(recvbuf), n, peer, f"ncclRecv of {n} bytes rank {peer} -> {self.rank}")
+
+    def broadcast(self, sendbuff, recvbuff, count, datatype, root, stream):
+        n = int(count) * _NCCL_SIZES[int(datatype)]
+        root = int(root)
+        if not 0 <= root < self.size:
+            raise NcclError(f"ncclInvalidArgument: root {root} of {self.size}")
+        s = self._stream(stream, "ncclBroadcast")
+        state.calls.append(("nccl broadcast", self.rank, root, n))
+        with state.lock:
+            if self.rank == root:
+                self._send_op(s, int(sendbuff), n, [r for r in range(self.size) if r != root],
+                              f"ncclBroadcast of {n} bytes from rank {root}", recv_ptr=int(recvbuff))
+            else:
+                self._recv_op(s, int(recvbuff), n, root, f"ncclBroadcast of {n} bytes rank {root} -> {self.rank}")
+
+    def abort(self):
+        self.aborted = True
+        state.calls.append(("nccl abort", self.rank))
+        # Transfers of an aborted communicator never complete: forget them.
+        for table in (_nccl.unmatched_sends, _nccl.unmatched_recvs):
+            for key in [k for k in table if k[0] == self.uid]:
+                del table[key]
+
+    def destroy(self):
+        pass
+
+
+def _mpi_byte():
+    from mpi4py import MPI
+
+    return MPI.BYTE
+
+
+def _nccl_group_start():
+    _nccl.group += 1
+
+
+def _nccl_group_end():
+    if _nccl.group <= 0:
+        raise NcclError("ncclInvalidUsage: groupEnd without groupStart")
+    _nccl.group -= 1
+
+
+def _nccl_unique_id():
+    return tuple(int(x) for x in np.random.default_rng().integers(0, 256, 128))
+
+
+nccl = types.SimpleNamespace(
+    available=True,
+    NcclCommunicator=NcclCommunicator,
+    NcclError=NcclError,
+    get_unique_id=_nccl_unique_id,
+    groupStart=_nccl_group_start,
+    groupEnd=_nccl_group_end,
+    get_version=lambda: 22703,
+    NCCL_INT8=0, NCCL_CHAR=0, NCCL_UINT8=1, NCCL_INT32=2, NCCL_UINT32=3, NCCL_INT64=4, NCCL_UINT64=5,
+    NCCL_FLOAT16=6, NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_BFLOAT16=9,
+)
+
+
 # ----------------------------------------------------------------------------- module layout
 
 
@@ -1239,6 +1547,8 @@ runtime = types.SimpleNamespace(
     memcpyAsync=_memcpy_async,
     memcpyHostToDevice=memcpyHostToDevice,
     memcpyDeviceToHost=memcpyDeviceToHost,
+    memcpyDeviceToDevice=memcpyDeviceToDevice,
+    getDevice=lambda: _tls_device() or 0,
     hostAllocPortable=hostAllocPortable,
     hostAllocDefault=hostAllocDefault,
     getDeviceCount=_get_device_count,
@@ -1264,6 +1574,7 @@ cuda = types.SimpleNamespace(
     compiler=compiler,
     memory=memory,
     driver=driver,
+    nccl=nccl,
     is_available=lambda: True,
 )
 
@@ -1280,5 +1591,6 @@ def install(mode: str = "late") -> None:
         raise RuntimeError("a real CuPy was imported before the CUDA simulator could be installed")
     sys.modules["cupy"] = sys.modules[__name__]
     sys.modules["cupy.cuda"] = cuda  # type: ignore[assignment]
+    sys.modules["cupy.cuda.nccl"] = nccl  # type: ignore[assignment]
     os.environ.setdefault("CUPY_CACHE_DIR", tempfile.mkdtemp(prefix="gpuload-sim-cache-"))
     _installed = True

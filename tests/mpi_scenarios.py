@@ -13,6 +13,12 @@ Scenarios (an embedding of ROWS x 64 float32, 1048576 rows = 256 MiB, saved whol
   mixed       ranks with different checkpoints (one with none), strings, two loads in a row
   rank_fails  rank 1's init_from_checkpoint raises: the others raise within the timeout
   reader_fails  rank 2's reads fail mid-load: the others raise at once (abort message), not at the timeout
+  warm_start, warm_start_sharded  gpuload.warm_start of a vocabulary-remapped [5002, 16] embedding
+              (4 parts; every rank / by task) under the communicator, CRC on and off: values equal
+              the single-process warm start bit for bit, storage bytes summed <= 1.05x its reads
+              (on /device:GPU:0 with GPULOAD_TEST_WS_DEVICE=gpu)
+  warm_start_changed  the checkpoint is saved again after warm_start: every rank raises
+              CheckpointChangedError at run(), nothing assigned
   gpu_replicated, gpu_sharded  the first two on /device:GPU:0 of each rank (NCCL when every rank
               has its own GPU, else MPI through pinned host memory); GPULOAD_TEST_EXPECT_TRANSPORT
               checks which one ran
@@ -36,6 +42,19 @@ if os.environ.get("GPULOAD_TEST_GPU_PER_RANK") == "1":
         str(i) for i in range(int(os.environ.get("GPULOAD_TEST_NGPUS", "1"))))
     _ids = _visible.split(",")
     os.environ["CUDA_VISIBLE_DEVICES"] = _ids[MPI.COMM_WORLD.rank % len(_ids)]
+
+# GPULOAD_SIMULATE_CUDA=1|late|early: CuPy is the CUDA-ordering simulator here too
+# (tests/cuda_sim.py, installed as `cupy` before gpuload could import CuPy, as
+# tests/conftest.py does), with its NCCL stand-in's transfers going over MPI between
+# these processes. Two simulated GPUs per process; CUDA_VISIBLE_DEVICES (set above for
+# one GPU per rank) names the physical GPU behind device 0, so the ranks' NCCL
+# identities differ as on a real node.
+SIMULATE_CUDA = os.environ.get("GPULOAD_SIMULATE_CUDA", "").strip().lower() not in ("", "0")
+if SIMULATE_CUDA:
+    import cuda_sim
+
+    cuda_sim.install("early" if os.environ["GPULOAD_SIMULATE_CUDA"].strip().lower() == "early" else "late")
+    cuda_sim.nccl_over_mpi(MPI.COMM_WORLD)
 
 import gpuload as tf1
 from gpuload.distributed import NotLocalError
@@ -77,10 +96,18 @@ def part_expected(rows, k):
     return full[k * n:(k + 1) * n]
 
 
-def run_load(comm, timeout=None):
+def small_chunks(rows):
+    """A chunk size that cuts a small test tensor (simulator runs) into 16 chunks: with the
+    default 32 MiB, one chunk would hold all of it and a single rank would read it."""
+    return None if rows >= 1 << 19 else max(4096, rows * COLS * 4 // 16 // 4096 * 4096)
+
+
+def run_load(comm, timeout=None, chunk_bytes=None):
     settings = {"communicator": comm}
     if timeout is not None:
         settings["collective_timeout"] = timeout
+    if chunk_bytes is not None:
+        settings["chunk_bytes"] = chunk_bytes
     with tf1.config.set(**settings):
         t = time.perf_counter()
         tf1.global_variables_initializer().run()
@@ -178,8 +205,8 @@ def gpu_replicated(comm, workdir, rows):
     prefix = write(comm, workdir, rows)
     emb = make_emb(rows, "/device:GPU:0")
     tf1.init_from_checkpoint(prefix, {"emb": "emb"})
-    run_load(comm)  # the first load builds the NCCL communicator and compiles the kernels
-    wall = run_load(comm)
+    run_load(comm, chunk_bytes=small_chunks(rows))  # the first load builds the NCCL communicator, compiles the kernels
+    wall = run_load(comm, chunk_bytes=small_chunks(rows))
     exact = all(np.array_equal(p.numpy().view(np.uint32), part_expected(rows, k).view(np.uint32))
                 for k, p in enumerate(emb._get_variable_list()))
     st = tf1.loader.last_stats()[0]
@@ -192,7 +219,7 @@ def gpu_sharded(comm, workdir, rows):
     prefix = write(comm, workdir, rows)
     emb = make_emb(rows, [f"/job:worker/task:{k % comm.size}/device:GPU:0" for k in range(PARTS)])
     tf1.init_from_checkpoint(prefix, {"emb": "emb"})
-    wall = run_load(comm)
+    wall = run_load(comm, chunk_bytes=small_chunks(rows))
     parts = emb._get_variable_list()
     held = [k for k in range(PARTS) if k % comm.size == comm.rank]
     exact = all(np.array_equal(parts[k].numpy().view(np.uint32), part_expected(rows, k).view(np.uint32))
@@ -200,6 +227,115 @@ def gpu_sharded(comm, workdir, rows):
     st = tf1.loader.last_stats()[0]
     return {"exact": exact, "bytes_read": st.bytes_read, "part_bytes": sum(parts[k].value().nbytes for k in held),
             "transport": st.transport, "wall_s": wall}
+
+
+WS_OLD, WS_NEW, WS_OOV, WS_COLS = 4096, 5000, 2, 16
+
+
+def _ws_data(comm, workdir):
+    """An old [4096, 16] table with its vocabulary, and a new vocabulary: 70% of the old
+    tokens reordered, the rest new (prefilled from the backup initializer)."""
+    d = os.path.join(workdir, "ws")
+    prefix = os.path.join(d, "old")
+    if comm.rank == 0:
+        os.makedirs(d, exist_ok=True)
+        rng = np.random.default_rng(11)
+        old_tokens = [f"tok{i}".encode() for i in rng.permutation(WS_OLD)]
+        kept = [old_tokens[i] for i in rng.permutation(WS_OLD)[: WS_OLD * 7 // 10]]
+        new_tokens = kept + [f"new{i}".encode() for i in range(WS_NEW - len(kept))]
+        new_tokens = [new_tokens[i] for i in rng.permutation(len(new_tokens))]
+        for name, toks in (("old.txt", old_tokens), ("new.txt", new_tokens)):
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(b"\n".join(toks) + b"\n")
+        table = np.arange(WS_OLD * WS_COLS, dtype=np.uint32).reshape(WS_OLD, WS_COLS).view(np.float32)
+        tf1.save_checkpoint(prefix, {"old_emb": table})
+    comm.Barrier()
+    return prefix, os.path.join(d, "new.txt"), os.path.join(d, "old.txt")
+
+
+def _ws_device():
+    return "/device:GPU:0" if os.environ.get("GPULOAD_TEST_WS_DEVICE") == "gpu" else "/device:CPU:0"
+
+
+def _ws_load(comm, prefix, new_v, old_v, devices, collective, crc):
+    """warm_start the 4-part [5002, 16] embedding and run the initializer (over ``comm`` when
+    ``collective``); returns (parts, bytes read, stats, wall)."""
+    tf1.reset_default_graph()
+    emb = tf1.get_variable("emb", shape=[WS_NEW + WS_OOV, WS_COLS], dtype="float32",
+                           partitioner=tf1.fixed_size_partitioner(PARTS), device=devices)
+    info = tf1.VocabInfo(new_v, WS_NEW, WS_OOV, old_v,
+                         backup_initializer=tf1.random_uniform_initializer(-1.0, 1.0, seed=5))
+    settings = {"verify_crc": crc, "chunk_bytes": 16384}
+    if collective:
+        settings["communicator"] = comm
+    with tf1.config.set(**settings):
+        tf1.warm_start(prefix, ".*", {"emb": info}, {"emb": "old_emb"})
+        t = time.perf_counter()
+        tf1.global_variables_initializer().run()
+        wall = time.perf_counter() - t
+    stats = tf1.loader.last_stats()
+    return emb._get_variable_list(), sum(st.bytes_read for st in stats), stats, wall
+
+
+def _ws_values(parts, which):
+    return {k: np.asarray(parts[k].numpy()).view(np.uint32).copy() for k in which}
+
+
+def _warm_start(comm, workdir, sharded):
+    prefix, new_v, old_v = _ws_data(comm, workdir)
+    dev = _ws_device()
+    out = {}
+    for crc in (True, False):
+        # The single-process warm start, on every rank (the reference, and what one process reads).
+        ref_parts, ref_read, _, _ = _ws_load(comm, prefix, new_v, old_v, dev, False, crc)
+        ref = _ws_values(ref_parts, range(PARTS))
+        if sharded:
+            devices = [f"/job:worker/task:{k % comm.size}{dev}" for k in range(PARTS)]
+            held = [k for k in range(PARTS) if k % comm.size == comm.rank]
+        else:
+            devices, held = dev, list(range(PARTS))
+        parts, read, stats, wall = _ws_load(comm, prefix, new_v, old_v, devices, True, crc)
+        got = _ws_values(parts, held)
+        out[f"crc_{crc}"] = {
+            "exact": all(np.array_equal(got[k], ref[k]) for k in held),
+            "bytes_read": read, "single_process_read": ref_read, "wall_s": wall,
+            "vocab_bytes": sum(st.vocab_bytes for st in stats), "transport": stats[0].transport if stats else None,
+            "not_held_refuse": all(not parts[k].is_initialized() for k in range(PARTS) if k not in held),
+        }
+    return out
+
+
+def warm_start(comm, workdir, rows):
+    """warm_start with a vocabulary remap under a communicator: every rank loads the 4 parts."""
+    return _warm_start(comm, workdir, sharded=False)
+
+
+def warm_start_sharded(comm, workdir, rows):
+    """The same, parts placed by task: rank r holds parts k with k % size == r."""
+    return _warm_start(comm, workdir, sharded=True)
+
+
+def warm_start_changed(comm, workdir, rows):
+    """The checkpoint is saved again between warm_start and the run: every rank refuses it
+    (the at-run() check of the single-process load, made before the exchange)."""
+    prefix, new_v, old_v = _ws_data(comm, workdir)
+    tf1.reset_default_graph()
+    emb = tf1.get_variable("emb", shape=[WS_NEW + WS_OOV, WS_COLS], dtype="float32",
+                           partitioner=tf1.fixed_size_partitioner(PARTS), device=_ws_device())
+    info = tf1.VocabInfo(new_v, WS_NEW, WS_OOV, old_v)
+    with tf1.config.set(communicator=comm):
+        tf1.warm_start(prefix, ".*", {"emb": info}, {"emb": "old_emb"})
+        comm.Barrier()
+        if comm.rank == 0:  # a trainer saving the same prefix again: a new index file
+            table = np.zeros((WS_OLD, WS_COLS), np.float32)
+            tf1.save_checkpoint(prefix, {"old_emb": table})
+        comm.Barrier()
+        try:
+            tf1.global_variables_initializer().run()
+            return {"raised": None}
+        except Exception as e:  # noqa: BLE001 - the scenario records what each rank raised
+            return {"raised": type(e).__name__, "message": str(e)[:300],
+                    "assigned": [p.is_initialized() for p in emb._get_variable_list()]}
 
 
 def mixed(comm, workdir, rows):
@@ -264,6 +400,21 @@ def check(name, results, rows):
               all(r["raised"] == "CollectiveError" and "rank 2" in r["message"] and "injected" in r["message"]
                   and r["elapsed_s"] < 10 for r in others))
         return ok, {"max_elapsed_s": max(r["elapsed_s"] for r in others)}
+    if name in ("warm_start", "warm_start_sharded"):
+        ok, extra = True, {}
+        for key in ("crc_True", "crc_False"):
+            rs = [r[key] for r in results]
+            total = sum(r["bytes_read"] for r in rs)
+            one = rs[0]["single_process_read"]
+            want = os.environ.get("GPULOAD_TEST_EXPECT_TRANSPORT")
+            ok = ok and all(r["exact"] and r["not_held_refuse"] and (want is None or r["transport"] == want)
+                            for r in rs) and total <= 1.05 * one
+            extra[key] = {"total_read": total, "single_process_read": one, "ratio": total / one,
+                          "transport": sorted({str(r["transport"]) for r in rs})}
+        return ok, extra
+    if name == "warm_start_changed":
+        ok = all(r["raised"] == "CheckpointChangedError" and not any(r["assigned"]) for r in results)
+        return ok, {}
     if name == "mixed":
         return all(r["ok"] for r in results) and all(r["checkpoints"] == 2 for r in results), {}
     if name in ("gpu_replicated", "gpu_sharded"):
@@ -277,18 +428,44 @@ def check(name, results, rows):
     raise SystemExit(f"unknown scenario {name!r}")
 
 
+def _share_sim_harness(comm):
+    """Rank 0 compiles the simulator's kernel harness (g++) once; the others load its library."""
+    import ctypes
+
+    import kernel_harness
+
+    path = None
+    if comm.rank == 0:
+        cuda_sim._harness()
+        path = cuda_sim.state.harness.lib._name  # the CDLL's file
+    path = comm.bcast(path, root=0)
+    if comm.rank != 0:
+        kernel_harness._built["lib"] = cuda_sim.state.harness = kernel_harness.Harness(ctypes.CDLL(path))
+
+
 def main():
     name, workdir = sys.argv[1], sys.argv[2]
     rows = int(sys.argv[3]) if len(sys.argv) > 3 else 1 << 20
     comm = MPI.COMM_WORLD
+    if SIMULATE_CUDA:
+        _share_sim_harness(comm)
     try:
         result = globals()[name](comm, workdir, rows)
     except Exception:  # noqa: BLE001 - reported, then the job fails
         result = {"crash": traceback.format_exc()}
+    if SIMULATE_CUDA:
+        import gc
+
+        gc.collect()
+        # Every simulator violation of this process (races, wrong devices, unmatched NCCL
+        # transfers, ...) fails the job, like the `sim` fixture fails a test.
+        found = cuda_sim.finish_test()
+        if found:
+            result["sim_violations"] = found[:20]
     results = comm.gather(result, root=0)
     ok = True
     if comm.rank == 0:
-        if any("crash" in r for r in results):
+        if any("crash" in r or "sim_violations" in r for r in results):
             ok, extra = False, {}
         else:
             ok, extra = check(name, results, rows)

@@ -93,6 +93,21 @@ def test_ranks_with_different_checkpoints_strings_and_nothing_to_load(tmp_path):
     assert [x["loaded"] for x in r["ranks"]] == [["emb"], ["emb", "w", "words"], [], ["w", "words"]]
 
 
+@pytest.mark.parametrize(("scenario", "ranks"), [("warm_start", 4), ("warm_start_sharded", 3),
+                                                   ("warm_start_sharded", 2)])
+def test_warm_start_with_vocabulary_remap_is_collective(tmp_path, scenario, ranks):
+    r = run_scenario(scenario, tmp_path, ranks=ranks)
+    for crc in ("crc_True", "crc_False"):
+        assert all(x[crc]["exact"] for x in r["ranks"])  # == the single-process warm start, bit for bit
+        assert r[crc]["total_read"] <= 1.05 * r[crc]["single_process_read"]
+        assert all(x[crc]["vocab_bytes"] > 0 for x in r["ranks"])
+
+
+def test_warm_start_refuses_a_checkpoint_saved_again_before_run(tmp_path):
+    r = run_scenario("warm_start_changed", tmp_path, ranks=2)
+    assert all(x["raised"] == "CheckpointChangedError" for x in r["ranks"])
+
+
 def test_bench_ranks_reports_bytes_per_rank_for_both_loads(tmp_path):
     out = subprocess.run([sys.executable, "-m", "gpuload", "bench", "--ranks", "2", "--size", "2MiB",
                           "--dir", str(tmp_path), "--json", str(tmp_path / "r.json")],

@@ -166,7 +166,9 @@ def test_gather_compiles_with_loader_options(tmp_path):
 
 def test_gather_nvrtc_with_cupy_options():
     """NVRTC (no GPU needed) with the options CuPy adds, as for the box copies."""
-    pytest.importorskip("cupy", reason="CuPy not installed")
+    cupy = pytest.importorskip("cupy", reason="CuPy not installed")
+    if getattr(cupy, "IS_SIMULATOR", False):
+        pytest.skip("GPULOAD_SIMULATE_CUDA: cupy is tests/cuda_sim.py, which has no NVRTC")
     from cupy.cuda import nvrtc
 
     try:

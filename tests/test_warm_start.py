@@ -410,3 +410,17 @@ def test_one_tensor_feeds_a_remap_and_a_plain_load(tmp_path, crc, gap):
     np.testing.assert_array_equal(a.numpy(), want)
     np.testing.assert_array_equal(b.numpy(), old)
     assert loader.last_stats()[0].bytes_read == old.nbytes
+
+
+def test_checkpoint_saved_again_before_run_is_refused(small):
+    """The at-run() check of init_from_checkpoint covers remapped variables too: a checkpoint
+    saved again between warm_start and run() is not gathered from unnoticed."""
+    from gpuload.errors import CheckpointChangedError
+
+    prefix, old_v, new_v, old, _ = small
+    var = make_var("new/emb", [4, 4], "float32")
+    gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(new_v, 4, 0, old_v)}, {"new/emb": "old/emb"})
+    gpuload.save_checkpoint(prefix, {"old/emb": old + 1})  # a trainer saving the same prefix again
+    with pytest.raises(CheckpointChangedError, match="index was replaced"):
+        gpuload.global_variables_initializer().run()
+    assert not var.is_initialized()

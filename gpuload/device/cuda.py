@@ -343,6 +343,11 @@ class CudaBackend:
         """:meth:`CudaLoad.submit` on the default session."""
         return self._session().submit(slot_index, chunk, copies, dests, dtypes)
 
+    def submit_device(self, slot_index: int, source: Any, nbytes: int, copies: list[BoxCopy], dests: list,
+                      dtypes: list[tuple[Any, Any]], ready: Any) -> CudaToken:
+        """:meth:`CudaLoad.submit_device` on the default session."""
+        return self._session().submit_device(slot_index, source, nbytes, copies, dests, dtypes, ready)
+
     def synchronize(self) -> None:
         """Block until every submitted copy on this device (any session) has finished."""
         cp = self._cupy
@@ -514,30 +519,49 @@ class CudaLoad:
             A CUDA call failed (the message names the device); ``DeviceMemoryError`` when
             out of memory.
         """
+        if not isinstance(chunk, np.ndarray) or chunk.ndim != 1 or chunk.dtype != np.uint8 or not chunk.flags.c_contiguous:
+            raise TypeError("chunk must be a contiguous 1-D uint8 numpy array")
+        return self._submit(slot_index, chunk, chunk.nbytes, copies, dests, dtypes)
+
+    def submit_device(self, slot_index: int, source: Any, nbytes: int, copies: list[BoxCopy], dests: list,
+                      dtypes: list[tuple[Any, Any]], ready: Any) -> CudaToken:
+        """Like :meth:`submit`, but the chunk's ``nbytes`` are already in device memory.
+
+        ``source`` is a ``cupy`` ``uint8`` array on this device (a collective load's NCCL
+        staging), written by work that ``ready`` (a ``cupy.cuda.Event``) follows: this load's
+        streams wait for it. Dense copies are device-to-device, kernels read ``source``
+        directly; nothing crosses PCIe but the descriptors. The returned token covers every
+        read of ``source``: wait on it before writing ``source`` again.
+        """
+        cp = self._cupy
+        if not isinstance(source, cp.ndarray) or source.device.id != self.index or source.nbytes < nbytes:
+            raise TypeError(f"source must be a cupy array of at least {nbytes} bytes on {self.device}")
+        return self._submit(slot_index, source, nbytes, copies, dests, dtypes, ready)
+
+    def _submit(self, slot_index, chunk, chunk_nbytes, copies, dests, dtypes, source_ready=None) -> CudaToken:
         cp = self._cupy
         t0 = time.perf_counter()
         if self.closed:
             raise RuntimeError(f"{self!r} is closed")
-        if not isinstance(chunk, np.ndarray) or chunk.ndim != 1 or chunk.dtype != np.uint8 or not chunk.flags.c_contiguous:
-            raise TypeError("chunk must be a contiguous 1-D uint8 numpy array")
-        host_ptr = chunk.ctypes.data
+        on_device = source_ready is not None
+        host_ptr = chunk.data.ptr if on_device else chunk.ctypes.data
         direct: list[tuple[BoxCopy, int, int]] = []  # (copy, dst address, nbytes)
         groups: dict[str, list[tuple[BoxCopy, int]]] = {}  # variant -> [(copy, dst base address)]
         gathers: dict[str, list[tuple[GatherCopy, int]]] = {}  # variant -> [(gather, dst base address)]
-        g_lo, g_hi = chunk.nbytes, 0  # chunk bytes the gathers read
+        g_lo, g_hi = chunk_nbytes, 0  # chunk bytes the gathers read
         for c in copies:
             src_dt, dst_dt = (np.dtype(t) for t in dtypes[c.dest])
             variant = cast_code(src_dt, dst_dt)
             ptr, size = self._dest_ptr(dests[c.dest], dst_dt, c)
             if isinstance(c, GatherCopy):
-                check_gather(c, chunk.nbytes, src_dt.itemsize, size)
+                check_gather(c, chunk_nbytes, src_dt.itemsize, size)
                 if c.size:
                     gathers.setdefault(variant, []).append((c, ptr))
                     span = src_dt.itemsize * (1 + sum((n - 1) * k for n, k in zip(c.shape, c.src_strides)))
                     g_lo = min(g_lo, int(c.src_offsets.min()))
                     g_hi = max(g_hi, int(c.src_offsets.max()) + span)
                 continue
-            check_copy(c, chunk.nbytes, src_dt.itemsize, size)
+            check_copy(c, chunk_nbytes, src_dt.itemsize, size)
             if c.size == 0:
                 continue
             if src_dt == dst_dt and c.is_contiguous():
@@ -552,17 +576,24 @@ class CudaLoad:
             slot = self._slot(slot_index)
             h2d = cp.cuda.runtime.memcpyHostToDevice
             cs, ks = self._copy_stream, self._kernel_stream
+            if on_device:
+                cs.wait_event(source_ready)
             launches = []
             gather_launches = []
+            if on_device and (groups or gathers):
+                # The chunk is the staging: kernels read it in place (base 0).
+                base, staging = 0, chunk
+                ks.wait_event(source_ready)
             if groups or gathers:
                 # Stage only the bytes the kernels read (dense copies go direct, below), so
                 # each byte of the chunk crosses PCIe about once.
                 lo = min([c.src_offset for g in groups.values() for c, _ in g] + ([g_lo] if gathers else []))
                 hi = max([_src_end(c, dtypes[c.dest][0]) for g in groups.values() for c, _ in g]
                          + ([g_hi] if gathers else []))
-                base = lo - lo % _STAGE_ALIGN
-                staging = self._staging(slot, hi - base)
-                cp.cuda.runtime.memcpyAsync(staging.data.ptr, host_ptr + base, hi - base, h2d, cs.ptr)
+                if not on_device:
+                    base = lo - lo % _STAGE_ALIGN
+                    staging = self._staging(slot, hi - base)
+                    cp.cuda.runtime.memcpyAsync(staging.data.ptr, host_ptr + base, hi - base, h2d, cs.ptr)
                 desc_bytes = 0
                 if groups:
                     n_total = sum(len(g) for g in groups.values())
@@ -600,12 +631,16 @@ class CudaLoad:
                 # Recorded before the direct copies are queued, so the kernels start as soon
                 # as their own inputs have landed.
                 ready = cs.record(cp.cuda.Event(disable_timing=True))
-                st["staged_bytes"] += hi - base
-                st["h2d_bytes"] += hi - base + desc_bytes
+                if not on_device:
+                    st["staged_bytes"] += hi - base
+                    st["h2d_bytes"] += hi - base
+                st["h2d_bytes"] += desc_bytes
+            kind = cp.cuda.runtime.memcpyDeviceToDevice if on_device else h2d
             for c, dst_addr, nbytes in direct:
-                cp.cuda.runtime.memcpyAsync(dst_addr, host_ptr + c.src_offset, nbytes, h2d, cs.ptr)
+                cp.cuda.runtime.memcpyAsync(dst_addr, host_ptr + c.src_offset, nbytes, kind, cs.ptr)
                 st["direct_bytes"] += nbytes
-                st["h2d_bytes"] += nbytes
+                if not on_device:
+                    st["h2d_bytes"] += nbytes
             st["direct_copies"] += len(direct)
             events.append(cs.record(cp.cuda.Event(disable_timing=True)))
             if launches or gather_launches:

@@ -42,7 +42,7 @@ from gpuload.format.bundle import Bundle
 from gpuload.format.reader import CheckpointReader
 from gpuload.io.reader import ShardFiles
 from gpuload.io.ring import ALIGN
-from gpuload.plan import Request, build_plan
+from gpuload.plan import GatherCopy, Request, build_plan
 from gpuload.loader import check_sources_unchanged
 from gpuload.scheduler import LoadStats, _verify
 
@@ -68,7 +68,12 @@ class CollectiveStats(LoadStats):
 
 
 def _requests(variables):
-    return [Request(v.op.name, v._init_source.tensor, v._init_source.box, v.dtype, v.device) for v in variables]
+    # A warm start's vocabulary remap travels inside its request (Remap(axis, rows): one
+    # int64 per position along the vocabulary axis), so every rank plans the same gathers
+    # without the vocabulary files or the other ranks' variables.
+    return [Request(v.op.name, v._init_source.tensor, v._init_source.box, v.dtype, v.device,
+                    None if v._init_source.remap is None else v._init_source.remap.plan_remap())
+            for v in variables]
 
 
 def collective_load(variables, cfg) -> list[CollectiveStats]:
@@ -129,7 +134,7 @@ def collective_load(variables, cfg) -> list[CollectiveStats]:
     stats_all = []
     for prefix in sorted({p for e in everyone for p in e["needs"]}):
         try:
-            cplan, arrays, stats, crcs = _load_one(co, cfg, prefix, everyone)
+            cplan, arrays, stats, crcs = _load_one(co, cfg, prefix, everyone, groups.get(prefix, []))
             payload = {"crcs": crcs}
         except BaseException as exc:  # also KeyboardInterrupt: the others must not wait for the timeout
             if co.broken is None:
@@ -181,8 +186,10 @@ def _check_crcs(co, plan, answers) -> None:
         raise
 
 
-def _load_one(co, cfg, prefix, everyone):
-    """Plan and execute one checkpoint's share on this rank; return (cplan, arrays, stats, crcs)."""
+def _load_one(co, cfg, prefix, everyone, group):
+    """Plan and execute one checkpoint's share on this rank; return (cplan, arrays, stats, crcs).
+
+    ``group``: this rank's variables from ``prefix``, in the order of its requests."""
     t0 = time.perf_counter()
     requests, owners = [], []
     allow_cast = False
@@ -201,11 +208,25 @@ def _load_one(co, cfg, prefix, everyone):
                             bytes_read_per_rank=tuple(cplan.bytes_read_by(r) for r in range(co.size)))
     mine = [i for i, o in enumerate(owners) if o == co.rank]
     backends = {plan.destinations[i].device: backend_for(plan.destinations[i].device) for i in mine}
+    remaps = [v._init_source.remap for v in group if v._init_source.remap is not None]
+    mappings = {id(r.mapping): r.mapping for r in remaps}.values()
+    stats.vocab_bytes = sum(r.rows.nbytes for r in remaps) + sum(m.nbytes for m in mappings)
+    stats.vocab_s = sum(m.seconds for m in mappings)
     try:
         dests = [None] * len(plan.destinations)
-        for i in mine:
+        for j, i in enumerate(mine):
             d = plan.destinations[i]
-            dests[i] = backends[d.device].empty(d.shape, d.dtype)
+            if d.remap is None:
+                dests[i] = backends[d.device].empty(d.shape, d.dtype)
+                continue
+            # A warm start's remapped part starts as its backup initializer's value
+            # (computed on its device), as in the single-process load (scheduler.execute).
+            value = group[j]._init_source.remap.backup_value(group[j])
+            if (tuple(value.shape) != tuple(d.shape) or np.dtype(value.dtype) != d.dtype
+                    or not value.flags.c_contiguous):
+                raise ValueError(f"prefill of {d.name} is a {np.dtype(value.dtype).name}{tuple(value.shape)} "
+                                 f"array; expected {d.dtype.name}{tuple(d.shape)}")
+            dests[i] = backends[d.device].adopt(value)
         reader = None
         try:
             for h in plan.host_loads:  # strings: read by their owner through the reader
@@ -371,7 +392,8 @@ def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
                     op = _Op(t, slot, view, reqs, copied=False)
                     if transport is not None:
                         op.reqs = []
-                        op.tokens.append(transport.post(t, rank, slot, view, mine_copies[p], dests, dtypes))
+                        op.tokens.extend(transport.post(t, rank, slot, view, mine_copies[p], dests, dtypes,
+                                                        backends[f"/device:GPU:{transport.device}"]))
                     elif direct[p] is not None:
                         pass  # read in place: the destination already holds the bytes
                     else:
@@ -381,7 +403,8 @@ def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
                     slot = recv_slots.pop(p)
                     if transport is not None:  # NCCL receives straight into device staging
                         op = _Op(t, slot, None, [], copied=True)
-                        op.tokens.append(transport.post(t, rank, slot, None, mine_copies[p], dests, dtypes))
+                        op.tokens.extend(transport.post(t, rank, slot, None, mine_copies[p], dests, dtypes,
+                                                        backends[f"/device:GPU:{transport.device}"]))
                         stats.bytes_received += t.size
                         inflight[p] = op
                         p += 1
@@ -443,7 +466,7 @@ def _single_target(plan, t, dests, rank, owners):
     """The destination bytes that are exactly chunk ``t`` (one dense host copy, no cast), else None."""
     chunk = plan.chunks[t.chunk]
     mine = [c for c in chunk.copies if owners[c.dest] == rank]
-    if len(mine) != 1:
+    if len(mine) != 1 or isinstance(mine[0], GatherCopy):  # a gather writes around the prefill
         return None
     cp = mine[0]
     d = plan.destinations[cp.dest]

@@ -8,8 +8,10 @@ one GPU. Per chunk, on one CUDA stream per rank, in the plan's chunk order:
   buffer (async H2D), then ``ncclBroadcast`` (every rank needs it) or grouped
   ``ncclSend`` to each receiver; receivers ``ncclBroadcast`` / ``ncclRecv`` straight into
   their device staging buffer, so the bytes never touch the receivers' host memory;
-* every rank that needs the chunk runs the box-copy kernels (``kernels/box_copy.cu``,
-  through :mod:`gpuload.device.kernels`) from device staging into its destinations.
+* every rank that needs the chunk copies it from device staging into its destinations
+  through the CUDA backend (:meth:`gpuload.device.cuda.CudaLoad.submit_device`: the same
+  box-copy, gather and cast kernels as a single-process load), on the backend's streams,
+  which wait for the transfer's event.
 
 The NCCL communicator is built from the MPI one: rank 0's unique id reaches the others
 through the coordinator's deadline-bounded exchange. NCCL waits are polled events; after
@@ -22,9 +24,6 @@ from __future__ import annotations
 import socket
 
 import numpy as np
-
-from gpuload.device import kernels
-from gpuload.device.host import cast_code, check_copy
 
 __all__ = ["NcclTransport", "nccl_device"]
 
@@ -94,18 +93,26 @@ class NcclTransport:
             # Every rank passed the exchange just above, so every rank is here too.
             self.comm = nccl.NcclCommunicator(co.size, uid, co.rank)
             self.stream = cupy.cuda.Stream(non_blocking=True)
-            self._sm = int(cupy.cuda.Device(self.device).attributes["MultiProcessorCount"])
         self._staging: dict[int, object] = {}
 
     def staging(self, slot: int, nbytes: int):
         buf = self._staging.get(slot)
         if buf is None or buf.nbytes < nbytes:
-            with self._cp.cuda.Device(self.device):
+            # On the stream that writes it (CuPy's pool reuses memory in that stream's order);
+            # the previous buffer is idle: the slot's tokens were waited for.
+            self._staging.pop(slot, None)
+            with self._cp.cuda.Device(self.device), self.stream:
                 buf = self._staging[slot] = self._cp.empty(nbytes, dtype=np.uint8)
         return buf
 
-    def post(self, t, rank: int, slot: int, host_view, copies, dests, dtypes) -> _EventToken:
-        """Enqueue chunk ``t``'s H2D (reader), NCCL transfer and box copies; return its token."""
+    def post(self, t, rank: int, slot: int, host_view, copies, dests, dtypes, backend) -> list:
+        """Enqueue chunk ``t``'s H2D (reader) and NCCL transfer on this transport's stream, and
+        its copies into ``dests`` through ``backend`` (the rank's
+        :class:`~gpuload.device.cuda.CudaBackend`: box copies, gathers and casts run exactly
+        as in a single-process load, reading the device staging in place).
+
+        Returns the tokens to wait on before the slot (host and device staging) is reused.
+        """
         cp, nccl = self._cp, self._nccl
         with cp.cuda.Device(self.device):
             dev = self.staging(slot, t.size)
@@ -125,39 +132,11 @@ class NcclTransport:
                 nccl.groupEnd()
             elif t.reader != rank:
                 self.comm.recv(dev.data.ptr, t.size, nccl.NCCL_UINT8, t.reader, s)
-            keep.append(self.apply(dev, t.size, copies, dests, dtypes))
-            ev = self.stream.record(cp.cuda.Event(disable_timing=True))
-        return _EventToken(ev, tuple(keep))
-
-    def apply(self, staging, size: int, copies, dests, dtypes):
-        """Box copies from device staging into ``dests`` on the stream (kernels of box_copy.cu)."""
-        cp = self._cp
-        groups: dict[str, list] = {}
-        for c in copies:
-            src_dt, dst_dt = (np.dtype(x) for x in dtypes[c.dest])
-            dest = dests[c.dest]
-            if dest.device.id != self.device:
-                raise ValueError(f"destination {c.dest} is on GPU {dest.device.id}, NCCL runs on GPU {self.device}")
-            check_copy(c, size, src_dt.itemsize, dest.nbytes // dst_dt.itemsize)
-            if c.size == 0:
-                continue
-            if src_dt == dst_dt and c.is_contiguous():
-                cp.cuda.runtime.memcpyAsync(dest.data.ptr + c.dst_offset * dst_dt.itemsize,
-                                            staging.data.ptr + c.src_offset, c.size * dst_dt.itemsize,
-                                            cp.cuda.runtime.memcpyDeviceToDevice, self.stream.ptr)
-            else:
-                groups.setdefault(cast_code(src_dt, dst_dt), []).append((c, dest.data.ptr))
-        keep = []
-        for group in groups.values():
-            descs = kernels.pack_descriptors((c for c, _ in group), (p for _, p in group))
-            with self.stream:
-                ddesc = cp.asarray(descs.view(np.uint8))
-                src_dt, dst_dt = dtypes[group[0][0].dest]
-                fn = kernels.get_kernel(src_dt, dst_dt)
-                grid, block = kernels.launch_geometry((c.size for c, _ in group), self._sm)
-                fn(grid, block, (staging, ddesc, np.int32(len(group))))
-            keep.append(ddesc)
-        return keep
+            arrived = self.stream.record(cp.cuda.Event(disable_timing=True))
+        tokens = [_EventToken(arrived, tuple(keep))]
+        if copies:
+            tokens.append(backend.submit_device(slot, dev, t.size, copies, dests, dtypes, arrived))
+        return tokens
 
     def abort(self) -> None:
         """``ncclCommAbort``: ends NCCL kernels still waiting for peers (after a failure)."""

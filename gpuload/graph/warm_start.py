@@ -373,10 +373,14 @@ def _vocab_sources(var_name, variables, prev, info, bundle, names, prefix, where
                                            time.perf_counter() - t0)
     full_rows = np.concatenate([mapping.rows, np.full(oov, -1, dtype=np.int64)])
     backup = Zeros() if info.backup_initializer is None else info.backup_initializer
+    # What was validated here, checked again at run() (loader.check_sources_unchanged): a
+    # checkpoint saved again in between must not be remapped unnoticed.
+    e = bundle.entry(prev)
+    stored = ((e.dtype, e.shape, e.slices), bundle.index_id)
     out = []
     for v, box in zip(variables, boxes):
         part_rows = full_rows[box.start[axis]: box.start[axis] + box.shape[axis]]
         pinfo = None if v._save_slice_info is None else PartitionInfo(full_shape, box.start)
         remap = VocabRemap(axis, part_rows, mapping, backup, pinfo)
-        out.append((v, CheckpointSource(prefix, prev, box, allow_cast, remap=remap)))
+        out.append((v, CheckpointSource(prefix, prev, box, allow_cast, *stored, remap=remap)))
     return out
