@@ -64,8 +64,13 @@ def _fincore(path, size) -> float | None:
     if tool is None:
         return None
     try:
-        out = subprocess.run([tool, "--bytes", "--noheadings", "--output", "RES", path],
-                             capture_output=True, text=True, timeout=30, check=True).stdout.split()
+        out = subprocess.run(
+            [tool, "--bytes", "--noheadings", "--output", "RES", path],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.split()
         return int(out[0]) / size if out else None
     except (subprocess.SubprocessError, ValueError, IndexError):
         return None

@@ -76,7 +76,7 @@ class Layout:
     parts: int
 
     @classmethod
-    def parse(cls, text: str) -> "Layout":
+    def parse(cls, text: str) -> Layout:
         m = re.fullmatch(r"\s*(rows|cols)\s*:\s*(\d+)\s*", text)
         if not m or int(m.group(2)) < 1:
             raise ValueError(f"bad layout {text!r}: expected rows:N or cols:N with N >= 1")
@@ -121,7 +121,7 @@ def part_crcs(shape, dtype, layouts, progress=None) -> dict[str, list[int]]:
                 if lay.axis == 0:
                     a, b = max(r0, start[0]), min(r1, start[0] + size[0])
                     if a < b:
-                        crcs[k] = zlib.crc32(np.ascontiguousarray(block[a - r0: b - r0]), crcs[k])
+                        crcs[k] = zlib.crc32(np.ascontiguousarray(block[a - r0 : b - r0]), crcs[k])
                 else:
                     idx = (slice(None),) * lay.axis + (slice(start[lay.axis], start[lay.axis] + size[lay.axis]),)
                     crcs[k] = zlib.crc32(np.ascontiguousarray(block[idx]), crcs[k])
@@ -144,13 +144,20 @@ def verify_parts(arrays, shape, dtype, layout: str, expected_crcs, *, samples: i
         for k, (arr, (start, size)) in enumerate(zip(arrays, boxes)):
             arr = np.asarray(arr)
             if tuple(arr.shape) != tuple(size):
-                return {"ok": False, "detail": f"part {k}: shape {tuple(arr.shape)}, expected {size}", "parts": len(arrays)}
+                return {
+                    "ok": False,
+                    "detail": f"part {k}: shape {tuple(arr.shape)}, expected {size}",
+                    "parts": len(arrays),
+                }
             if arr.dtype != dtype:
                 return {"ok": False, "detail": f"part {k}: dtype {arr.dtype}, expected {dtype}", "parts": len(arrays)}
             crc = zlib.crc32(np.ascontiguousarray(arr))
             if expected_crcs is not None and crc != expected_crcs[k]:
-                return {"ok": False, "detail": f"part {k}: crc32 {crc:#010x}, expected {expected_crcs[k]:#010x}",
-                        "parts": len(arrays)}
+                return {
+                    "ok": False,
+                    "detail": f"part {k}: crc32 {crc:#010x}, expected {expected_crcs[k]:#010x}",
+                    "parts": len(arrays),
+                }
             picks = {0, size[0] - 1} | {int(x) for x in rng.integers(0, size[0], size=samples)}
             for r in sorted(picks):
                 gr = start[0] + r
@@ -168,8 +175,18 @@ def verify_parts(arrays, shape, dtype, layout: str, expected_crcs, *, samples: i
 
 # --- file formats written without their libraries ----------------------------------------
 
-_ST_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
-              "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+_ST_DTYPES = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float64": "F64",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
 
 
 def write_safetensors(path, name: str, shape, dtype, progress=None) -> None:
@@ -178,8 +195,10 @@ def write_safetensors(path, name: str, shape, dtype, progress=None) -> None:
     import struct
 
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    header = json.dumps({name: {"dtype": _ST_DTYPES[dtype.name], "shape": list(shape),
-                                "data_offsets": [0, nbytes]}}, separators=(",", ":")).encode()
+    header = json.dumps(
+        {name: {"dtype": _ST_DTYPES[dtype.name], "shape": list(shape), "data_offsets": [0, nbytes]}},
+        separators=(",", ":"),
+    ).encode()
     header += b" " * (-len(header) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(header)))
@@ -195,8 +214,9 @@ def write_npy(path, shape, dtype, progress=None) -> None:
     from numpy.lib import format as npformat
 
     with open(path, "wb") as f:
-        npformat.write_array_header_1_0(f, {"descr": npformat.dtype_to_descr(dtype), "fortran_order": False,
-                                            "shape": tuple(shape)})
+        npformat.write_array_header_1_0(
+            f, {"descr": npformat.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+        )
         for _, _, block in iter_row_blocks(shape, dtype):
             f.write(memoryview(np.ascontiguousarray(block)).cast("B"))
             if progress is not None:

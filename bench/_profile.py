@@ -83,8 +83,11 @@ def summarize(raw_path) -> dict:
     out = {}
     for role, c in roles.items():
         total = sum(c.values())
-        out[role] = {"threads": len(threads[role]), "samples": total,
-                     "buckets": {k: round(100.0 * v / total, 1) for k, v in c.most_common()}}
+        out[role] = {
+            "threads": len(threads[role]),
+            "samples": total,
+            "buckets": {k: round(100.0 * v / total, 1) for k, v in c.most_common()},
+        }
     return out
 
 
@@ -110,5 +113,9 @@ def py_spy() -> str | None:
 
 def record(cmd, raw_path, rate: int = 250, timeout: float = 900.0) -> subprocess.CompletedProcess:
     tool = py_spy()
-    return subprocess.run([tool, "record", "-r", str(rate), "-t", "-i", "-n", "-f", "raw", "-o", str(raw_path),
-                           "--", *cmd], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [tool, "record", "-r", str(rate), "-t", "-i", "-n", "-f", "raw", "-o", str(raw_path), "--", *cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

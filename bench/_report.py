@@ -6,12 +6,32 @@ run says so and writes the JSON and tables only.
 
 from __future__ import annotations
 
-
 _MIB = 1 << 20
 
-COLUMNS = ["what", "layout", "dev", "crc", "cache", "GB/s best", "GB/s med", "limit", "ratio", "vs fresh",
-           "read s", "crc s", "copy s", "submit s", "wait s", "drain s", "cpu s", "noise %", "peak RSS MiB", "bound MiB", "ok",
-           "targets"]
+COLUMNS = [
+    "what",
+    "layout",
+    "dev",
+    "crc",
+    "cache",
+    "GB/s best",
+    "GB/s med",
+    "limit",
+    "ratio",
+    "vs fresh",
+    "read s",
+    "crc s",
+    "copy s",
+    "submit s",
+    "wait s",
+    "drain s",
+    "cpu s",
+    "noise %",
+    "peak RSS MiB",
+    "bound MiB",
+    "ok",
+    "targets",
+]
 
 
 def _f(x, nd=2):
@@ -37,15 +57,27 @@ def rows(summary) -> list[list[str]]:
         tg = g.get("targets") or {}
         targets = " ".join(f"{k}:{'PASS' if t['pass'] else 'FAIL'}" for k, t in tg.items()) or "-"
         rss = g.get("rss_peak_delta")
-        out.append([
-            g["what"], g["layout"], g["device"], {True: "on", False: "off", None: "-"}[g.get("crc")], g["cache"],
-            _f(g.get("gbps_best")), _f(g.get("gbps_median")), g.get("limit_key") or "-",
-            _f(g.get("ratio")), _f(g.get("ratio_fresh")),
-            *(_stage(st, k, wall) for k in ("read_s", "crc_s", "copy_s", "submit_s", "wait_read_s", "drain_s")), _f(g.get("cpu_own_s")), _f(g.get("noise_pct"), 0),
-            "-" if rss is None else f"{rss / _MIB:.0f}",
-            "-" if g.get("rss_bound") is None else f"{g['rss_bound'] / _MIB:.0f}",
-            "yes" if g.get("ok") else "NO", targets,
-        ])
+        out.append(
+            [
+                g["what"],
+                g["layout"],
+                g["device"],
+                {True: "on", False: "off", None: "-"}[g.get("crc")],
+                g["cache"],
+                _f(g.get("gbps_best")),
+                _f(g.get("gbps_median")),
+                g.get("limit_key") or "-",
+                _f(g.get("ratio")),
+                _f(g.get("ratio_fresh")),
+                *(_stage(st, k, wall) for k in ("read_s", "crc_s", "copy_s", "submit_s", "wait_read_s", "drain_s")),
+                _f(g.get("cpu_own_s")),
+                _f(g.get("noise_pct"), 0),
+                "-" if rss is None else f"{rss / _MIB:.0f}",
+                "-" if g.get("rss_bound") is None else f"{g['rss_bound'] / _MIB:.0f}",
+                "yes" if g.get("ok") else "NO",
+                targets,
+            ]
+        )
     return out
 
 
@@ -100,8 +132,15 @@ def plot_series(summary, limits):
         label = f"{g['what']} {g['device']}{crc} {g['cache']}"
         series.setdefault(label, []).append((xs[g["layout"]], g["gbps_best"]))
     lines = []
-    for key in ("readinto_1t", "pread_dest_2t", "pread_4t", "odirect_seq", "cold_readinto_1t",
-                "gpu0_h2d_pinned", "gpu_all_h2d_pinned"):
+    for key in (
+        "readinto_1t",
+        "pread_dest_2t",
+        "pread_4t",
+        "odirect_seq",
+        "cold_readinto_1t",
+        "gpu0_h2d_pinned",
+        "gpu_all_h2d_pinned",
+    ):
         v = limits.get(key)
         if v and v.get("best"):
             lines.append((f"limit: {key}", v["best"]))
@@ -135,13 +174,22 @@ def plot(summary, limits, path, title: str) -> str:
     for label, pts in series.items():
         cache = label.rsplit(" ", 1)[-1]
         marker = "o" if " crc on " in label else ("s" if " crc off " in label else "^")
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls=styles.get(cache, ":"), marker=marker,
-                color=colour[_what_of(label)], label=label, ms=6, lw=1.6)
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            ls=styles.get(cache, ":"),
+            marker=marker,
+            color=colour[_what_of(label)],
+            label=label,
+            ms=6,
+            lw=1.6,
+        )
     greys = ["0.15", "0.35", "0.5", "0.65", "0.8"]
     dashes = [(1, 1), (4, 2), (6, 2, 1, 2), (2, 3), (8, 3)]
     for i, (label, y) in enumerate(lines):
-        ax.axhline(y, color=greys[i % len(greys)], lw=1.2, dashes=dashes[i % len(dashes)],
-                   label=f"{label} ({y:.2f} GB/s)")
+        ax.axhline(
+            y, color=greys[i % len(greys)], lw=1.2, dashes=dashes[i % len(dashes)], label=f"{label} ({y:.2f} GB/s)"
+        )
     ax.set_xticks(list(xs.values()))
     ax.set_xticklabels([f"{lay.split(':')[1]} {'row' if lay.startswith('rows') else 'column'} parts" for lay in xs])
     ax.set_xlabel("row parts (left), column parts (right)")

@@ -76,8 +76,15 @@ def gpus() -> dict:
     for i in range(n):
         p = cupy.cuda.runtime.getDeviceProperties(i)
         name = p["name"].decode() if isinstance(p["name"], bytes) else str(p["name"])
-        devs.append({"index": i, "name": name, "memory_bytes": int(p["totalGlobalMem"]),
-                     "sm": f"{p['major']}.{p['minor']}", "pci_bus": int(p.get("pciBusID", -1))})
+        devs.append(
+            {
+                "index": i,
+                "name": name,
+                "memory_bytes": int(p["totalGlobalMem"]),
+                "sm": f"{p['major']}.{p['minor']}",
+                "pci_bus": int(p.get("pciBusID", -1)),
+            }
+        )
     info = {"count": n, "cupy": cupy.__version__, "devices": devs}
     try:
         info["driver"] = cupy.cuda.runtime.driverGetVersion()
@@ -87,8 +94,12 @@ def gpus() -> dict:
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
-            out = subprocess.run([smi, "--query-gpu=name,driver_version,pcie.link.gen.max,pcie.link.width.max",
-                                  "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout
+            out = subprocess.run(
+                [smi, "--query-gpu=name,driver_version,pcie.link.gen.max,pcie.link.width.max", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout
             info["nvidia_smi"] = [line.strip() for line in out.splitlines() if line.strip()]
         except (subprocess.SubprocessError, OSError):
             pass
@@ -100,8 +111,16 @@ def versions() -> dict:
     from importlib import metadata
 
     out = {"python": sys.version.split()[0]}
-    for dist in ("gpuload", "numpy", "google-crc32c", "ml_dtypes", "cupy-cuda12x", "cupy-cuda13x",
-                 "matplotlib", "psutil"):
+    for dist in (
+        "gpuload",
+        "numpy",
+        "google-crc32c",
+        "ml_dtypes",
+        "cupy-cuda12x",
+        "cupy-cuda13x",
+        "matplotlib",
+        "psutil",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -122,12 +141,17 @@ def _git_revision() -> str | None:
     """The checkout's commit (+ "dirty"), read-only; None outside a git checkout."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        head = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if head.returncode != 0:
             return "no commit yet"
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -161,7 +185,7 @@ def probe_peers(python: str, timeout: float = 180.0) -> dict:
         return {"error": f"cannot run {python}: {exc}"}
     for line in proc.stdout.splitlines():
         if line.startswith("@@PROBE "):
-            return json.loads(line[len("@@PROBE "):])
+            return json.loads(line[len("@@PROBE ") :])
     return {"error": f"probe failed (rc {proc.returncode}): {proc.stderr.strip()[-400:]}"}
 
 

@@ -20,10 +20,9 @@ import threading
 import time
 import traceback
 
-import numpy as np
-
 import _cache
 import _data
+import numpy as np
 
 RESULT_TAG = "@@RESULT "
 _MIB = 1 << 20
@@ -72,8 +71,13 @@ class PeakRSS:
         return False
 
     def as_dict(self) -> dict:
-        return {"rss_before": self.before, "rss_peak": self.peak, "rss_after": self.after,
-                "rss_peak_delta": max(0, self.peak - self.before), "rss_method": self.method}
+        return {
+            "rss_before": self.before,
+            "rss_peak": self.peak,
+            "rss_after": self.after,
+            "rss_peak_delta": max(0, self.peak - self.before),
+            "rss_method": self.method,
+        }
 
 
 class PeakDeviceMemory:
@@ -168,12 +172,19 @@ class CpuUse:
 
     def as_dict(self) -> dict:
         ncpu = os.cpu_count() or 1
-        return {"cpu_own_s": self.own, "cpu_user_s": self.user, "cpu_sys_s": self.sys,
-                "minor_faults": self.minflt, "major_faults": self.majflt, "cpu_steal_s": self.steal,
-                "cpu_other_s": self.other,
-                # /proc/stat counts in clock ticks (10 ms): too coarse for a short region.
-                "cpu_other_pct": None if self.other is None or self.wall < 0.1
-                else min(100.0, 100.0 * self.other / (self.wall * ncpu))}
+        return {
+            "cpu_own_s": self.own,
+            "cpu_user_s": self.user,
+            "cpu_sys_s": self.sys,
+            "minor_faults": self.minflt,
+            "major_faults": self.majflt,
+            "cpu_steal_s": self.steal,
+            "cpu_other_s": self.other,
+            # /proc/stat counts in clock ticks (10 ms): too coarse for a short region.
+            "cpu_other_pct": None
+            if self.other is None or self.wall < 0.1
+            else min(100.0, 100.0 * self.other / (self.wall * ncpu)),
+        }
 
 
 # --- cache state ------------------------------------------------------------------------
@@ -215,8 +226,10 @@ def run_gpuload(spec) -> dict:
     res = {"kind": "gpuload", "gpuload_version": getattr(gpuload, "__version__", "?")}
     cfg = dict(spec["config"])
     gpuload.config.set(**cfg)
-    res["config"] = {k: getattr(gpuload.config.get(), k) for k in
-                     ("ring_bytes", "chunk_bytes", "reader_threads", "verify_crc", "direct_io", "gap_bytes")}
+    res["config"] = {
+        k: getattr(gpuload.config.get(), k)
+        for k in ("ring_bytes", "chunk_bytes", "reader_threads", "verify_crc", "direct_io", "gap_bytes")
+    }
     shape = tuple(spec["shape"])
     lay = _data.Layout.parse(spec["layout"])
     gpus = spec.get("gpus", [])
@@ -303,8 +316,9 @@ def run_tensorflow(spec) -> dict:
         if lay.parts > 1:
             p = lay.partitions(len(shape))
             kwargs["partitioner"] = lambda shape, dtype, _p=p: list(_p)
-        v = tf1.get_variable("emb", shape=list(shape), dtype=tf.as_dtype(spec["dtype"]),
-                             initializer=tf1.zeros_initializer(), **kwargs)
+        v = tf1.get_variable(
+            "emb", shape=list(shape), dtype=tf.as_dtype(spec["dtype"]), initializer=tf1.zeros_initializer(), **kwargs
+        )
         tf1.train.init_from_checkpoint(spec["ckpt_dir"], {"emb": "emb"})
         init = tf1.global_variables_initializer()
         parts = list(v) if lay.parts > 1 else [v]
@@ -362,13 +376,21 @@ def run_dali(spec) -> dict:
     on_gpu = spec["mode"] == "gpu"
     pipes = []
     for start, size in lay.boxes(shape):
-        pipe = dali.Pipeline(batch_size=1, num_threads=max(1, os.cpu_count() or 1),
-                             device_id=0 if on_gpu else None, prefetch_queue_depth=1)
+        pipe = dali.Pipeline(
+            batch_size=1,
+            num_threads=max(1, os.cpu_count() or 1),
+            device_id=0 if on_gpu else None,
+            prefetch_queue_depth=1,
+        )
         with pipe:
-            out = fn.readers.numpy(files=[path], device="gpu" if on_gpu else "cpu",
-                                   roi_start=[float(s) for s in start],
-                                   roi_end=[float(s + n) for s, n in zip(start, size)],
-                                   roi_axes=list(range(len(shape))), out_of_bounds_policy="error")
+            out = fn.readers.numpy(
+                files=[path],
+                device="gpu" if on_gpu else "cpu",
+                roi_start=[float(s) for s in start],
+                roi_end=[float(s + n) for s, n in zip(start, size)],
+                roi_axes=list(range(len(shape))),
+                out_of_bounds_policy="error",
+            )
             pipe.set_outputs(out)
         pipes.append(pipe)
     res.update(prepare_cache(spec["cache"], spec["files"]))
@@ -405,8 +427,14 @@ def _aligned(nbytes: int) -> memoryview:
 
 def _summary(name, seconds: list[float], nbytes: int, **extra) -> dict:
     gbps = [nbytes / s / 1e9 for s in seconds if s > 0]
-    return {"name": name, "bytes": nbytes, "gbps_runs": gbps, "best": max(gbps) if gbps else None,
-            "median": statistics.median(gbps) if gbps else None, **extra}
+    return {
+        "name": name,
+        "bytes": nbytes,
+        "gbps_runs": gbps,
+        "best": max(gbps) if gbps else None,
+        "median": statistics.median(gbps) if gbps else None,
+        **extra,
+    }
 
 
 def _seq_readinto(files, buf) -> float:
@@ -449,7 +477,7 @@ def _pread_threads(files, nthreads, chunk, direct=False, into_dest=False) -> flo
                     return
                 p, off, n, at = jobs[i]
                 want = -(-n // 4096) * 4096 if direct else n
-                target = dest[at: at + n] if dest is not None else buf
+                target = dest[at : at + n] if dest is not None else buf
                 if dest is not None:
                     want = n
                 done = 0
@@ -521,9 +549,14 @@ def run_limits(spec) -> dict:
     _cache.warm(files)
     buf = _aligned(chunk)
     np.frombuffer(buf, np.uint8)[::4096] = 0
-    attempt("readinto_1t", lambda: _summary(
-        f"sequential readinto, 1 thread, page cache warm, one reused {_h(chunk)} buffer",
-        [_seq_readinto(files, buf) for _ in range(repeat)], total))
+    attempt(
+        "readinto_1t",
+        lambda: _summary(
+            f"sequential readinto, 1 thread, page cache warm, one reused {_h(chunk)} buffer",
+            [_seq_readinto(files, buf) for _ in range(repeat)],
+            total,
+        ),
+    )
 
     def to_dest():
         secs = []
@@ -535,7 +568,7 @@ def run_limits(spec) -> dict:
             for p in files:
                 with open(p, "rb", buffering=0) as f:
                     while True:
-                        n = f.readinto(mv[pos: pos + chunk])
+                        n = f.readinto(mv[pos : pos + chunk])
                         if not n:
                             break
                         pos += n
@@ -545,16 +578,27 @@ def run_limits(spec) -> dict:
 
     attempt("readinto_dest_1t", to_dest)
     for n in spec.get("threads", [2, 4]):
-        attempt(f"pread_{n}t", lambda n=n: _summary(
-            f"os.preadv, {n} threads, {_h(chunk)} requests, page cache warm",
-            [_pread_threads(files, n, chunk) for _ in range(repeat)], total))
+        attempt(
+            f"pread_{n}t",
+            lambda n=n: _summary(
+                f"os.preadv, {n} threads, {_h(chunk)} requests, page cache warm",
+                [_pread_threads(files, n, chunk) for _ in range(repeat)],
+                total,
+            ),
+        )
 
     for n in spec.get("threads", [2, 4]):
-        attempt(f"pread_dest_{n}t", lambda n=n: _summary(
-            f"os.preadv, {n} threads, {_h(chunk)} requests straight into a fresh destination array, warm",
-            [_pread_threads(files, n, chunk, into_dest=True) for _ in range(repeat)], total))
+        attempt(
+            f"pread_dest_{n}t",
+            lambda n=n: _summary(
+                f"os.preadv, {n} threads, {_h(chunk)} requests straight into a fresh destination array, warm",
+                [_pread_threads(files, n, chunk, into_dest=True) for _ in range(repeat)],
+                total,
+            ),
+        )
 
     if spec.get("cold"):
+
         def cold(name, fn):
             secs, evictions = [], []
             for _ in range(repeat):
@@ -563,17 +607,28 @@ def run_limits(spec) -> dict:
                 secs.append(fn())
             return _summary(name, secs, total, eviction_ok=all(evictions))
 
-        attempt("cold_readinto_1t", lambda: cold(
-            f"sequential readinto, 1 thread, after eviction, {_h(chunk)} buffer",
-            lambda: _seq_readinto(files, buf)))
+        attempt(
+            "cold_readinto_1t",
+            lambda: cold(
+                f"sequential readinto, 1 thread, after eviction, {_h(chunk)} buffer", lambda: _seq_readinto(files, buf)
+            ),
+        )
         if hasattr(os, "O_DIRECT"):
             for req in spec.get("direct_sizes", [8 * _MIB, 16 * _MIB, 32 * _MIB]):
-                attempt(f"odirect_1t_{req // _MIB}m", lambda req=req: cold(
-                    f"O_DIRECT sequential pread, 1 thread, {req // _MIB} MiB aligned requests",
-                    lambda: _pread_threads(files, 1, req, direct=True)))
-            attempt("odirect_4t_32m", lambda: cold(
-                "O_DIRECT pread, 4 threads, 32 MiB aligned requests",
-                lambda: _pread_threads(files, 4, 32 * _MIB, direct=True)))
+                attempt(
+                    f"odirect_1t_{req // _MIB}m",
+                    lambda req=req: cold(
+                        f"O_DIRECT sequential pread, 1 thread, {req // _MIB} MiB aligned requests",
+                        lambda: _pread_threads(files, 1, req, direct=True),
+                    ),
+                )
+            attempt(
+                "odirect_4t_32m",
+                lambda: cold(
+                    "O_DIRECT pread, 4 threads, 32 MiB aligned requests",
+                    lambda: _pread_threads(files, 4, 32 * _MIB, direct=True),
+                ),
+            )
             seq = [L[k] for k in L if k.startswith("odirect_1t_")]
             if seq:
                 best = max(seq, key=lambda s: s["best"] or 0)
@@ -613,10 +668,12 @@ def gpu_limits(gpus, n, repeat, L, errors) -> None:
                 d2d = lambda: rt.memcpyAsync(d2.data.ptr, d.data.ptr, n, rt.memcpyDeviceToDevice, s.ptr)  # noqa: E731
                 timed(h2d), timed(d2d)  # warm-up
                 k = max(3, repeat)
-                L[f"gpu{g}_h2d_pinned"] = _summary(f"GPU {g}: pinned host-to-device cudaMemcpyAsync",
-                                                   [timed(h2d) for _ in range(k)], n)
-                L[f"gpu{g}_d2d"] = _summary(f"GPU {g}: device-to-device cudaMemcpyAsync (bytes copied)",
-                                            [timed(d2d) for _ in range(k)], n)
+                L[f"gpu{g}_h2d_pinned"] = _summary(
+                    f"GPU {g}: pinned host-to-device cudaMemcpyAsync", [timed(h2d) for _ in range(k)], n
+                )
+                L[f"gpu{g}_d2d"] = _summary(
+                    f"GPU {g}: device-to-device cudaMemcpyAsync (bytes copied)", [timed(d2d) for _ in range(k)], n
+                )
                 secs = []
                 for _ in range(k):
                     t = time.perf_counter()
@@ -631,12 +688,14 @@ def gpu_limits(gpus, n, repeat, L, errors) -> None:
 
                 def kernel():
                     with s:
-                        dst[...] = src[:, cols // 4: cols // 2]
+                        dst[...] = src[:, cols // 4 : cols // 2]
 
                 timed(kernel)
                 L[f"gpu{g}_slice_kernel"] = _summary(
                     f"GPU {g}: CuPy strided copy of 1/4 of the columns (bytes written)",
-                    [timed(kernel) for _ in range(k)], dst.nbytes)
+                    [timed(kernel) for _ in range(k)],
+                    dst.nbytes,
+                )
                 try:
                     L[f"gpu{g}_gpuload_kernel"] = _gpuload_kernel(cp, d, n, s, timed, k)
                 except Exception as exc:  # gpuload's kernel layer absent or changed
@@ -662,8 +721,10 @@ def _gpuload_kernel(cp, d, n, s, timed, k) -> dict:
     rows = (n // 4) // cols
     w = cols // parts
     dests = [cp.empty((rows, w), cp.float32) for _ in range(parts)]
-    copies = [BoxCopy(dest=i, src_offset=i * w * 4, src_strides=(cols, 1), dst_offset=0, dst_strides=(w, 1),
-                      shape=(rows, w)) for i in range(parts)]
+    copies = [
+        BoxCopy(dest=i, src_offset=i * w * 4, src_strides=(cols, 1), dst_offset=0, dst_strides=(w, 1), shape=(rows, w))
+        for i in range(parts)
+    ]
     desc = kernels.pack_descriptors(copies, [x.data.ptr for x in dests], src_base=0)
     desc_dev = cp.asarray(desc.view(np.uint8))
     fn = kernels.get_kernel(np.float32, np.float32)
@@ -676,9 +737,13 @@ def _gpuload_kernel(cp, d, n, s, timed, k) -> dict:
 
     timed(launch)
     secs = [timed(launch) for _ in range(k)]
-    ok = bool(cp.array_equal(dests[1], d.view(cp.float32)[: rows * cols].reshape(rows, cols)[:, w: 2 * w]))
-    return _summary("gpuload box-copy kernel only: a [rows, 64] float32 device buffer into 4 column parts "
-                    "(bytes written)", secs, rows * cols * 4, correct=ok)
+    ok = bool(cp.array_equal(dests[1], d.view(cp.float32)[: rows * cols].reshape(rows, cols)[:, w : 2 * w]))
+    return _summary(
+        "gpuload box-copy kernel only: a [rows, 64] float32 device buffer into 4 column parts (bytes written)",
+        secs,
+        rows * cols * 4,
+        correct=ok,
+    )
 
 
 def _multi_gpu_h2d(cp, gpus, n) -> dict:
@@ -703,8 +768,13 @@ def _multi_gpu_h2d(cp, gpus, n) -> dict:
 # --- entry point --------------------------------------------------------------------------
 
 
-WORKERS = {"gpuload": run_gpuload, "tensorflow": run_tensorflow, "safetensors": run_safetensors,
-           "dali": run_dali, "limits": run_limits}
+WORKERS = {
+    "gpuload": run_gpuload,
+    "tensorflow": run_tensorflow,
+    "safetensors": run_safetensors,
+    "dali": run_dali,
+    "limits": run_limits,
+}
 
 
 def main(spec_json: str) -> int:
@@ -717,8 +787,12 @@ def main(spec_json: str) -> int:
         else:
             res = WORKERS[spec["kind"]](spec)
     except BaseException as exc:
-        res = {"kind": spec.get("kind"), "ok": False, "error": f"{type(exc).__name__}: {exc}",
-               "traceback": traceback.format_exc()[-3000:]}
+        res = {
+            "kind": spec.get("kind"),
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc()[-3000:],
+        }
     sys.stdout.flush()
     print(RESULT_TAG + json.dumps(res, default=str), flush=True)
     return 0

@@ -38,9 +38,8 @@ sys.path.insert(0, str(HERE))
 # An installed gpuload comes first; otherwise the checkout this script sits in.
 sys.path.append(str(HERE.parent))
 
-import numpy as np  # noqa: E402
-
 import _data  # noqa: E402
+import numpy as np  # noqa: E402
 
 _MIB = 1 << 20
 _GIB = 1 << 30
@@ -49,11 +48,11 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 RSS_SLACK = 64 * _MIB
 
 # The project's performance targets (benchmarks, not timed tests; see bench/README.md).
-T_WARM_CPU = 0.8      # gpuload CPU warm >= 0.8 x one-thread readinto
-T_CRC_COST = 0.15     # CRC on costs <= 15% of CRC-off throughput
-T_COLD = 0.9          # cold (O_DIRECT) >= 0.9 x O_DIRECT sequential read
-T_GPU_E2E = 0.9       # GPU end-to-end >= 0.9 x min(storage read, pinned H2D)
-T_KERNEL = 0.8        # gpuload's slicing kernel >= 0.8 x device-to-device copy
+T_WARM_CPU = 0.8  # gpuload CPU warm >= 0.8 x one-thread readinto
+T_CRC_COST = 0.15  # CRC on costs <= 15% of CRC-off throughput
+T_COLD = 0.9  # cold (O_DIRECT) >= 0.9 x O_DIRECT sequential read
+T_GPU_E2E = 0.9  # GPU end-to-end >= 0.9 x min(storage read, pinned H2D)
+T_KERNEL = 0.8  # gpuload's slicing kernel >= 0.8 x device-to-device copy
 
 
 def parse_size(text: str) -> int:
@@ -73,8 +72,8 @@ def human(n: int) -> str:
 
 def build_parser(prog: str = "bench_load.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(p)
     return p
 
@@ -84,41 +83,75 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=parse_size, help="tensor size (e.g. 1GiB, 4GiB): [size / (64 * itemsize), 64]")
     p.add_argument("--shape", help="tensor shape, e.g. 4194304x64 (default; 1 GiB of float32)")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16, bfloat16, float64, int32, ...")
-    p.add_argument("--dir", help="where the checkpoint lives (default $GPULOAD_BENCH_DIR or "
-                                 f"{tempfile.gettempdir()}/gpuload-bench); kept between runs when identical")
-    p.add_argument("--layouts", default="rows:1,rows:8,rows:32,cols:4",
-                   help="comma list of rows:N / cols:N (default rows:1,rows:8,rows:32,cols:4)")
-    p.add_argument("--devices", default="cpu,gpu", help="cpu, gpu (all visible GPUs, parts round-robin; "
-                                                         "skipped with a reason when there is none), or none")
-    p.add_argument("--repeat", type=int, default=3, help="runs per measurement, each in a fresh process "
-                                                        "(best and median reported; default 3)")
-    p.add_argument("--cold", action="store_true", help="also run cold: evict the files before each run "
-                                                       "(checked) and load with direct_io=True")
-    p.add_argument("--cold-modes", default="direct,buffered",
-                   help="with --cold: direct (direct_io=True) and/or buffered (page cache, evicted)")
+    p.add_argument(
+        "--dir",
+        help="where the checkpoint lives (default $GPULOAD_BENCH_DIR or "
+        f"{tempfile.gettempdir()}/gpuload-bench); kept between runs when identical",
+    )
+    p.add_argument(
+        "--layouts",
+        default="rows:1,rows:8,rows:32,cols:4",
+        help="comma list of rows:N / cols:N (default rows:1,rows:8,rows:32,cols:4)",
+    )
+    p.add_argument(
+        "--devices",
+        default="cpu,gpu",
+        help="cpu, gpu (all visible GPUs, parts round-robin; skipped with a reason when there is none), or none",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs per measurement, each in a fresh process (best and median reported; default 3)",
+    )
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="also run cold: evict the files before each run (checked) and load with direct_io=True",
+    )
+    p.add_argument(
+        "--cold-modes",
+        default="direct,buffered",
+        help="with --cold: direct (direct_io=True) and/or buffered (page cache, evicted)",
+    )
     p.add_argument("--crc", choices=["both", "on", "off"], default="both", help="verify_crc setting(s)")
-    p.add_argument("--peers", default="tensorflow,safetensors,dali",
-                   help="peers to run when installed: tensorflow,safetensors,dali (or none)")
-    p.add_argument("--peer-python", default=os.environ.get("GPULOAD_PEER_PYTHON") or sys.executable,
-                   help="interpreter for the peers (e.g. a venv with tensorflow-cpu); default "
-                        "$GPULOAD_PEER_PYTHON, else this one")
+    p.add_argument(
+        "--peers",
+        default="tensorflow,safetensors,dali",
+        help="peers to run when installed: tensorflow,safetensors,dali (or none)",
+    )
+    p.add_argument(
+        "--peer-python",
+        default=os.environ.get("GPULOAD_PEER_PYTHON") or sys.executable,
+        help="interpreter for the peers (e.g. a venv with tensorflow-cpu); default $GPULOAD_PEER_PYTHON, else this one",
+    )
     p.add_argument("--ring-bytes", type=parse_size, help="gpuload ring_bytes (default: gpuload's)")
     p.add_argument("--chunk-bytes", type=parse_size, help="gpuload chunk_bytes (default: gpuload's)")
     p.add_argument("--reader-threads", type=int, help="gpuload reader_threads (default: gpuload's)")
     p.add_argument("--out", default=str(HERE / "results"), help="results folder (default bench/results)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one run each: the smoke test")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    p.add_argument("--profile", action="store_true",
-                   help="also run each CPU layout once more (warm) under py-spy and say where the time went")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run each CPU layout once more (warm) under py-spy and say where the time went",
+    )
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per measurement process")
-    p.add_argument("--replot", metavar="RESULTS_JSON",
-                   help="redraw the PNG and markdown of an earlier run from its JSON, and stop")
-    p.add_argument("--warm-start", action="store_true",
-                   help="run the warm-start benchmark instead ([rows x 64] float32, 80%% of the "
-                        "old vocabulary reordered + 20%% new tokens, 2 OOV buckets, 8 row parts; gpuload "
-                        "CRC on/off against TensorFlow's warm_start)")
-    p.add_argument("--ws-rows", type=int, help="warm start: rows of the table and tokens of each "
-                                               "vocabulary (default 1000000; 20000 with --quick)")
+    p.add_argument(
+        "--replot", metavar="RESULTS_JSON", help="redraw the PNG and markdown of an earlier run from its JSON, and stop"
+    )
+    p.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="run the warm-start benchmark instead ([rows x 64] float32, 80%% of the "
+        "old vocabulary reordered + 20%% new tokens, 2 OOV buckets, 8 row parts; gpuload "
+        "CRC on/off against TensorFlow's warm_start)",
+    )
+    p.add_argument(
+        "--ws-rows",
+        type=int,
+        help="warm start: rows of the table and tokens of each vocabulary (default 1000000; 20000 with --quick)",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
 
 
@@ -129,8 +162,7 @@ def _bar(total, desc):
     try:
         from tqdm import tqdm
 
-        return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False,
-                    file=sys.stderr)
+        return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False, file=sys.stderr)
     except ImportError:
         return None
 
@@ -206,9 +238,13 @@ def ensure_data(root: Path, shape, dtype_name: str, layouts, need_safetensors: b
             meta = {}
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     ckpt_files = sorted(str(p) for p in ckpt_dir.glob("model.ckpt.*")) if ckpt_dir.exists() else []
-    same = (meta.get("gen_version") == _data.GEN_VERSION and meta.get("shape") == list(shape)
-            and meta.get("dtype") == dtype_name and ckpt_files
-            and meta.get("ckpt_files") == _fingerprint(ckpt_files))
+    same = (
+        meta.get("gen_version") == _data.GEN_VERSION
+        and meta.get("shape") == list(shape)
+        and meta.get("dtype") == dtype_name
+        and ckpt_files
+        and meta.get("ckpt_files") == _fingerprint(ckpt_files)
+    )
     if not same:
         if ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)
@@ -236,9 +272,15 @@ def ensure_data(root: Path, shape, dtype_name: str, layouts, need_safetensors: b
         prog = _Progress(nbytes, "expected checksums")
         meta.setdefault("crcs", {}).update(_data.part_crcs(shape, dtype, missing, progress=prog))
         prog.close()
-    for key, name, need, writer in (("safetensors", "emb.safetensors", need_safetensors,
-                                     lambda p, pr: _data.write_safetensors(p, "emb", shape, dtype, pr)),
-                                    ("npy", "emb.npy", need_npy, lambda p, pr: _data.write_npy(p, shape, dtype, pr))):
+    for key, name, need, writer in (
+        (
+            "safetensors",
+            "emb.safetensors",
+            need_safetensors,
+            lambda p, pr: _data.write_safetensors(p, "emb", shape, dtype, pr),
+        ),
+        ("npy", "emb.npy", need_npy, lambda p, pr: _data.write_npy(p, shape, dtype, pr)),
+    ):
         path = root / name
         if need and (not path.exists() or meta.get(key) != _fingerprint([path])):
             print(f"writing the {key} copy for the peers -> {path}", flush=True)
@@ -248,10 +290,20 @@ def ensure_data(root: Path, shape, dtype_name: str, layouts, need_safetensors: b
             meta[key] = _fingerprint([path])
     meta_path.write_text(json.dumps(meta, indent=1))
     data_files = [p for p in ckpt_files if ".data-" in p]
-    return {"root": str(root), "ckpt_dir": str(ckpt_dir), "prefix": str(prefix), "shape": list(shape),
-            "dtype": dtype_name, "bytes": nbytes, "ckpt_files": ckpt_files, "data_files": data_files,
-            "data_file_bytes": sum(os.path.getsize(p) for p in data_files),
-            "safetensors": str(root / "emb.safetensors"), "npy": str(root / "emb.npy"), "crcs": meta["crcs"]}
+    return {
+        "root": str(root),
+        "ckpt_dir": str(ckpt_dir),
+        "prefix": str(prefix),
+        "shape": list(shape),
+        "dtype": dtype_name,
+        "bytes": nbytes,
+        "ckpt_files": ckpt_files,
+        "data_files": data_files,
+        "data_file_bytes": sum(os.path.getsize(p) for p in data_files),
+        "safetensors": str(root / "emb.safetensors"),
+        "npy": str(root / "emb.npy"),
+        "crcs": meta["crcs"],
+    }
 
 
 # --- running workers --------------------------------------------------------------------------
@@ -269,11 +321,14 @@ def run_worker(spec: dict, python: str, timeout: float) -> dict:
         return {"kind": spec["kind"], "ok": False, "error": f"timed out after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_TAG):
-            res = json.loads(line[len(RESULT_TAG):])
+            res = json.loads(line[len(RESULT_TAG) :])
             res["process_s"] = time.perf_counter() - t
             return res
-    return {"kind": spec["kind"], "ok": False,
-            "error": f"worker exited {proc.returncode} without a result: {proc.stderr.strip()[-1500:]}"}
+    return {
+        "kind": spec["kind"],
+        "ok": False,
+        "error": f"worker exited {proc.returncode} without a result: {proc.stderr.strip()[-1500:]}",
+    }
 
 
 def _gpu_reason_and_ids(gpuinfo) -> tuple[list[int], str | None]:
@@ -304,10 +359,19 @@ def summarize(measurements, limits, gpu_ids) -> list[dict]:
     for key, runs in groups.items():
         what, layout, device, crc, cache = key
         good = [r for r in runs if r.get("ok") and r.get("gbps")]
-        g = {"what": what, "layout": layout, "device": device, "crc": crc, "cache": cache,
-             "runs": len(runs), "ok": len(good) == len(runs),
-             "errors": sorted({r.get("error") or r.get("verify", {}).get("detail", "") for r in runs if not r.get("ok")}),
-             "cache_ok": all(r.get("cache_ok", True) for r in runs)}
+        g = {
+            "what": what,
+            "layout": layout,
+            "device": device,
+            "crc": crc,
+            "cache": cache,
+            "runs": len(runs),
+            "ok": len(good) == len(runs),
+            "errors": sorted(
+                {r.get("error") or r.get("verify", {}).get("detail", "") for r in runs if not r.get("ok")}
+            ),
+            "cache_ok": all(r.get("cache_ok", True) for r in runs),
+        }
         if good:
             best = max(good, key=lambda r: r["gbps"])
             g["gbps_best"] = best["gbps"]
@@ -372,9 +436,14 @@ def machine_targets(limits, gpu_ids) -> dict:
         k, d2d = limits.get(f"gpu{g}_gpuload_kernel"), limits.get(f"gpu{g}_d2d")
         if k and d2d and k.get("best") and d2d.get("best"):
             r = k["best"] / d2d["best"]
-            out[f"gpu{g} kernel>=0.8xD2D"] = {"value": r, "threshold": T_KERNEL, "kernel_gbps": k["best"],
-                                              "d2d_gbps": d2d["best"], "correct": k.get("correct"),
-                                              "pass": r >= T_KERNEL and bool(k.get("correct"))}
+            out[f"gpu{g} kernel>=0.8xD2D"] = {
+                "value": r,
+                "threshold": T_KERNEL,
+                "kernel_gbps": k["best"],
+                "d2d_gbps": d2d["best"],
+                "correct": k.get("correct"),
+                "pass": r >= T_KERNEL and bool(k.get("correct")),
+            }
     return out
 
 
@@ -387,13 +456,19 @@ def add_targets(summary) -> None:
         if g["cache"] == "warm" and g["device"] == "cpu" and g.get("ratio") is not None:
             t["warm>=0.8x"] = {"value": g["ratio"], "threshold": T_WARM_CPU, "pass": g["ratio"] >= T_WARM_CPU}
         if g["cache"] == "cold-direct" and g.get("ratio") is not None:
-            t["cold>=0.9x"] = {"value": g["ratio"], "threshold": T_COLD,
-                               "pass": g["ratio"] >= T_COLD and g.get("cache_ok", True)}
+            t["cold>=0.9x"] = {
+                "value": g["ratio"],
+                "threshold": T_COLD,
+                "pass": g["ratio"] >= T_COLD and g.get("cache_ok", True),
+            }
         if g["device"] != "cpu" and g.get("ratio") is not None:
             t["e2e>=0.9x"] = {"value": g["ratio"], "threshold": T_GPU_E2E, "pass": g["ratio"] >= T_GPU_E2E}
         if g.get("rss_bound"):
-            t["rss"] = {"value": g["rss_peak_delta"], "threshold": g["rss_bound"],
-                        "pass": g["rss_peak_delta"] <= g["rss_bound"]}
+            t["rss"] = {
+                "value": g["rss_peak_delta"],
+                "threshold": g["rss_bound"],
+                "pass": g["rss_peak_delta"] <= g["rss_bound"],
+            }
         if g["crc"] is True:
             off = index.get((g["what"], g["layout"], g["device"], False, g["cache"]))
             if off and off.get("gbps_best"):
@@ -418,15 +493,20 @@ def header(info) -> str:
         "versions  : " + ", ".join(f"{k} {val}" for k, val in v.items()),
     ]
     if gi.get("count"):
-        lines.append(f"gpus      : {gi['count']} x " + ", ".join(d["name"] for d in gi["devices"])
-                     + f"; driver {gi.get('driver')}, runtime {gi.get('runtime')}, cupy {gi.get('cupy')}")
+        lines.append(
+            f"gpus      : {gi['count']} x "
+            + ", ".join(d["name"] for d in gi["devices"])
+            + f"; driver {gi.get('driver')}, runtime {gi.get('runtime')}, cupy {gi.get('cupy')}"
+        )
     else:
         lines.append(f"gpus      : none ({gi.get('reason')})")
     c = info["config"]
     lines.append(f"data      : {c['shape']} {c['dtype']} = {human(c['bytes'])} in {c['dir']}")
     lines.append(f"gpuload   : {json.dumps(c['gpuload_config'])} (each row sets verify_crc and direct_io)")
-    lines.append(f"runs      : layouts {','.join(c['layouts'])}; devices {','.join(c['devices']) or '-'}; "
-                 f"crc {c['crc']}; caches {','.join(c['caches'])}; repeat {c['repeat']} (fresh process each)")
+    lines.append(
+        f"runs      : layouts {','.join(c['layouts'])}; devices {','.join(c['devices']) or '-'}; "
+        f"crc {c['crc']}; caches {','.join(c['caches'])}; repeat {c['repeat']} (fresh process each)"
+    )
     return "\n".join(lines)
 
 
@@ -441,9 +521,8 @@ def main(argv=None, prog: str = "bench_load.py") -> int:
 
 def replot(json_path: Path, write_latest: bool) -> int:
     """Redraw ``<run>.png`` and ``<run>.md`` (and ``latest.md``) from a results JSON."""
-    import _report
-
     import _profile
+    import _report
 
     info = json.loads(json_path.read_text())
     base = json_path.with_suffix("")
@@ -452,9 +531,13 @@ def replot(json_path: Path, write_latest: bool) -> int:
             v["threads"] = _profile.summarize(v["raw"])
     c = info["config"]
     title = _title(info)
-    info["plot"] = {"path": base.with_suffix(".png").name,
-                    "renderer": _report.plot(info["summary"], info["limits"], base.with_suffix(".png"), title)}
-    md = markdown(info, table_md=_report.markdown_table(info["summary"]), limits_md=_report.limits_table(info["limits"]))
+    info["plot"] = {
+        "path": base.with_suffix(".png").name,
+        "renderer": _report.plot(info["summary"], info["limits"], base.with_suffix(".png"), title),
+    }
+    md = markdown(
+        info, table_md=_report.markdown_table(info["summary"]), limits_md=_report.limits_table(info["limits"])
+    )
     base.with_suffix(".md").write_text(md)
     if write_latest and not c.get("quick"):
         (json_path.parent / "latest.md").write_text(md)
@@ -465,9 +548,12 @@ def replot(json_path: Path, write_latest: bool) -> int:
 
 def _title(info) -> str:
     c, m, gi = info["config"], info["machine"], info["gpus"]
-    return (f"gpuload {info['versions'].get('gpuload')} - {human(c['bytes'])} {c['dtype']} {c['shape']} - "
-            f"{m['cpu']} x{m['cores']}" + (f" - {gi['devices'][0]['name']}" if gi.get("count") else "")
-            + f" - {info['date'][:10]}")
+    return (
+        f"gpuload {info['versions'].get('gpuload')} - {human(c['bytes'])} {c['dtype']} {c['shape']} - "
+        f"{m['cpu']} x{m['cores']}"
+        + (f" - {gi['devices'][0]['name']}" if gi.get("count") else "")
+        + f" - {info['date'][:10]}"
+    )
 
 
 def run(args) -> int:
@@ -561,13 +647,25 @@ def run(args) -> int:
         "versions": _sysinfo.versions(),
         "gpus": gpuinfo,
         "peers": probe,
-        "config": {"shape": list(shape), "dtype": args.dtype, "bytes": int(np.prod(shape)) * dtype.itemsize,
-                   "dir": str(bench_dir), "layouts": layouts, "devices": devices, "crc": args.crc,
-                   "caches": caches, "repeat": args.repeat, "quick": args.quick,
-                   "gpuload_config": {k: getattr(effective, k) for k in
-                                      ("ring_bytes", "chunk_bytes", "reader_threads", "verify_crc",
-                                       "direct_io", "gap_bytes")},
-                   "peers": peers, "peer_python": args.peer_python, "argv": sys.argv[1:]},
+        "config": {
+            "shape": list(shape),
+            "dtype": args.dtype,
+            "bytes": int(np.prod(shape)) * dtype.itemsize,
+            "dir": str(bench_dir),
+            "layouts": layouts,
+            "devices": devices,
+            "crc": args.crc,
+            "caches": caches,
+            "repeat": args.repeat,
+            "quick": args.quick,
+            "gpuload_config": {
+                k: getattr(effective, k)
+                for k in ("ring_bytes", "chunk_bytes", "reader_threads", "verify_crc", "direct_io", "gap_bytes")
+            },
+            "peers": peers,
+            "peer_python": args.peer_python,
+            "argv": sys.argv[1:],
+        },
     }
     print(header(info), flush=True)
     for s in skipped:
@@ -579,10 +677,19 @@ def run(args) -> int:
 
     # Limits, in a process of their own.
     print("\nmeasuring the machine's limits ...", flush=True)
-    lim = run_worker({"kind": "limits", "files": data["data_files"], "repeat": max(3, args.repeat),
-                      "chunk_bytes": effective.chunk_bytes, "cold": args.cold, "threads": [2, 4],
-                      "gpus": gpu_ids if devices and any(d.startswith("gpu") for d in devices) else []},
-                     sys.executable, args.timeout)
+    lim = run_worker(
+        {
+            "kind": "limits",
+            "files": data["data_files"],
+            "repeat": max(3, args.repeat),
+            "chunk_bytes": effective.chunk_bytes,
+            "cold": args.cold,
+            "threads": [2, 4],
+            "gpus": gpu_ids if devices and any(d.startswith("gpu") for d in devices) else [],
+        },
+        sys.executable,
+        args.timeout,
+    )
     limits = lim.get("limits", {})
     info["limits"] = limits
     info["limit_errors"] = dict(lim.get("errors", {}), **({"worker": lim["error"]} if lim.get("error") else {}))
@@ -594,15 +701,29 @@ def run(args) -> int:
     measurements = []
 
     def record(spec, res, what, crc):
-        res.update({"what": what, "layout": spec["layout"], "device": spec.get("device_label", "cpu"),
-                    "crc": crc, "cache": spec["cache"]})
+        res.update(
+            {
+                "what": what,
+                "layout": spec["layout"],
+                "device": spec.get("device_label", "cpu"),
+                "crc": crc,
+                "cache": spec["cache"],
+            }
+        )
         measurements.append(res)
-        status = f"{res['gbps']:6.2f} GB/s" if res.get("ok") else f"FAILED: {res.get('error') or res.get('verify', {}).get('detail')}"
+        status = (
+            f"{res['gbps']:6.2f} GB/s"
+            if res.get("ok")
+            else f"FAILED: {res.get('error') or res.get('verify', {}).get('detail')}"
+        )
         cache_note = "" if res.get("cache_ok", True) else " (cache state NOT as requested)"
         noise = res.get("cpu_other_pct")
         noise = "" if noise is None else f"  (other processes: {noise:.0f}% CPU)"
-        print(f"  {what:24s} {spec['layout']:8s} {res['device']:6s} crc={'-' if crc is None else ('on' if crc else 'off'):3s} "
-              f"{spec['cache']:11s} {status}{cache_note}{noise}", flush=True)
+        print(
+            f"  {what:24s} {spec['layout']:8s} {res['device']:6s} crc={'-' if crc is None else ('on' if crc else 'off'):3s} "
+            f"{spec['cache']:11s} {status}{cache_note}{noise}",
+            flush=True,
+        )
 
     # Every (what, layout, device, crc, cache) is a group; the repeats go round the groups
     # (run 1 of every group, then run 2, ...) so a burst of noise from a neighbour spreads
@@ -613,12 +734,27 @@ def run(args) -> int:
             for lay in layouts:
                 for crc in crc_modes:
                     cfg = dict(gcfg, verify_crc=crc, direct_io=(cache == "cold-direct"))
-                    jobs.append(("gpuload", crc, sys.executable, {
-                        "kind": "gpuload", "ckpt_dir": data["ckpt_dir"], "layout": lay,
-                        "device": "cpu" if device == "cpu" else "gpu", "device_label": device,
-                        "gpus": [] if device == "cpu" else gpu_ids, "cache": cache, "config": cfg,
-                        "files": data["data_files"], "shape": list(shape), "dtype": args.dtype,
-                        "expected_crcs": data["crcs"][lay]}))
+                    jobs.append(
+                        (
+                            "gpuload",
+                            crc,
+                            sys.executable,
+                            {
+                                "kind": "gpuload",
+                                "ckpt_dir": data["ckpt_dir"],
+                                "layout": lay,
+                                "device": "cpu" if device == "cpu" else "gpu",
+                                "device_label": device,
+                                "gpus": [] if device == "cpu" else gpu_ids,
+                                "cache": cache,
+                                "config": cfg,
+                                "files": data["data_files"],
+                                "shape": list(shape),
+                                "dtype": args.dtype,
+                                "expected_crcs": data["crcs"][lay],
+                            },
+                        )
+                    )
     peer_runs = []
     if "tensorflow" in peers:
         peer_runs += [("tensorflow", None, lay, data["data_files"]) for lay in layouts]
@@ -630,13 +766,31 @@ def run(args) -> int:
         peer_runs += [(f"dali numpy {m}", m, lay, [data["npy"]]) for m in dali_modes for lay in layouts]
     for what, mode, lay, files in peer_runs:
         for cache in [c for c in caches if c != "cold-direct"]:
-            jobs.append((what, None, args.peer_python, {
-                "kind": what.split()[0], "mode": mode, "ckpt_dir": data["ckpt_dir"], "layout": lay,
-                "cache": cache, "files": files, "shape": list(shape), "dtype": args.dtype,
-                "expected_crcs": data["crcs"].get(lay), "device_label": "gpu" if mode == "gpu" else "cpu"}))
-    print(f"\n{len(jobs)} measurements x {args.repeat} runs, each in a fresh process "
-          f"(gpuload: init_from_checkpoint + global_variables_initializer().run(); "
-          f"peers under {args.peer_python}):", flush=True)
+            jobs.append(
+                (
+                    what,
+                    None,
+                    args.peer_python,
+                    {
+                        "kind": what.split()[0],
+                        "mode": mode,
+                        "ckpt_dir": data["ckpt_dir"],
+                        "layout": lay,
+                        "cache": cache,
+                        "files": files,
+                        "shape": list(shape),
+                        "dtype": args.dtype,
+                        "expected_crcs": data["crcs"].get(lay),
+                        "device_label": "gpu" if mode == "gpu" else "cpu",
+                    },
+                )
+            )
+    print(
+        f"\n{len(jobs)} measurements x {args.repeat} runs, each in a fresh process "
+        f"(gpuload: init_from_checkpoint + global_variables_initializer().run(); "
+        f"peers under {args.peer_python}):",
+        flush=True,
+    )
     for rep in range(args.repeat):
         for what, crc, python, spec in jobs:
             if spec["cache"] == "warm":
@@ -656,14 +810,19 @@ def run(args) -> int:
     table = _report.console_table(summary)
     print("\n" + table)
     for name, t in info["machine_targets"].items():
-        print(f"{name}: kernel {t['kernel_gbps']:.1f} GB/s / D2D {t['d2d_gbps']:.1f} GB/s = {t['value']:.2f} "
-              f"(correct={t['correct']}) -> {'PASS' if t['pass'] else 'FAIL'}")
+        print(
+            f"{name}: kernel {t['kernel_gbps']:.1f} GB/s / D2D {t['d2d_gbps']:.1f} GB/s = {t['value']:.2f} "
+            f"(correct={t['correct']}) -> {'PASS' if t['pass'] else 'FAIL'}"
+        )
     for s in skipped:
         print(s)
 
     # Outputs.
-    host = (f"{gpuinfo['devices'][0]['name']}" if gpuinfo.get("count") else
-            f"{info['machine']['cpu']}-{info['machine']['cores']}c")
+    host = (
+        f"{gpuinfo['devices'][0]['name']}"
+        if gpuinfo.get("count")
+        else f"{info['machine']['cpu']}-{info['machine']['cores']}c"
+    )
     slug = re.sub(r"[^a-z0-9]+", "-", host.lower()).strip("-")[:40]
     stamp = _dt.datetime.now().strftime("%Y-%m-%dT%H%M")
     base = out_dir / f"{stamp}-{slug}-{human(info['config']['bytes'])}{'-quick' if args.quick else ''}"
@@ -677,8 +836,12 @@ def run(args) -> int:
     base.with_suffix(".md").write_text(md)
     if not args.quick:
         (out_dir / "latest.md").write_text(md)
-    print(f"\nwrote {json_path}" + (f", {png_path}" if png_path.exists() else "") + f", {base.with_suffix('.md')}"
-          + ("" if args.quick else f", {out_dir / 'latest.md'}"))
+    print(
+        f"\nwrote {json_path}"
+        + (f", {png_path}" if png_path.exists() else "")
+        + f", {base.with_suffix('.md')}"
+        + ("" if args.quick else f", {out_dir / 'latest.md'}")
+    )
     print(f"total {info['elapsed_s']:.0f} s")
     bad = [g for g in summary if g["what"] == "gpuload" and not g["ok"]]
     if bad:
@@ -719,14 +882,17 @@ def run_profiles(args, jobs) -> dict:
             continue
         from _workers import RESULT_TAG
 
-        res = next((json.loads(line[len(RESULT_TAG):]) for line in proc.stdout.splitlines()
-                    if line.startswith(RESULT_TAG)), {})
+        res = next(
+            (json.loads(line[len(RESULT_TAG) :]) for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)),
+            {},
+        )
         summ = _profile.summarize(raw)
-        out[key] = {"gbps_under_profiler": res.get("gbps"), "stats": res.get("stats"), "threads": summ,
-                    "raw": str(raw)}
+        out[key] = {"gbps_under_profiler": res.get("gbps"), "stats": res.get("stats"), "threads": summ, "raw": str(raw)}
         gb = res.get("gbps")
-        print(f"  {key}: {'-' if gb is None else f'{gb:.2f}'} GB/s under the profiler\n"
-              + _profile.format_summary(summ), flush=True)
+        print(
+            f"  {key}: {'-' if gb is None else f'{gb:.2f}'} GB/s under the profiler\n" + _profile.format_summary(summ),
+            flush=True,
+        )
     return out
 
 
@@ -734,8 +900,11 @@ def markdown(info, table_md: str, limits_md: str) -> str:
     m, c = info["machine"], info["config"]
     fs = m["filesystem"]
     gi = info["gpus"]
-    gpu = (f"{gi['count']} x {gi['devices'][0]['name']} (driver {gi.get('driver')}, cupy {gi.get('cupy')})"
-           if gi.get("count") else f"none ({gi.get('reason')})")
+    gpu = (
+        f"{gi['count']} x {gi['devices'][0]['name']} (driver {gi.get('driver')}, cupy {gi.get('cupy')})"
+        if gi.get("count")
+        else f"none ({gi.get('reason')})"
+    )
     lines = [
         f"# gpuload load benchmark: {human(c['bytes'])} {c['dtype']} {c['shape']}",
         "",
@@ -765,12 +934,20 @@ def markdown(info, table_md: str, limits_md: str) -> str:
         limits_md,
     ]
     for name, t in (info.get("machine_targets") or {}).items():
-        lines += ["", f"- {name}: gpuload kernel {t['kernel_gbps']:.1f} GB/s / D2D {t['d2d_gbps']:.1f} GB/s = "
-                      f"{t['value']:.2f} -> {'PASS' if t['pass'] else 'FAIL'}"]
+        lines += [
+            "",
+            f"- {name}: gpuload kernel {t['kernel_gbps']:.1f} GB/s / D2D {t['d2d_gbps']:.1f} GB/s = "
+            f"{t['value']:.2f} -> {'PASS' if t['pass'] else 'FAIL'}",
+        ]
     prof = {k: v for k, v in (info.get("profiles") or {}).items() if isinstance(v, dict) and "threads" in v}
     if prof:
-        lines += ["", "## Where the time went (py-spy, one extra warm CPU run each)", "",
-                  "Share of each thread role's samples during `run()`, by what the thread was doing.", ""]
+        lines += [
+            "",
+            "## Where the time went (py-spy, one extra warm CPU run each)",
+            "",
+            "Share of each thread role's samples during `run()`, by what the thread was doing.",
+            "",
+        ]
         for key, v in prof.items():
             gb = v.get("gbps_under_profiler")
             lines.append(f"- **{key}** ({'-' if gb is None else f'{gb:.2f}'} GB/s under the profiler)")

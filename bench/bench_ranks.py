@@ -29,16 +29,20 @@ from pathlib import Path
 
 
 def _parser(prog: str = "gpuload bench"):
-    p = argparse.ArgumentParser(prog=f"{prog} --ranks N", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=f"{prog} --ranks N", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--ranks", type=int, required=True, help="MPI ranks to launch")
     p.add_argument("--size", default="256MiB", help="tensor size (default 256MiB)")
     p.add_argument("--parts", type=int, help="row parts (default: --ranks)")
     p.add_argument("--layout", choices=["replicated", "sharded"], default="replicated")
     p.add_argument("--crc", choices=["on", "off"], default="on")
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
-                   help="where the parts live; gpu: one GPU per rank (rank k sees the k-th visible GPU), "
-                        "chunks move with NCCL")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="where the parts live; gpu: one GPU per rank (rank k sees the k-th visible GPU), chunks move with NCCL",
+    )
     p.add_argument("--dir", help="where the checkpoint is written (default: a temporary folder)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for the whole run")
@@ -59,8 +63,17 @@ def main(argv=None, prog: str = "gpuload bench") -> int:
         return 2
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         # The user's --dir (if any) gives way to the temporary folder inside it (argparse: last wins).
-        cmd = [mpiexec, "-n", str(args.ranks), sys.executable, __file__,
-               *[a for a in (argv if argv is not None else sys.argv[1:]) if a != "--worker"], "--worker", "--dir", tmp]
+        cmd = [
+            mpiexec,
+            "-n",
+            str(args.ranks),
+            sys.executable,
+            __file__,
+            *[a for a in (argv if argv is not None else sys.argv[1:]) if a != "--worker"],
+            "--worker",
+            "--dir",
+            tmp,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -75,14 +88,18 @@ def main(argv=None, prog: str = "gpuload bench") -> int:
 
 def _report(res) -> str:
     mib = 1 << 20
-    out = [f"{res['ranks']} ranks, {res['layout']} on {res['device']}, tensor {res['tensor_bytes'] / mib:.0f} MiB "
-           f"in {res['parts']} row parts, CRC {res['crc']}, collective transport {res.get('transport', '-')}"]
+    out = [
+        f"{res['ranks']} ranks, {res['layout']} on {res['device']}, tensor {res['tensor_bytes'] / mib:.0f} MiB "
+        f"in {res['parts']} row parts, CRC {res['crc']}, collective transport {res.get('transport', '-')}"
+    ]
     out.append(f"{'load':<11} {'wall s':>8} {'total read MiB':>15} {'x tensor':>9}   read MiB per rank")
     for mode in ("collective", "naive"):
         r = res[mode]
         total = sum(r["bytes_read"])
-        out.append(f"{mode:<11} {r['wall_s']:>8.3f} {total / mib:>15.1f} {total / res['tensor_bytes']:>9.2f}   "
-                   + " ".join(f"{b / mib:.1f}" for b in r["bytes_read"]))
+        out.append(
+            f"{mode:<11} {r['wall_s']:>8.3f} {total / mib:>15.1f} {total / res['tensor_bytes']:>9.2f}   "
+            + " ".join(f"{b / mib:.1f}" for b in r["bytes_read"])
+        )
     return "\n".join(out)
 
 
@@ -94,9 +111,15 @@ def _worker(args) -> int:
         import subprocess as sp
 
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        ids = visible.split(",") if visible else [
-            ln.split(":")[0].split()[-1] for ln in sp.run(["nvidia-smi", "-L"], capture_output=True,
-                                                          text=True).stdout.splitlines() if ln.startswith("GPU")]
+        ids = (
+            visible.split(",")
+            if visible
+            else [
+                ln.split(":")[0].split()[-1]
+                for ln in sp.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.splitlines()
+                if ln.startswith("GPU")
+            ]
+        )
         os.environ["CUDA_VISIBLE_DEVICES"] = ids[MPI.COMM_WORLD.rank % len(ids)]
 
     import gpuload as tf1
@@ -115,12 +138,19 @@ def _worker(args) -> int:
         devices = [f"/job:worker/task:{k}/device:{args.device.upper()}:0" for k in range(parts)]
     else:
         devices = f"/device:{args.device.upper()}:0"
-    res = {"ranks": comm.size, "layout": args.layout, "parts": parts, "crc": args.crc, "device": args.device,
-           "tensor_bytes": rows * 64 * 4}
+    res = {
+        "ranks": comm.size,
+        "layout": args.layout,
+        "parts": parts,
+        "crc": args.crc,
+        "device": args.device,
+        "tensor_bytes": rows * 64 * 4,
+    }
     for mode in ("collective", "naive"):
         tf1.reset_default_graph()
-        tf1.get_variable("emb", shape=[rows, 64], dtype="float32",
-                         partitioner=tf1.fixed_size_partitioner(parts), device=devices)
+        tf1.get_variable(
+            "emb", shape=[rows, 64], dtype="float32", partitioner=tf1.fixed_size_partitioner(parts), device=devices
+        )
         tf1.init_from_checkpoint(prefix, {"emb": "emb"})
         settings = {"verify_crc": args.crc == "on"}
         if mode == "collective":

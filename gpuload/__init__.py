@@ -28,7 +28,6 @@ from gpuload.format.reader import (
 )
 from gpuload.format.writer import save_checkpoint
 from gpuload.graph.init_from_checkpoint import init_from_checkpoint
-from gpuload.graph.warm_start import VocabInfo, warm_start
 from gpuload.graph.initializers import (
     constant_initializer,
     glorot_uniform_initializer,
@@ -56,20 +55,50 @@ from gpuload.graph.store import (
     variable_scope,
     variables_initializer,
 )
+from gpuload.graph.warm_start import VocabInfo, warm_start
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "config", "errors", "loader", "is_gpu_available",
-    "load", "plan_load", "last_load", "Request", "Spec", "LoadResult",
-    "CheckpointReader", "latest_checkpoint", "list_variables", "load_checkpoint", "load_variable",
-    "save_checkpoint", "init_from_checkpoint", "warm_start", "VocabInfo",
-    "constant_initializer", "glorot_uniform_initializer", "ones_initializer",
-    "random_normal_initializer", "random_uniform_initializer", "truncated_normal_initializer",
+    "config",
+    "errors",
+    "loader",
+    "is_gpu_available",
+    "load",
+    "plan_load",
+    "last_load",
+    "Request",
+    "Spec",
+    "LoadResult",
+    "CheckpointReader",
+    "latest_checkpoint",
+    "list_variables",
+    "load_checkpoint",
+    "load_variable",
+    "save_checkpoint",
+    "init_from_checkpoint",
+    "warm_start",
+    "VocabInfo",
+    "constant_initializer",
+    "glorot_uniform_initializer",
+    "ones_initializer",
+    "random_normal_initializer",
+    "random_uniform_initializer",
+    "truncated_normal_initializer",
     "zeros_initializer",
-    "fixed_size_partitioner", "min_max_variable_partitioner", "variable_axis_size_partitioner",
-    "Graph", "get_default_graph",
-    "PartitionedVariable", "Variable", "device", "get_variable", "global_variables",
-    "global_variables_initializer", "reset_default_graph", "variable_scope", "variables_initializer",
+    "fixed_size_partitioner",
+    "min_max_variable_partitioner",
+    "variable_axis_size_partitioner",
+    "Graph",
+    "get_default_graph",
+    "PartitionedVariable",
+    "Variable",
+    "device",
+    "get_variable",
+    "global_variables",
+    "global_variables_initializer",
+    "reset_default_graph",
+    "variable_scope",
+    "variables_initializer",
     "trainable_variables",
 ]

@@ -225,8 +225,9 @@ def _open(checkpoint):
     if isinstance(checkpoint, Bundle):
         return checkpoint
     if not isinstance(checkpoint, (str, os.PathLike)):
-        raise ArgumentTypeError(f"load: checkpoint must be a path (str) or a Bundle, got "
-                                f"{type(checkpoint).__name__}: {checkpoint!r}")
+        raise ArgumentTypeError(
+            f"load: checkpoint must be a path (str) or a Bundle, got {type(checkpoint).__name__}: {checkpoint!r}"
+        )
     return Bundle.open(resolve_prefix(checkpoint))
 
 
@@ -243,12 +244,15 @@ def _normalize(requests) -> list[tuple[str, Request]]:
         seen = set()
         for name, _ in items:
             if name in seen:
-                raise InvalidArgumentError(f"load: key {name!r} is requested twice in a list; use a dict "
-                                           f"{{name: request}} to load one tensor into several targets")
+                raise InvalidArgumentError(
+                    f"load: key {name!r} is requested twice in a list; use a dict "
+                    f"{{name: request}} to load one tensor into several targets"
+                )
             seen.add(name)
     else:
-        raise ArgumentTypeError(f"load: requests must be a dict {{name: request}} or a list of Request, got "
-                                f"{type(requests).__name__}")
+        raise ArgumentTypeError(
+            f"load: requests must be a dict {{name: request}} or a list of Request, got {type(requests).__name__}"
+        )
     out = []
     for name, r in items:
         if isinstance(r, str):
@@ -256,8 +260,10 @@ def _normalize(requests) -> list[tuple[str, Request]]:
         elif isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], str):
             r = Request(r[0], target=r[1])
         elif not isinstance(r, Request):
-            raise ArgumentTypeError(f"load: request {name!r} must be a Request, a checkpoint key or a "
-                                    f"(key, target) pair, got {type(r).__name__}: {r!r}")
+            raise ArgumentTypeError(
+                f"load: request {name!r} must be a Request, a checkpoint key or a "
+                f"(key, target) pair, got {type(r).__name__}: {r!r}"
+            )
         out.append((str(name), r))
     return out
 
@@ -284,19 +290,23 @@ def _box(name, r: Request, shape) -> Box:
     if not isinstance(box, tuple) or not all(isinstance(s, slice) for s in box):
         raise ArgumentTypeError(f"request {name!r}: box must be a tuple of slices or a Box, got {box!r}")
     if len(box) > len(shape):
-        raise InvalidArgumentError(f"request {name!r}: box {box!r} has more axes than tensor {r.key!r} of "
-                                   f"shape {list(shape)}")
+        raise InvalidArgumentError(
+            f"request {name!r}: box {box!r} has more axes than tensor {r.key!r} of shape {list(shape)}"
+        )
     start, size = [], []
     for axis, n in enumerate(shape):
         s = box[axis] if axis < len(box) else slice(None)
         if s.step not in (None, 1):
-            raise InvalidArgumentError(f"request {name!r}: box {box!r} has a step on axis {axis}; only "
-                                       f"contiguous boxes load")
+            raise InvalidArgumentError(
+                f"request {name!r}: box {box!r} has a step on axis {axis}; only contiguous boxes load"
+            )
         lo = 0 if s.start is None else int(s.start)
         hi = n if s.stop is None else int(s.stop)
         if not 0 <= lo <= hi <= n:
-            raise InvalidArgumentError(f"request {name!r}: box {box!r} on axis {axis} is [{lo}, {hi}), outside "
-                                       f"tensor {r.key!r} of shape {list(shape)} (negative indices are not taken)")
+            raise InvalidArgumentError(
+                f"request {name!r}: box {box!r} on axis {axis} is [{lo}, {hi}), outside "
+                f"tensor {r.key!r} of shape {list(shape)} (negative indices are not taken)"
+            )
         start.append(lo)
         size.append(hi - lo)
     return Box(tuple(start), tuple(size))
@@ -324,8 +334,9 @@ def _prepare(bundle, items, cfg, allow_cast):
 
             close = close_matches(r.key, bundle.names())
             hint = f"; close names: {', '.join(map(repr, close))}" if close else ""
-            raise CheckpointNotFoundError(f"request {name!r}: tensor {r.key!r} is not in checkpoint "
-                                          f"{bundle.prefix}{hint}")
+            raise CheckpointNotFoundError(
+                f"request {name!r}: tensor {r.key!r} is not in checkpoint {bundle.prefix}{hint}"
+            )
         shape = tuple(bundle.shape(r.key))
         stored = np.dtype(bundle.numpy_dtype(r.key))
         box = _box(name, r, shape)
@@ -335,20 +346,31 @@ def _prepare(bundle, items, cfg, allow_cast):
         else:
             device, dtype, tgt, fin = _from_array(name, r, target, box)
         if r.remap is not None and isinstance(target, Spec):
-            raise InvalidArgumentError(f"request {name!r}: a remap request needs an array target holding the "
-                                       f"starting values, got {target!r}")
+            raise InvalidArgumentError(
+                f"request {name!r}: a remap request needs an array target holding the starting values, got {target!r}"
+            )
         if dtype != stored and not allow_cast:
-            raise TargetError(f"request {name!r}: tensor {r.key!r} is {stored.name} but the target "
-                              f"{_describe(target)} is {dtype.name}; pass allow_cast=True to convert")
+            raise TargetError(
+                f"request {name!r}: tensor {r.key!r} is {stored.name} but the target "
+                f"{_describe(target)} is {dtype.name}; pass allow_cast=True to convert"
+            )
         if dtype != stored and allow_cast and not (dtype.name in _FLOATING and stored.name in _FLOATING):
-            raise TargetError(f"request {name!r}: allow_cast converts between floating dtypes only; tensor "
-                              f"{r.key!r} is {stored.name} and the target {_describe(target)} is {dtype.name}")
+            raise TargetError(
+                f"request {name!r}: allow_cast converts between floating dtypes only; tensor "
+                f"{r.key!r} is {stored.name} and the target {_describe(target)} is {dtype.name}"
+            )
         plan_requests.append(PlanRequest(name, r.key, box, dtype, device, r.remap))
         targets.append(tgt)
         finish.append(fin)
         names.append(name)
-    plan = build_plan(bundle, plan_requests, chunk_bytes=cfg.chunk_bytes, gap_bytes=cfg.gap_bytes,
-                      verify_crc=cfg.verify_crc, allow_cast=allow_cast)
+    plan = build_plan(
+        bundle,
+        plan_requests,
+        chunk_bytes=cfg.chunk_bytes,
+        gap_bytes=cfg.gap_bytes,
+        verify_crc=cfg.verify_crc,
+        allow_cast=allow_cast,
+    )
     return plan, names, targets, finish
 
 
@@ -358,8 +380,10 @@ def _same(x):
 
 def _check_shape(name, r, box, shape, target) -> None:
     if tuple(shape) != box.shape:
-        raise TargetError(f"request {name!r} loads {r.key!r}{list(box.shape)} (box {box.spec() or 'scalar'}) but "
-                          f"the target {target} has shape {list(shape)}")
+        raise TargetError(
+            f"request {name!r} loads {r.key!r}{list(box.shape)} (box {box.spec() or 'scalar'}) but "
+            f"the target {target} has shape {list(shape)}"
+        )
 
 
 def _from_spec(name, r, spec, box, stored, canonical_device):
@@ -406,10 +430,13 @@ def _jax_spec(name, dev, dtype, box):
     if platform == "cpu":
         device = _CPU
     elif platform in ("gpu", "cuda"):
-        device = f"/device:GPU:{dev.local_hardware_id if getattr(dev, 'local_hardware_id', None) is not None else dev.id}"
+        device = (
+            f"/device:GPU:{dev.local_hardware_id if getattr(dev, 'local_hardware_id', None) is not None else dev.id}"
+        )
     else:
-        raise TargetError(f"request {name!r}: JAX device {dev!r} (platform {platform!r}) is neither a CPU nor a "
-                          f"CUDA GPU")
+        raise TargetError(
+            f"request {name!r}: JAX device {dev!r} (platform {platform!r}) is neither a CPU nor a CUDA GPU"
+        )
 
     # JAX's CPU client takes a DLPack buffer without a copy only when it is 64-byte aligned.
     # The CPU backend maps large arrays (page-aligned) but mallocs small ones (16-byte
@@ -433,13 +460,26 @@ def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.empty(nbytes + align, np.uint8)
     skip = (-raw.ctypes.data) % align
-    return raw[skip: skip + nbytes].view(dtype).reshape(shape)
+    return raw[skip : skip + nbytes].view(dtype).reshape(shape)
 
 
-_TORCH_NAMES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32", "float64": "float64",
-                "int8": "int8", "uint8": "uint8", "int16": "int16", "int32": "int32", "int64": "int64",
-                "bool": "bool", "complex64": "complex64", "complex128": "complex128",
-                "uint16": "uint16", "uint32": "uint32", "uint64": "uint64"}
+_TORCH_NAMES = {
+    "bfloat16": "bfloat16",
+    "float16": "float16",
+    "float32": "float32",
+    "float64": "float64",
+    "int8": "int8",
+    "uint8": "uint8",
+    "int16": "int16",
+    "int32": "int32",
+    "int64": "int64",
+    "bool": "bool",
+    "complex64": "complex64",
+    "complex128": "complex128",
+    "uint16": "uint16",
+    "uint32": "uint32",
+    "uint64": "uint64",
+}
 
 
 def _torch_dtype(name, dtype):
@@ -466,10 +506,14 @@ def _from_array(name, r, target, box):
     if mod == "torch":
         return _torch_target(name, r, target, box)
     if mod.startswith("jax"):
-        raise TargetError(f"request {name!r}: the target {_describe(target)} is a JAX array, which is immutable; "
-                          f"pass gpuload.Spec(dtype=..., device=<a jax.Device>) and use the array load returns")
-    raise ArgumentTypeError(f"request {name!r}: target must be a gpuload.Spec, a NumPy or CuPy array or a torch "
-                            f"tensor, got {type(target).__module__}.{type(target).__name__}")
+        raise TargetError(
+            f"request {name!r}: the target {_describe(target)} is a JAX array, which is immutable; "
+            f"pass gpuload.Spec(dtype=..., device=<a jax.Device>) and use the array load returns"
+        )
+    raise ArgumentTypeError(
+        f"request {name!r}: target must be a gpuload.Spec, a NumPy or CuPy array or a torch "
+        f"tensor, got {type(target).__module__}.{type(target).__name__}"
+    )
 
 
 def _check_host(name, r, box, arr, what) -> None:
@@ -479,11 +523,15 @@ def _check_host(name, r, box, arr, what) -> None:
     if not arr.flags.writeable:
         raise TargetError(f"request {name!r}: the target {what} is read-only")
     if not arr.dtype.isnative:
-        raise TargetError(f"request {name!r}: the target {what} is {arr.dtype.str} (non-native byte order); "
-                          f"pass an array of native byte order")
+        raise TargetError(
+            f"request {name!r}: the target {what} is {arr.dtype.str} (non-native byte order); "
+            f"pass an array of native byte order"
+        )
     if arr.dtype.kind in "SUO":
-        raise TargetError(f"request {name!r}: the target {what} holds {arr.dtype}; string tensors load into "
-                          f"a Spec target (a NumPy object array)")
+        raise TargetError(
+            f"request {name!r}: the target {what} holds {arr.dtype}; string tensors load into "
+            f"a Spec target (a NumPy object array)"
+        )
 
 
 def _torch_target(name, r, t, box):
@@ -495,8 +543,10 @@ def _torch_target(name, r, t, box):
     if not t.is_contiguous():
         raise TargetError(f"request {name!r}: the target {what} is not contiguous")
     if t.requires_grad:
-        raise TargetError(f"request {name!r}: the target {what} requires grad; load into it under "
-                          f"torch.no_grad() or pass tensor.detach()")
+        raise TargetError(
+            f"request {name!r}: the target {what} requires grad; load into it under "
+            f"torch.no_grad() or pass tensor.detach()"
+        )
     np_dtype = _dt.as_numpy_dtype(str(t.dtype).rsplit(".", 1)[-1])
     if t.device.type == "cpu":
         # bfloat16 has no NumPy twin in torch: see its bits as int16, then as ml_dtypes' bfloat16.

@@ -26,10 +26,12 @@ _SUBCOMMANDS: list[tuple[str, dict, object]] = []
 
 def subcommand(name: str, **parser_kwargs):
     """Register a subcommand: decorate a function that fills its parser and returns the handler."""
+
     def register(fill):
         _SUBCOMMANDS[:] = [s for s in _SUBCOMMANDS if s[0] != name]
         _SUBCOMMANDS.append((name, parser_kwargs, fill))
         return fill
+
     return register
 
 
@@ -75,14 +77,15 @@ def _human(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-@subcommand("inspect", help="list a checkpoint's tensors, print one, or verify every checksum",
-            description="List every tensor of a checkpoint (name, dtype, shape, bytes, shard, slices).")
+@subcommand(
+    "inspect",
+    help="list a checkpoint's tensors, print one, or verify every checksum",
+    description="List every tensor of a checkpoint (name, dtype, shape, bytes, shard, slices).",
+)
 def _inspect_args(p: argparse.ArgumentParser):
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory, prefix, or one of its files")
-    p.add_argument("--tensor", metavar="NAME", action="append",
-                   help="print this tensor's value (repeatable)")
-    p.add_argument("--verify", action="store_true",
-                   help="check every stored CRC32C; exit 1 naming each corrupt tensor")
+    p.add_argument("--tensor", metavar="NAME", action="append", help="print this tensor's value (repeatable)")
+    p.add_argument("--verify", action="store_true", help="check every stored CRC32C; exit 1 naming each corrupt tensor")
     p.add_argument("--no-progress", action="store_true", help="no progress bar with --verify")
     return _inspect
 
@@ -109,8 +112,16 @@ def _print_table(bundle, out) -> None:
         total += nbytes
         shards = sorted({p.entry.shard_id for p in pieces})
         e = bundle.entry(name)
-        rows.append((name, bundle.tf_dtype_name(name), str(list(e.shape)), str(nbytes),
-                     ",".join(map(str, shards)), str(len(e.slices)) if e.slices else "-"))
+        rows.append(
+            (
+                name,
+                bundle.tf_dtype_name(name),
+                str(list(e.shape)),
+                str(nbytes),
+                ",".join(map(str, shards)),
+                str(len(e.slices)) if e.slices else "-",
+            )
+        )
     header = ("name", "dtype", "shape", "bytes", "shard", "slices")
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     right = {3}
@@ -123,8 +134,11 @@ def _print_table(bundle, out) -> None:
     print(fmt(tuple("-" * w for w in widths)), file=out)
     for r in rows:
         print(fmt(r), file=out)
-    print(f"{len(rows)} tensors, {total} bytes ({_human(total)}) in {bundle.num_shards} data file(s)"
-          f"{', big-endian' if bundle.big_endian else ''}", file=out)
+    print(
+        f"{len(rows)} tensors, {total} bytes ({_human(total)}) in {bundle.num_shards} data file(s)"
+        f"{', big-endian' if bundle.big_endian else ''}",
+        file=out,
+    )
 
 
 def _print_tensors(bundle, names, out) -> int:
@@ -170,8 +184,16 @@ def _verify(bundle, out, progress: bool) -> int:
     entries = bundle.data_entries()
     total = sum(e.size for e in entries)
     bad = []
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="verify", file=sys.stderr,
-              disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="verify",
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+    ) as bar:
         for e in entries:
             done = 0
 
@@ -179,6 +201,7 @@ def _verify(bundle, out, progress: bool) -> int:
                 nonlocal done
                 done += n
                 bar.update(n)
+
             try:
                 bundle.verify_entry(e, progress=step)
             except CheckpointError as err:
@@ -199,8 +222,9 @@ def _demo_args(p: argparse.ArgumentParser):
     return fill_parser(p)
 
 
-subcommand("demo", help="write a checkpoint, load it with init_from_checkpoint into a partitioned "
-                        "variable, and check it")(_demo_args)
+subcommand(
+    "demo", help="write a checkpoint, load it with init_from_checkpoint into a partitioned variable, and check it"
+)(_demo_args)
 
 
 def _bench_args(p: argparse.ArgumentParser):
@@ -216,8 +240,10 @@ def _run_bench(argv) -> int:
     ranks = any(a == "--ranks" or a.startswith("--ranks=") for a in argv)  # bench/bench_ranks.py
     path = Path(__file__).resolve().parents[1] / "bench" / ("bench_ranks.py" if ranks else "bench_load.py")
     if not path.exists():
-        print(f"gpuload bench: the benchmark lives in the source checkout ({path} not found); "
-              "see bench/README.md", file=sys.stderr)
+        print(
+            f"gpuload bench: the benchmark lives in the source checkout ({path} not found); see bench/README.md",
+            file=sys.stderr,
+        )
         return 2
     spec = importlib.util.spec_from_file_location("gpuload_bench_load", path)
     mod = importlib.util.module_from_spec(spec)
@@ -225,9 +251,9 @@ def _run_bench(argv) -> int:
     return mod.main(argv, prog="gpuload bench")
 
 
-subcommand("bench",
-           help="the load benchmark against the machine's limits and the peers "
-                "(source checkout; see bench/README.md)")(_bench_args)
+subcommand(
+    "bench", help="the load benchmark against the machine's limits and the peers (source checkout; see bench/README.md)"
+)(_bench_args)
 
 
 if __name__ == "__main__":  # pragma: no cover

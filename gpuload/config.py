@@ -112,10 +112,13 @@ class Config:
         object.__setattr__(self, "collective_timeout", float(self.collective_timeout))
         if not self.collective_timeout > 0:
             raise ValueError(f"collective_timeout must be > 0 seconds, got {self.collective_timeout}")
-        if self.communicator is not None and not (hasattr(self.communicator, "Get_rank")
-                                                  and hasattr(self.communicator, "Get_size")):
-            raise TypeError(f"communicator must be an mpi4py communicator (e.g. MPI.COMM_WORLD) or None, "
-                            f"got {type(self.communicator).__name__}")
+        if self.communicator is not None and not (
+            hasattr(self.communicator, "Get_rank") and hasattr(self.communicator, "Get_size")
+        ):
+            raise TypeError(
+                f"communicator must be an mpi4py communicator (e.g. MPI.COMM_WORLD) or None, "
+                f"got {type(self.communicator).__name__}"
+            )
 
     @property
     def ring_slots(self) -> int:
@@ -123,7 +126,7 @@ class Config:
         return self.ring_bytes // self.chunk_bytes
 
     @classmethod
-    def from_env(cls, environ=None) -> "Config":
+    def from_env(cls, environ=None) -> Config:
         """Build a config from ``GPULOAD_*`` environment variables, defaults elsewhere."""
         environ = os.environ if environ is None else environ
         kwargs, keys = {}, {}

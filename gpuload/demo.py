@@ -65,8 +65,12 @@ def run(args) -> int:
         gpuload.reset_default_graph()
         with gpuload.variable_scope("new_scope"):
             emb = gpuload.get_variable(
-                "embedding", shape=table.shape, dtype="float32",
-                partitioner=gpuload.fixed_size_partitioner(args.parts), device=args.device)
+                "embedding",
+                shape=table.shape,
+                dtype="float32",
+                partitioner=gpuload.fixed_size_partitioner(args.parts),
+                device=args.device,
+            )
             bias = gpuload.get_variable("bias", shape=[args.cols], dtype="float32", device=args.device)
         gpuload.init_from_checkpoint(root, {"old_scope/": "new_scope/"})
         op = gpuload.global_variables_initializer()
@@ -89,7 +93,7 @@ def run(args) -> int:
         for part in parts:
             info = part._save_slice_info
             start = info.var_offset[0]
-            expect = table[start:start + part.shape[0]]
+            expect = table[start : start + part.shape[0]]
             if not np.array_equal(part.numpy(), expect):
                 print(f"MISMATCH in {part.name}")
                 return 1
@@ -98,14 +102,21 @@ def run(args) -> int:
             return 1
         st = last_stats()[0]
         print(f"loaded {len(parts)} parts of {emb.name} onto {parts[0].device}")
-        print(f"  load time: 1st run {times[0]:.3f} s, 2nd run {times[1]:.3f} s "
-              f"({table.nbytes / elapsed / 1e9:.2f} GB/s, best run)")
+        print(
+            f"  load time: 1st run {times[0]:.3f} s, 2nd run {times[1]:.3f} s "
+            f"({table.nbytes / elapsed / 1e9:.2f} GB/s, best run)"
+        )
         # A load stages only what cannot land in place: row parts in host memory are read
         # straight into the variable, so the ring then allocates nothing.
-        staged = ("nothing staged: every chunk was read straight into its part" if st.ring_bytes == 0
-                  else f"{st.ring_bytes / 2**20:.0f} MiB used")
+        staged = (
+            "nothing staged: every chunk was read straight into its part"
+            if st.ring_bytes == 0
+            else f"{st.ring_bytes / 2**20:.0f} MiB used"
+        )
         print(f"  staging ring: {staged} (limit ring_bytes = {cfg.ring_bytes / 2**20:.0f} MiB)")
-        print(f"  reader threads (summed): {st.read_s:.3f} s reading, {st.crc_s:.3f} s on CRC32C, "
-              f"{st.copy_s + st.submit_s:.3f} s copying")
+        print(
+            f"  reader threads (summed): {st.read_s:.3f} s reading, {st.crc_s:.3f} s on CRC32C, "
+            f"{st.copy_s + st.submit_s:.3f} s copying"
+        )
         print("every part matches the saved array bit for bit")
     return 0

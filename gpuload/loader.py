@@ -45,8 +45,9 @@ def requests_for(variables) -> dict:
             target = Spec(tuple(v.shape), v.dtype, v.device)
             out[v.op.name] = Request(src.tensor, box=src.box, target=target)
         else:
-            out[v.op.name] = Request(src.tensor, box=src.box, target=src.remap.backup_value(v),
-                                     remap=src.remap.plan_remap())
+            out[v.op.name] = Request(
+                src.tensor, box=src.box, target=src.remap.backup_value(v), remap=src.remap.plan_remap()
+            )
     return out
 
 
@@ -55,8 +56,9 @@ def plan_for(prefix, variables, *, cfg=None):
     cfg = cfg or config_mod.get()
     bundle = Bundle.open(prefix)
     check_sources_unchanged(bundle, variables)
-    plan = plan_load(bundle, requests_for(variables), config=cfg,
-                     allow_cast=any(v._init_source.allow_cast for v in variables))
+    plan = plan_load(
+        bundle, requests_for(variables), config=cfg, allow_cast=any(v._init_source.allow_cast for v in variables)
+    )
     return bundle, plan
 
 
@@ -86,8 +88,10 @@ def check_sources_unchanged(bundle, variables) -> None:
         if name not in bundle:
             raise CheckpointChangedError(
                 f"tensor {name!r}, which variable {v.op.name!r} loads, is no longer in the checkpoint: it was "
-                f"replaced after init_from_checkpoint; call init_from_checkpoint again", path=bundle.index_path,
-                tensor=name)
+                f"replaced after init_from_checkpoint; call init_from_checkpoint again",
+                path=bundle.index_path,
+                tensor=name,
+            )
         e = bundle.entry(name)
         (old_dtype, old_shape, old_slices), new = src.stored, (e.dtype, e.shape, e.slices)
         if (old_dtype, old_shape, old_slices) != new:
@@ -97,19 +101,25 @@ def check_sources_unchanged(bundle, variables) -> None:
             if old_dtype != e.dtype:
                 what.append(f"dtype {dtype_name(old_dtype)} -> {dtype_name(e.dtype)}")
             if old_slices != e.slices:
-                what.append(f"stored slicing {[str(b) for b in old_slices] or 'whole'} -> "
-                            f"{[str(b) for b in e.slices] or 'whole'}")
+                what.append(
+                    f"stored slicing {[str(b) for b in old_slices] or 'whole'} -> "
+                    f"{[str(b) for b in e.slices] or 'whole'}"
+                )
             raise CheckpointChangedError(
                 f"tensor {name!r}, which variable {v.op.name!r} loads, changed after init_from_checkpoint "
-                f"validated it: {'; '.join(what)}; call init_from_checkpoint again", path=bundle.index_path,
-                tensor=name)
+                f"validated it: {'; '.join(what)}; call init_from_checkpoint again",
+                path=bundle.index_path,
+                tensor=name,
+            )
     for v in variables:
         old = v._init_source.index_id
         if old is not None and old != bundle.index_id:
             raise CheckpointChangedError(
                 f"the checkpoint index was replaced after init_from_checkpoint read it ({old.describe()}; now "
                 f"{bundle.index_id.describe()}): the variables would load data they were not validated "
-                f"against; call init_from_checkpoint again", path=bundle.index_path)
+                f"against; call init_from_checkpoint again",
+                path=bundle.index_path,
+            )
 
 
 def load_checkpoint_sources(variables) -> None:
@@ -133,8 +143,7 @@ def load_checkpoint_sources(variables) -> None:
         bundle = Bundle.open(prefix)
         check_sources_unchanged(bundle, group)
         # The same opened bundle: the plan is built from the index that was just checked.
-        result = load(bundle, requests_for(group), config=cfg,
-                      allow_cast=any(v._init_source.allow_cast for v in group))
+        result = load(bundle, requests_for(group), config=cfg, allow_cast=any(v._init_source.allow_cast for v in group))
         stats = result.stats
         remaps = [v._init_source.remap for v in group if v._init_source.remap is not None]
         mappings = {id(r.mapping): r.mapping for r in remaps}.values()

@@ -65,8 +65,7 @@ class LoadStats:
         return dataclasses.asdict(self)
 
 
-def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None = None, prefill=None,
-            targets=None):
+def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None = None, prefill=None, targets=None):
     """Fill every destination of ``plan``; return the destination arrays, in plan order.
 
     Parameters
@@ -156,11 +155,12 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
 
 
 def _check_target(d, value, what: str) -> None:
-    if (tuple(value.shape) != tuple(d.shape) or np.dtype(value.dtype) != d.dtype
-            or not value.flags.c_contiguous):
-        raise ValueError(f"{what} of {d.name} is a {np.dtype(value.dtype).name}{tuple(value.shape)} "
-                         f"array (C-contiguous: {value.flags.c_contiguous}); expected "
-                         f"{d.dtype.name}{tuple(d.shape)}")
+    if tuple(value.shape) != tuple(d.shape) or np.dtype(value.dtype) != d.dtype or not value.flags.c_contiguous:
+        raise ValueError(
+            f"{what} of {d.name} is a {np.dtype(value.dtype).name}{tuple(value.shape)} "
+            f"array (C-contiguous: {value.flags.c_contiguous}); expected "
+            f"{d.dtype.name}{tuple(d.shape)}"
+        )
 
 
 def _allocate(backend, d):
@@ -170,8 +170,10 @@ def _allocate(backend, d):
     except (MemoryError, OSError) as e:  # CuPy's OutOfMemoryError is a MemoryError too
         if isinstance(e, OSError) and e.errno != errno.ENOMEM:
             raise
-        what = (f"cannot allocate {d.nbytes} bytes (shape {list(d.shape)}, {np.dtype(d.dtype).name}) on "
-                f"{d.device} for {d.name!r}, which loads tensor {d.source!r}: out of memory")
+        what = (
+            f"cannot allocate {d.nbytes} bytes (shape {list(d.shape)}, {np.dtype(d.dtype).name}) on "
+            f"{d.device} for {d.name!r}, which loads tensor {d.source!r}: out of memory"
+        )
         if isinstance(e, DeviceMemoryError):
             raise DeviceMemoryError(f"{what} ({e})", device=e.device) from e
         raise OutOfMemoryError(f"{what} ({type(e).__name__}: {e})") from None
@@ -289,8 +291,7 @@ def _stream(plan, backends, sessions, dests, dtypes, config, stats):
                 elif config.direct_io:
                     view = files.read(c.file, c.offset, c.size, ring.buffer(slot))
                     t1 = time.perf_counter()
-                    crcs = [crcmod.crc32c(view[s.chunk_offset: s.chunk_offset + s.size])
-                            for s in c.crc_spans]
+                    crcs = [crcmod.crc32c(view[s.chunk_offset : s.chunk_offset + s.size]) for s in c.crc_spans]
                     tc = time.perf_counter() - t1
                 else:
                     view = memoryview(ring.buffer(slot)).cast("B")[: c.size]
@@ -336,8 +337,10 @@ def _stream(plan, backends, sessions, dests, dtypes, config, stats):
                     cond.notify_all()
             ring.release(slot)
 
-    threads = [threading.Thread(target=reader, name=f"gpuload-reader-{i}", daemon=True)
-               for i in range(max(1, min(config.reader_threads, len(chunks))))]
+    threads = [
+        threading.Thread(target=reader, name=f"gpuload-reader-{i}", daemon=True)
+        for i in range(max(1, min(config.reader_threads, len(chunks))))
+    ]
     rel_thread = threading.Thread(target=releaser, name="gpuload-releaser", daemon=True)
     running = [0] * len(plan.checks)  # running raw CRC per check
     seen = [0] * len(plan.checks)
@@ -366,8 +369,9 @@ def _stream(plan, backends, sessions, dests, dtypes, config, stats):
                     tokens.append(sessions[device].submit(slot, chunk_bytes, copies, dests, dtypes))
                 release_q.put((slot, tokens))
             for span, value in zip(chunk.crc_spans, crcs):
-                running[span.check] = crcmod.crc32c_combine(running[span.check], value, span.size) \
-                    if seen[span.check] else value
+                running[span.check] = (
+                    crcmod.crc32c_combine(running[span.check], value, span.size) if seen[span.check] else value
+                )
                 seen[span.check] += span.size
                 check = plan.checks[span.check]
                 if seen[span.check] == check.size:
@@ -448,8 +452,7 @@ def _stop(ring, release_q, launched, files, bar, sessions, failure):
     steps += [(lambda t=t: _join_launched(t)) for t in launched]
     if failure is not None:
         steps.append(wait_sessions)
-    steps += [files.close, lambda: ring_bytes.__setitem__(0, ring.nbytes),
-              lambda: ring.close(reuse=reuse[0])]
+    steps += [files.close, lambda: ring_bytes.__setitem__(0, ring.nbytes), lambda: ring.close(reuse=reuse[0])]
     if bar is not None:
         steps.append(bar.close)
     for step in steps:
@@ -500,13 +503,17 @@ def _direct_targets(plan, chunk, dests):
     out = []
     for cp in chunk.copies:
         d = plan.destinations[cp.dest]
-        if (d.src_dtype != d.dtype or not d.device.startswith("/device:CPU")
-                or not cp.is_contiguous() or cp.src_offset != pos
-                or not isinstance(dests[cp.dest], np.ndarray)):
+        if (
+            d.src_dtype != d.dtype
+            or not d.device.startswith("/device:CPU")
+            or not cp.is_contiguous()
+            or cp.src_offset != pos
+            or not isinstance(dests[cp.dest], np.ndarray)
+        ):
             return None
         n = cp.size * d.dtype.itemsize
         flat = dests[cp.dest].reshape(-1).view(np.uint8)
-        out.append(flat[cp.dst_offset * d.dtype.itemsize: cp.dst_offset * d.dtype.itemsize + n])
+        out.append(flat[cp.dst_offset * d.dtype.itemsize : cp.dst_offset * d.dtype.itemsize + n])
         pos += n
     return out if pos == chunk.size and out else None
 
@@ -532,7 +539,7 @@ def _read_crc(files, chunk, buffers):
         done = 0
         while done < n:
             take = min(_PIECE, n - done)
-            files.read_into(chunk.file, chunk.offset + pos + done, [buf[done:done + take]])
+            files.read_into(chunk.file, chunk.offset + pos + done, [buf[done : done + take]])
             if spans:
                 t = time.perf_counter()
                 lo, hi = pos + done, pos + done + take
@@ -540,7 +547,7 @@ def _read_crc(files, chunk, buffers):
                     sp = spans[si]
                     a, b = max(lo, sp.chunk_offset), min(hi, sp.chunk_offset + sp.size)
                     if a < b:
-                        crcs[si] = crcmod.crc32c(buf[a - pos: b - pos], crcs[si])
+                        crcs[si] = crcmod.crc32c(buf[a - pos : b - pos], crcs[si])
                     if sp.chunk_offset + sp.size <= hi:
                         si += 1
                     else:
@@ -557,7 +564,9 @@ def _verify(plan, check, raw_crc: int) -> None:
         raise ChecksumError(
             f"crc32c mismatch in tensor {check.tensor!r} (entry {check.key!r}, {check.size} bytes): "
             f"stored 0x{stored:08x}, computed 0x{raw_crc:08x}. The data file may be truncated or corrupt.",
-            path=plan.files[check.file], tensor=check.tensor, offset=check.offset,
+            path=plan.files[check.file],
+            tensor=check.tensor,
+            offset=check.offset,
         )
 
 

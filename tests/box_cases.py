@@ -147,11 +147,21 @@ def split_box(tshape, bstart, bshape, e0, e1):
                 run[1] += 1
                 continue
             if run is not None:
-                out.append((start[:axis] + (start[axis] + run[0],) + start[axis + 1 :], shape[:axis] + (run[1],) + shape[axis + 1 :]))
+                out.append(
+                    (
+                        start[:axis] + (start[axis] + run[0],) + start[axis + 1 :],
+                        shape[:axis] + (run[1],) + shape[axis + 1 :],
+                    )
+                )
                 run = None
             rec(s, sh, axis + 1)
         if run is not None:
-            out.append((start[:axis] + (start[axis] + run[0],) + start[axis + 1 :], shape[:axis] + (run[1],) + shape[axis + 1 :]))
+            out.append(
+                (
+                    start[:axis] + (start[axis] + run[0],) + start[axis + 1 :],
+                    shape[:axis] + (run[1],) + shape[axis + 1 :],
+                )
+            )
 
     rec(tuple(bstart), tuple(bshape), 0)
     return out
@@ -263,7 +273,19 @@ def edge_cases() -> list[Case]:
         cases.append(make_case(f"scalar {tag}", (), (), (), s, d, seed=i))
         cases.append(make_case(f"empty {tag}", (0, 5), (0, 0), (0, 5), s, d, seed=i))
         cases.append(make_case(f"odd 7x13 {tag}", (7, 13), (0, 0), (7, 13), s, d, seed=i))
-        cases.append(make_case(f"cut rows 5x11 [17,40) {tag}", (5, 11), (0, 0), (5, 11), s, d, elems=(17, 40), prefix=3 * s.itemsize, seed=i))
+        cases.append(
+            make_case(
+                f"cut rows 5x11 [17,40) {tag}",
+                (5, 11),
+                (0, 0),
+                (5, 11),
+                s,
+                d,
+                elems=(17, 40),
+                prefix=3 * s.itemsize,
+                seed=i,
+            )
+        )
         cases.append(make_case(f"column box cut {tag}", (6, 9), (0, 2), (6, 5), s, d, elems=(10, 47), seed=i))
         cases.append(make_case(f"misaligned chunk {tag}", (4, 6), (1, 1), (3, 4), s, d, prefix=1, misalign=2, seed=i))
     shapes = [(6,), (5, 7), (3, 4, 5), (2, 3, 4, 5)]
@@ -274,7 +296,9 @@ def edge_cases() -> list[Case]:
             start = tuple(lo if a == axis else 0 for a in range(len(shape)))
             bshape = tuple(hi - lo if a == axis else shape[a] for a in range(len(shape)))
             for s, d in [(F32, F32), (F32, BF16), (BF16, F16), (F64, F16)]:
-                cases.append(make_case(f"rank{len(shape)} axis{axis} {s}->{d}", shape, start, bshape, s, d, pad=0, seed=axis))
+                cases.append(
+                    make_case(f"rank{len(shape)} axis{axis} {s}->{d}", shape, start, bshape, s, d, pad=0, seed=axis)
+                )
                 cases.append(make_case(f"rank{len(shape)} axis{axis} cut {s}->{d}", shape, start, bshape, s, d, pad=1,
                                        elems=(math.prod(shape) // 4, 3 * math.prod(shape) // 4), seed=axis))  # fmt: skip
     # Identity rows long enough for the 16-byte vector path, with and without head/tail.

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The `sim` fixture (the CUDA simulator for one test), for every test module.
+pytest_plugins = ["sim_support"]
+
 REPO = Path(__file__).resolve().parents[1]
 
 #: The TensorFlow-written reference data, shipped with the tests.
@@ -52,8 +55,11 @@ def golden() -> Path:
     if not (path / "cases.json").exists():
         if os.environ.get("GPULOAD_ALLOW_NO_GOLDEN") == "1":
             pytest.skip(f"golden data not found at {path} (GPULOAD_ALLOW_NO_GOLDEN=1)")
-        pytest.fail(f"golden data not found at {path} (it ships in tests/data/golden; "
-                    f"GPULOAD_GOLDEN_DIR overrides the location)", pytrace=False)
+        pytest.fail(
+            f"golden data not found at {path} (it ships in tests/data/golden; "
+            f"GPULOAD_GOLDEN_DIR overrides the location)",
+            pytrace=False,
+        )
     return path
 
 
@@ -91,5 +97,7 @@ def pytest_runtest_setup(item):
         from gpuload.device.placement import is_gpu_available
 
         if not is_gpu_available():
-            pytest.fail("GPULOAD_REQUIRE_GPU=1 but no CUDA device is usable (is CuPy installed? "
-                        "CUDA_VISIBLE_DEVICES?)", pytrace=False)
+            pytest.fail(
+                "GPULOAD_REQUIRE_GPU=1 but no CUDA device is usable (is CuPy installed? CUDA_VISIBLE_DEVICES?)",
+                pytrace=False,
+            )

@@ -170,14 +170,18 @@ def finish_test() -> list[str]:
 class CUDARuntimeError(RuntimeError):
     def __init__(self, status: int, msg: str = "") -> None:
         self.status = status
-        names = {700: "cudaErrorIllegalAddress: an illegal memory access was encountered",
-                 2: "cudaErrorMemoryAllocation: out of memory"}
+        names = {
+            700: "cudaErrorIllegalAddress: an illegal memory access was encountered",
+            2: "cudaErrorMemoryAllocation: out of memory",
+        }
         super().__init__(msg or names.get(status, f"cudaError {status}"))
 
 
 class OutOfMemoryError(MemoryError):
     def __init__(self, size: int, total: int, limit: int = 0) -> None:
-        super().__init__(f"Out of memory allocating {size:,} bytes (allocated so far: {total:,} bytes, limit set to: {limit:,} bytes).")
+        super().__init__(
+            f"Out of memory allocating {size:,} bytes (allocated so far: {total:,} bytes, limit set to: {limit:,} bytes)."
+        )
 
 
 class CompileException(Exception):
@@ -264,8 +268,19 @@ def _get_device_count() -> int:
 
 
 class _Alloc:
-    __slots__ = ("start", "size", "device", "stream", "freed", "free_id", "free_vc", "buf", "history", "handle",
-                 "__weakref__")
+    __slots__ = (
+        "start",
+        "size",
+        "device",
+        "stream",
+        "freed",
+        "free_id",
+        "free_vc",
+        "buf",
+        "history",
+        "handle",
+        "__weakref__",
+    )
 
     def __init__(self, size, device, stream):
         self.size = size
@@ -433,7 +448,9 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - cupy.ndarray
         return self._host().copy()
 
     def __array__(self, dtype=None, copy=None):
-        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy array explicitly.")
+        raise TypeError(
+            "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy array explicitly."
+        )
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kw):
         args = [_unwrap(x) for x in inputs]
@@ -514,8 +531,13 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - cupy.ndarray
 
     @property
     def __cuda_array_interface__(self):
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self._a.ctypes.data, False),
-                "version": 3, "strides": None if self.flags.c_contiguous else self.strides}
+        return {
+            "shape": self.shape,
+            "typestr": self.dtype.str,
+            "data": (self._a.ctypes.data, False),
+            "version": 3,
+            "strides": None if self.flags.c_contiguous else self.strides,
+        }
 
     def __dlpack_device__(self):
         return (2, self._sim_dev)
@@ -554,7 +576,7 @@ def _device_array(shape, dtype, device: int) -> ndarray:
         alloc = _Alloc(nbytes, device, stream)
         h = _register(alloc)
     off = alloc.start - alloc.buf.ctypes.data
-    raw = alloc.buf[off: off + nbytes]
+    raw = alloc.buf[off : off + nbytes]
     return ndarray(raw.view(dtype).reshape(shape), device, h)
 
 
@@ -594,8 +616,10 @@ def _host_access(arr: ndarray, write: bool) -> None:
         hi = lo + max(arr._a.nbytes, 1)
         for op, is_write, a, b in alloc.history:
             if a < hi and lo < b and (is_write or write) and not _hb_host(op):
-                _violate(f"host {'write' if write else 'read'} of GPU {dev} memory that {op} "
-                         f"{'writes' if is_write else 'reads'} without synchronisation")
+                _violate(
+                    f"host {'write' if write else 'read'} of GPU {dev} memory that {op} "
+                    f"{'writes' if is_write else 'reads'} without synchronisation"
+                )
                 break
 
 
@@ -680,8 +704,22 @@ class _RandomState:
 
 random = types.SimpleNamespace(RandomState=_RandomState)
 
-for _n in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
-           "float16", "float32", "float64", "bool_", "complex64", "complex128"):
+for _n in (
+    "uint8",
+    "int8",
+    "uint16",
+    "int16",
+    "uint32",
+    "int32",
+    "uint64",
+    "int64",
+    "float16",
+    "float32",
+    "float64",
+    "bool_",
+    "complex64",
+    "complex128",
+):
     globals()[_n] = getattr(np, _n)
 dtype = np.dtype
 
@@ -798,7 +836,11 @@ def _enqueue(stream, what, fn, extra_deps=(), extra_vcs=(), ready=None, blocking
         deps = list(extra_deps)
         if stream.null:
             # The legacy default stream waits for (and is waited on by) blocking streams.
-            deps += [s.last for s in state.streams.values() if s.device == stream.device and not s.non_blocking and not s.null]
+            deps += [
+                s.last
+                for s in state.streams.values()
+                if s.device == stream.device and not s.non_blocking and not s.null
+            ]
         elif not stream.non_blocking:
             deps.append(_current_stream_null(stream.device).last)
         op = _Op(stream, what, fn, deps, extra_vcs)
@@ -875,8 +917,12 @@ def _pump() -> None:
     while progress:
         progress = False
         for op in sorted(state.pending.values(), key=lambda o: o.id):
-            if (not op.done and all(d.done for d in op.deps) and state.sticky.get(op.device) is None
-                    and (op.ready is None or op.ready())):
+            if (
+                not op.done
+                and all(d.done for d in op.deps)
+                and state.sticky.get(op.device) is None
+                and (op.ready is None or op.ready())
+            ):
                 _execute(op)
                 progress = True
 
@@ -890,8 +936,10 @@ def _access(op: _Op, alloc: _Alloc, lo: int, hi: int, write: bool) -> None:
             _violate(f"{op} {'writes' if write else 'reads'} {what}")
     for p, p_write, a, b in alloc.history:
         if a < hi and lo < b and (write or p_write) and p.stream is not op.stream and not _hb(p, op) and not _hb(op, p):
-            _violate(f"race: {op} and {p} access the same memory [{max(a, lo):#x}, {min(b, hi):#x}) "
-                     f"with no ordering between their streams")
+            _violate(
+                f"race: {op} and {p} access the same memory [{max(a, lo):#x}, {min(b, hi):#x}) "
+                f"with no ordering between their streams"
+            )
             break
     alloc.history = [h for h in alloc.history if not (h[0].done and _hb_host(h[0]))]
     alloc.history.append((op, write, lo, hi))
@@ -1036,8 +1084,10 @@ def _memcpy_async(dst, src, size, kind, stream_ptr):
         def run_d2d(op):
             if not size:
                 return
-            if (_dev_range(op, src, size, False, "source") is not None
-                    and _dev_range(op, dst, size, True, "destination") is not None):
+            if (
+                _dev_range(op, src, size, False, "source") is not None
+                and _dev_range(op, dst, size, True, "destination") is not None
+            ):
                 ctypes.memmove(dst, src, size)
 
         _enqueue(stream, f"D2D copy of {size} bytes", run_d2d)
@@ -1124,9 +1174,22 @@ def _syntax_check(code: str, options: tuple) -> str | None:
             with tempfile.TemporaryDirectory() as d:
                 (Path(d) / "prelude.h").write_text(_PRELUDE)
                 (Path(d) / "k.cu").write_text(code)
-                proc = subprocess.run([gxx, "-std=c++17", "-fsyntax-only", "-x", "c++", "-include",
-                                       str(Path(d) / "prelude.h"), *opts, str(Path(d) / "k.cu")],
-                                      capture_output=True, text=True, check=False)
+                proc = subprocess.run(
+                    [
+                        gxx,
+                        "-std=c++17",
+                        "-fsyntax-only",
+                        "-x",
+                        "c++",
+                        "-include",
+                        str(Path(d) / "prelude.h"),
+                        *opts,
+                        str(Path(d) / "k.cu"),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
                 state.syntax_ok[key] = proc.stderr if proc.returncode else None
     return state.syntax_ok[key]
 
@@ -1145,9 +1208,9 @@ class RawModule:
         log = _syntax_check(self.code, self.options)
         if log is not None:
             raise CompileException(log, self.code, name, self.options)
-        if name.startswith("gpuload_gather_") and name[len("gpuload_gather_"):] in _harness().variants():
+        if name.startswith("gpuload_gather_") and name[len("gpuload_gather_") :] in _harness().variants():
             return _GatherKernel(name, dev, self.only)
-        if not name.startswith("gpuload_box_copy_") or name[len("gpuload_box_copy_"):] not in _harness().variants():
+        if not name.startswith("gpuload_box_copy_") or name[len("gpuload_box_copy_") :] not in _harness().variants():
             raise CUDARuntimeError(500, f"cudaErrorNotFound: named symbol not found: {name}")
         return _Kernel(name, dev, self.only)
 
@@ -1155,7 +1218,7 @@ class RawModule:
 class _Kernel:
     def __init__(self, name, device, only):
         self.name = name
-        self.variant = name[len("gpuload_box_copy_"):]
+        self.variant = name[len("gpuload_box_copy_") :]
         self.device = device
         # -DGPULOAD_ONLY compiles one variant; the others are empty stubs, as on the GPU.
         self.stub = only is not None and only != self.variant
@@ -1219,7 +1282,7 @@ class _GatherKernel(_Kernel):
 
     def __init__(self, name, device, only):
         super().__init__(name, device, only)
-        self.variant = name[len("gpuload_gather_"):]
+        self.variant = name[len("gpuload_gather_") :]
         self.stub = only is not None and only != self.variant
 
     def __call__(self, grid, block, args, shared_mem=0, stream=None):
@@ -1262,7 +1325,7 @@ class _GatherKernel(_Kernel):
                     continue
                 rank = int(b["rank"])
                 shape, ss, ds = b["shape"][:rank], b["src_strides"][:rank], b["dst_strides"][:rank]
-                p = pairs[int(r["index_offset"]): int(r["index_offset"]) + int(r["boxes"])]
+                p = pairs[int(r["index_offset"]) : int(r["index_offset"]) + int(r["boxes"])]
                 lo = src_ptr + int(p[:, 0].min())
                 hi = src_ptr + int(p[:, 0].max()) + s_isz * (1 + int(((shape - 1) * ss).sum()))
                 src_lo = lo if src_lo is None else min(src_lo, lo)
@@ -1274,8 +1337,9 @@ class _GatherKernel(_Kernel):
             if src_lo is not None:
                 _dev_range(op, src_lo, src_hi - src_lo, False, "gather source")
             h = _harness()
-            rc = h.lib.gpuload_harness_gather_run(kernel.variant.encode(), src_ptr, desc_ptr, n, off_ptr, gx, gy,
-                                                  block[0], 0)
+            rc = h.lib.gpuload_harness_gather_run(
+                kernel.variant.encode(), src_ptr, desc_ptr, n, off_ptr, gx, gy, block[0], 0
+            )
             if rc != 0:
                 _violate(f"{op}: the harness does not know variant {kernel.variant}")
 
@@ -1404,8 +1468,9 @@ class NcclCommunicator:
             if _nccl.mpi is not None:
                 for p in peers:
                     buf = np.frombuffer(data, np.uint8).copy()
-                    _nccl.mpi_sends.append((_nccl.mpi.Isend([buf, _mpi_byte()], dest=p, tag=_NCCL_TAG),
-                                            buf, f"{op} to rank {p}"))
+                    _nccl.mpi_sends.append(
+                        (_nccl.mpi.Isend([buf, _mpi_byte()], dest=p, tag=_NCCL_TAG), buf, f"{op} to rank {p}")
+                    )
             for m in msgs:
                 m.data = data
 
@@ -1459,8 +1524,14 @@ class NcclCommunicator:
                 ctypes.memmove(ptr, m.data, min(nbytes, len(m.data)))
 
         extra = (m.send_op,) if m.send_op is not None else ()
-        op = _enqueue(stream, what, run, extra_deps=extra, extra_vcs=tuple(o.vc for o in extra),
-                      ready=lambda: comm.aborted or m.data is not None)
+        op = _enqueue(
+            stream,
+            what,
+            run,
+            extra_deps=extra,
+            extra_vcs=tuple(o.vc for o in extra),
+            ready=lambda: comm.aborted or m.data is not None,
+        )
         m.recv_op = op
         return op
 
@@ -1490,8 +1561,14 @@ class NcclCommunicator:
         state.calls.append(("nccl broadcast", self.rank, root, n))
         with state.lock:
             if self.rank == root:
-                self._send_op(s, int(sendbuff), n, [r for r in range(self.size) if r != root],
-                              f"ncclBroadcast of {n} bytes from rank {root}", recv_ptr=int(recvbuff))
+                self._send_op(
+                    s,
+                    int(sendbuff),
+                    n,
+                    [r for r in range(self.size) if r != root],
+                    f"ncclBroadcast of {n} bytes from rank {root}",
+                    recv_ptr=int(recvbuff),
+                )
             else:
                 self._recv_op(s, int(recvbuff), n, root, f"ncclBroadcast of {n} bytes rank {root} -> {self.rank}")
 
@@ -1535,8 +1612,17 @@ nccl = types.SimpleNamespace(
     groupStart=_nccl_group_start,
     groupEnd=_nccl_group_end,
     get_version=lambda: 22703,
-    NCCL_INT8=0, NCCL_CHAR=0, NCCL_UINT8=1, NCCL_INT32=2, NCCL_UINT32=3, NCCL_INT64=4, NCCL_UINT64=5,
-    NCCL_FLOAT16=6, NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_BFLOAT16=9,
+    NCCL_INT8=0,
+    NCCL_CHAR=0,
+    NCCL_UINT8=1,
+    NCCL_INT32=2,
+    NCCL_UINT32=3,
+    NCCL_INT64=4,
+    NCCL_UINT64=5,
+    NCCL_FLOAT16=6,
+    NCCL_FLOAT32=7,
+    NCCL_FLOAT64=8,
+    NCCL_BFLOAT16=9,
 )
 
 
@@ -1556,8 +1642,13 @@ runtime = types.SimpleNamespace(
     CUDARuntimeError=CUDARuntimeError,
     driverGetVersion=lambda: 13000,
     runtimeGetVersion=lambda: 13000,
-    getDeviceProperties=lambda i: {"name": f"Simulated GPU {i}".encode(), "totalGlobalMem": 1 << 34, "major": 9,
-                                   "minor": 0, "pciBusID": i},
+    getDeviceProperties=lambda i: {
+        "name": f"Simulated GPU {i}".encode(),
+        "totalGlobalMem": 1 << 34,
+        "major": 9,
+        "minor": 0,
+        "pciBusID": i,
+    },
 )
 compiler = types.SimpleNamespace(CompileException=CompileException)
 memory = types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError)

@@ -35,8 +35,11 @@ def golden_checkpoints() -> Path:
     if not all((path / n / "manifest.json").is_file() for n in GOLDEN_NAMES):
         if os.environ.get("GPULOAD_ALLOW_NO_GOLDEN") == "1":
             pytest.skip(f"golden checkpoints not found at {path} (GPULOAD_ALLOW_NO_GOLDEN=1)")
-        pytest.fail(f"golden checkpoints not found at {path} (they ship in tests/data/golden; "
-                    f"GPULOAD_GOLDEN_DIR overrides the location)", pytrace=False)
+        pytest.fail(
+            f"golden checkpoints not found at {path} (they ship in tests/data/golden; "
+            f"GPULOAD_GOLDEN_DIR overrides the location)",
+            pytrace=False,
+        )
     return path
 
 
@@ -102,8 +105,15 @@ def rewrite_index(prefix, edit) -> None:
 def entry_kwargs(value: bytes) -> dict:
     """A serialized ``BundleEntryProto`` as ``encode_entry`` keyword arguments."""
     e = proto.decode_entry(value)
-    return dict(dtype=e.dtype, shape=e.shape.dims, shard_id=e.shard_id, offset=e.offset, size=e.size,
-                crc32c=e.crc32c, slices=[list(s.extents) for s in e.slices])
+    return dict(
+        dtype=e.dtype,
+        shape=e.shape.dims,
+        shard_id=e.shard_id,
+        offset=e.offset,
+        size=e.size,
+        crc32c=e.crc32c,
+        slices=[list(s.extents) for s in e.slices],
+    )
 
 
 def edit_entry(prefix, name: str, **changes) -> None:
@@ -138,7 +148,7 @@ def block_ranges(index_bytes: bytes) -> list[tuple[int, int]]:
     io, pos = decode_varint(index_bytes, pos, n)
     isz, pos = decode_varint(index_bytes, pos, n)
     out = [(mo, ms), (io, isz)]
-    for _, handle, _ in _parse_block(index_bytes[io:io + isz], None, io, "index"):
+    for _, handle, _ in _parse_block(index_bytes[io : io + isz], None, io, "index"):
         bo, p = decode_varint(handle, 0, len(handle))
         bs, _ = decode_varint(handle, p, len(handle))
         out.append((bo, bs))
@@ -151,4 +161,6 @@ def fix_block_crcs(data: bytearray, ranges) -> None:
 
     for off, size in ranges:
         if off + size + 5 <= len(data):
-            data[off + size + 1:off + size + 5] = mask(crc32c(bytes(data[off:off + size + 1]))).to_bytes(4, "little")
+            data[off + size + 1 : off + size + 5] = mask(crc32c(bytes(data[off : off + size + 1]))).to_bytes(
+                4, "little"
+            )

@@ -49,7 +49,9 @@ class Harness:
         self.lib.gpuload_harness_map(desc.ctypes.data, itemsize, idx, out.ctypes.data)
         return int(out[0]), int(out[1])
 
-    def run(self, variant: str, src: np.ndarray, descs: np.ndarray, grid=(3, 2), block=32, force64=False, n_desc=None) -> None:
+    def run(
+        self, variant: str, src: np.ndarray, descs: np.ndarray, grid=(3, 2), block=32, force64=False, n_desc=None
+    ) -> None:
         """Simulate ``gpuload_box_copy_<variant><<<grid, block>>>(src, descs, n_desc)``."""
         n = len(descs) if n_desc is None else n_desc
         rc = self.lib.gpuload_harness_run(
@@ -73,12 +75,30 @@ class Harness:
         n = self.lib.gpuload_harness_gather_layout(out.ctypes.data, out.size)
         return out[:n].tolist()
 
-    def gather_run(self, variant: str, src: np.ndarray, descs: np.ndarray, offsets: np.ndarray, grid=(3, 2),
-                   block=32, force64=False, n_desc=None) -> None:
+    def gather_run(
+        self,
+        variant: str,
+        src: np.ndarray,
+        descs: np.ndarray,
+        offsets: np.ndarray,
+        grid=(3, 2),
+        block=32,
+        force64=False,
+        n_desc=None,
+    ) -> None:
         """Simulate ``gpuload_gather_<variant><<<grid, block>>>(src, descs, n_desc, offsets)``."""
         n = len(descs) if n_desc is None else n_desc
-        rc = self.lib.gpuload_harness_gather_run(variant.encode(), src.ctypes.data, descs.ctypes.data, n,
-                                                 offsets.ctypes.data, grid[0], grid[1], block, int(force64))
+        rc = self.lib.gpuload_harness_gather_run(
+            variant.encode(),
+            src.ctypes.data,
+            descs.ctypes.data,
+            n,
+            offsets.ctypes.data,
+            grid[0],
+            grid[1],
+            block,
+            int(force64),
+        )
         assert rc == 0, variant
 
     def execute(self, case, dest: np.ndarray, grid=(3, 2), block=32, force64=False) -> None:

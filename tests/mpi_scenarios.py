@@ -39,7 +39,8 @@ if os.environ.get("GPULOAD_TEST_GPU_PER_RANK") == "1":
     # One process per GPU, as launchers do: rank k sees only the k-th visible GPU (set
     # before CuPy initialises CUDA; gpuload imports CuPy only when a GPU is used).
     _visible = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(
-        str(i) for i in range(int(os.environ.get("GPULOAD_TEST_NGPUS", "1"))))
+        str(i) for i in range(int(os.environ.get("GPULOAD_TEST_NGPUS", "1")))
+    )
     _ids = _visible.split(",")
     os.environ["CUDA_VISIBLE_DEVICES"] = _ids[MPI.COMM_WORLD.rank % len(_ids)]
 
@@ -56,9 +57,9 @@ if SIMULATE_CUDA:
     cuda_sim.install("early" if os.environ["GPULOAD_SIMULATE_CUDA"].strip().lower() == "early" else "late")
     cuda_sim.nccl_over_mpi(MPI.COMM_WORLD)
 
-import gpuload as tf1
-from gpuload.distributed import NotLocalError
-from gpuload.errors import ChecksumError
+import gpuload as tf1  # noqa: E402 - after the simulator is installed as cupy
+from gpuload.distributed import NotLocalError  # noqa: E402 - after the simulator is installed as cupy
+from gpuload.errors import ChecksumError  # noqa: E402 - after the simulator is installed as cupy
 
 COLS = 64
 PARTS = 4
@@ -86,14 +87,15 @@ def write(comm, workdir, rows, corrupt=False):
 
 def make_emb(rows, devices):
     tf1.reset_default_graph()
-    return tf1.get_variable("emb", shape=[rows, COLS], dtype="float32",
-                            partitioner=tf1.fixed_size_partitioner(PARTS), device=devices)
+    return tf1.get_variable(
+        "emb", shape=[rows, COLS], dtype="float32", partitioner=tf1.fixed_size_partitioner(PARTS), device=devices
+    )
 
 
 def part_expected(rows, k):
     full = expected(rows)
     n = rows // PARTS
-    return full[k * n:(k + 1) * n]
+    return full[k * n : (k + 1) * n]
 
 
 def small_chunks(rows):
@@ -120,17 +122,29 @@ def replicated(comm, workdir, rows):
     tf1.init_from_checkpoint(prefix, {"emb": "emb"})
     wall = run_load(comm)
     parts = emb._get_variable_list()
-    exact = all(np.array_equal(p.value().view(np.uint32), part_expected(rows, k).view(np.uint32))
-                for k, p in enumerate(parts))
+    exact = all(
+        np.array_equal(p.value().view(np.uint32), part_expected(rows, k).view(np.uint32)) for k, p in enumerate(parts)
+    )
     st = tf1.loader.last_stats()[0]
-    return {"exact": exact, "bytes_read": st.bytes_read, "bytes_sent": st.bytes_sent,
-            "bytes_received": st.bytes_received, "wall_s": wall, "tensor_bytes": rows * COLS * 4}
+    return {
+        "exact": exact,
+        "bytes_read": st.bytes_read,
+        "bytes_sent": st.bytes_sent,
+        "bytes_received": st.bytes_received,
+        "wall_s": wall,
+        "tensor_bytes": rows * COLS * 4,
+    }
 
 
 def sharded(comm, workdir, rows):
     prefix = write(comm, workdir, rows)
-    emb = make_emb(rows, [f"/job:worker/replica:0/task:{k}/device:CPU:0" if k % 2 else
-                          f"/job:worker/task:{k}/device:CPU:0" for k in range(PARTS)])
+    emb = make_emb(
+        rows,
+        [
+            f"/job:worker/replica:0/task:{k}/device:CPU:0" if k % 2 else f"/job:worker/task:{k}/device:CPU:0"
+            for k in range(PARTS)
+        ],
+    )
     tf1.init_from_checkpoint(prefix, {"emb": "emb"})
     wall = run_load(comm)
     parts = emb._get_variable_list()
@@ -146,9 +160,15 @@ def sharded(comm, workdir, rows):
         except NotLocalError as e:
             others_refuse.append(isinstance(e, ValueError) and f"task {k}" in str(e))
     st = tf1.loader.last_stats()[0]
-    return {"exact": exact, "others_refuse": all(others_refuse), "bytes_read": st.bytes_read,
-            "part_bytes": mine.value().nbytes, "wall_s": wall, "holds": mine.name,
-            "is_initialized_others": [p.is_initialized() for k, p in enumerate(parts) if k != comm.rank]}
+    return {
+        "exact": exact,
+        "others_refuse": all(others_refuse),
+        "bytes_read": st.bytes_read,
+        "part_bytes": mine.value().nbytes,
+        "wall_s": wall,
+        "holds": mine.name,
+        "is_initialized_others": [p.is_initialized() for k, p in enumerate(parts) if k != comm.rank],
+    }
 
 
 def corrupt(comm, workdir, rows):
@@ -161,8 +181,11 @@ def corrupt(comm, workdir, rows):
         err = None
     except ChecksumError as e:
         err = str(e)
-    return {"error": err, "wall_s": time.perf_counter() - t,
-            "assigned": [p.is_initialized() for p in emb._get_variable_list()]}
+    return {
+        "error": err,
+        "wall_s": time.perf_counter() - t,
+        "assigned": [p.is_initialized() for p in emb._get_variable_list()],
+    }
 
 
 def rank_fails(comm, workdir, rows, timeout=10.0):
@@ -175,8 +198,13 @@ def rank_fails(comm, workdir, rows, timeout=10.0):
         run_load(comm, timeout=timeout)
         return {"raised": None, "elapsed_s": time.perf_counter() - t, "timeout": timeout}
     except Exception as e:  # noqa: BLE001 - the scenario records what each rank raised
-        return {"raised": type(e).__name__, "is_value_error": isinstance(e, ValueError),
-                "message": str(e)[:300], "elapsed_s": time.perf_counter() - t, "timeout": timeout}
+        return {
+            "raised": type(e).__name__,
+            "is_value_error": isinstance(e, ValueError),
+            "message": str(e)[:300],
+            "elapsed_s": time.perf_counter() - t,
+            "timeout": timeout,
+        }
 
 
 def reader_fails(comm, workdir, rows, timeout=60.0):
@@ -197,8 +225,13 @@ def reader_fails(comm, workdir, rows, timeout=60.0):
         run_load(comm, timeout=timeout)
         return {"raised": None, "elapsed_s": time.perf_counter() - t, "timeout": timeout}
     except Exception as e:  # noqa: BLE001
-        return {"raised": type(e).__name__, "message": str(e)[:300], "elapsed_s": time.perf_counter() - t,
-                "timeout": timeout, "assigned": [p.is_initialized() for p in emb._get_variable_list()]}
+        return {
+            "raised": type(e).__name__,
+            "message": str(e)[:300],
+            "elapsed_s": time.perf_counter() - t,
+            "timeout": timeout,
+            "assigned": [p.is_initialized() for p in emb._get_variable_list()],
+        }
 
 
 def gpu_replicated(comm, workdir, rows):
@@ -207,12 +240,20 @@ def gpu_replicated(comm, workdir, rows):
     tf1.init_from_checkpoint(prefix, {"emb": "emb"})
     run_load(comm, chunk_bytes=small_chunks(rows))  # the first load builds the NCCL communicator, compiles the kernels
     wall = run_load(comm, chunk_bytes=small_chunks(rows))
-    exact = all(np.array_equal(p.numpy().view(np.uint32), part_expected(rows, k).view(np.uint32))
-                for k, p in enumerate(emb._get_variable_list()))
+    exact = all(
+        np.array_equal(p.numpy().view(np.uint32), part_expected(rows, k).view(np.uint32))
+        for k, p in enumerate(emb._get_variable_list())
+    )
     st = tf1.loader.last_stats()[0]
-    return {"exact": exact, "bytes_read": st.bytes_read, "bytes_received": st.bytes_received,
-            "transport": st.transport, "wall_s": wall, "tensor_bytes": rows * COLS * 4,
-            "gbps_received": st.bytes_received / wall / 1e9}
+    return {
+        "exact": exact,
+        "bytes_read": st.bytes_read,
+        "bytes_received": st.bytes_received,
+        "transport": st.transport,
+        "wall_s": wall,
+        "tensor_bytes": rows * COLS * 4,
+        "gbps_received": st.bytes_received / wall / 1e9,
+    }
 
 
 def gpu_sharded(comm, workdir, rows):
@@ -222,11 +263,15 @@ def gpu_sharded(comm, workdir, rows):
     wall = run_load(comm, chunk_bytes=small_chunks(rows))
     parts = emb._get_variable_list()
     held = [k for k in range(PARTS) if k % comm.size == comm.rank]
-    exact = all(np.array_equal(parts[k].numpy().view(np.uint32), part_expected(rows, k).view(np.uint32))
-                for k in held)
+    exact = all(np.array_equal(parts[k].numpy().view(np.uint32), part_expected(rows, k).view(np.uint32)) for k in held)
     st = tf1.loader.last_stats()[0]
-    return {"exact": exact, "bytes_read": st.bytes_read, "part_bytes": sum(parts[k].value().nbytes for k in held),
-            "transport": st.transport, "wall_s": wall}
+    return {
+        "exact": exact,
+        "bytes_read": st.bytes_read,
+        "part_bytes": sum(parts[k].value().nbytes for k in held),
+        "transport": st.transport,
+        "wall_s": wall,
+    }
 
 
 WS_OLD, WS_NEW, WS_OOV, WS_COLS = 4096, 5000, 2, 16
@@ -261,10 +306,16 @@ def _ws_load(comm, prefix, new_v, old_v, devices, collective, crc):
     """warm_start the 4-part [5002, 16] embedding and run the initializer (over ``comm`` when
     ``collective``); returns (parts, bytes read, stats, wall)."""
     tf1.reset_default_graph()
-    emb = tf1.get_variable("emb", shape=[WS_NEW + WS_OOV, WS_COLS], dtype="float32",
-                           partitioner=tf1.fixed_size_partitioner(PARTS), device=devices)
-    info = tf1.VocabInfo(new_v, WS_NEW, WS_OOV, old_v,
-                         backup_initializer=tf1.random_uniform_initializer(-1.0, 1.0, seed=5))
+    emb = tf1.get_variable(
+        "emb",
+        shape=[WS_NEW + WS_OOV, WS_COLS],
+        dtype="float32",
+        partitioner=tf1.fixed_size_partitioner(PARTS),
+        device=devices,
+    )
+    info = tf1.VocabInfo(
+        new_v, WS_NEW, WS_OOV, old_v, backup_initializer=tf1.random_uniform_initializer(-1.0, 1.0, seed=5)
+    )
     settings = {"verify_crc": crc, "chunk_bytes": 16384}
     if collective:
         settings["communicator"] = comm
@@ -298,8 +349,11 @@ def _warm_start(comm, workdir, sharded):
         got = _ws_values(parts, held)
         out[f"crc_{crc}"] = {
             "exact": all(np.array_equal(got[k], ref[k]) for k in held),
-            "bytes_read": read, "single_process_read": ref_read, "wall_s": wall,
-            "vocab_bytes": sum(st.vocab_bytes for st in stats), "transport": stats[0].transport if stats else None,
+            "bytes_read": read,
+            "single_process_read": ref_read,
+            "wall_s": wall,
+            "vocab_bytes": sum(st.vocab_bytes for st in stats),
+            "transport": stats[0].transport if stats else None,
             "not_held_refuse": all(not parts[k].is_initialized() for k in range(PARTS) if k not in held),
         }
     return out
@@ -320,8 +374,13 @@ def warm_start_changed(comm, workdir, rows):
     (the at-run() check of the single-process load, made before the exchange)."""
     prefix, new_v, old_v = _ws_data(comm, workdir)
     tf1.reset_default_graph()
-    emb = tf1.get_variable("emb", shape=[WS_NEW + WS_OOV, WS_COLS], dtype="float32",
-                           partitioner=tf1.fixed_size_partitioner(PARTS), device=_ws_device())
+    emb = tf1.get_variable(
+        "emb",
+        shape=[WS_NEW + WS_OOV, WS_COLS],
+        dtype="float32",
+        partitioner=tf1.fixed_size_partitioner(PARTS),
+        device=_ws_device(),
+    )
     info = tf1.VocabInfo(new_v, WS_NEW, WS_OOV, old_v)
     with tf1.config.set(communicator=comm):
         tf1.warm_start(prefix, ".*", {"emb": info}, {"emb": "old_emb"})
@@ -334,8 +393,11 @@ def warm_start_changed(comm, workdir, rows):
             tf1.global_variables_initializer().run()
             return {"raised": None}
         except Exception as e:  # noqa: BLE001 - the scenario records what each rank raised
-            return {"raised": type(e).__name__, "message": str(e)[:300],
-                    "assigned": [p.is_initialized() for p in emb._get_variable_list()]}
+            return {
+                "raised": type(e).__name__,
+                "message": str(e)[:300],
+                "assigned": [p.is_initialized() for p in emb._get_variable_list()],
+            }
 
 
 def mixed(comm, workdir, rows):
@@ -355,8 +417,12 @@ def mixed(comm, workdir, rows):
         tf1.init_from_checkpoint(a, {"emb": "emb"})
         got["emb"] = lambda: np.concatenate([p.value() for p in emb._get_variable_list()]).view(np.uint32)
     if comm.rank in (1, 3):
-        wv = tf1.get_variable("w", shape=[1000, 8], dtype="float64",
-                              device="/job:worker/task:3/device:CPU:0" if comm.rank == 3 else "/cpu:0")
+        wv = tf1.get_variable(
+            "w",
+            shape=[1000, 8],
+            dtype="float64",
+            device="/job:worker/task:3/device:CPU:0" if comm.rank == 3 else "/cpu:0",
+        )
         sv = tf1.get_variable("words", shape=[3], dtype="string")
         tf1.init_from_checkpoint(b, {"w": "w", "words": "words"})
         got["w"] = lambda: wv.value()
@@ -370,8 +436,12 @@ def mixed(comm, workdir, rows):
     if "w" in got:
         ok = ok and np.array_equal(got["w"](), w) and list(got["words"]()) == list(words)
     stats = tf1.loader.last_stats()
-    return {"ok": bool(ok), "loaded": sorted(got), "bytes_read": sum(s.bytes_read for s in stats),
-            "checkpoints": len(stats)}
+    return {
+        "ok": bool(ok),
+        "loaded": sorted(got),
+        "bytes_read": sum(s.bytes_read for s in stats),
+        "checkpoints": len(stats),
+    }
 
 
 def check(name, results, rows):
@@ -379,11 +449,18 @@ def check(name, results, rows):
     tensor = rows * COLS * 4
     if name == "replicated":
         total = sum(r["bytes_read"] for r in results)
-        return all(r["exact"] for r in results) and total <= 1.05 * tensor, {"total_read": total,
-                                                                             "ratio": total / tensor}
+        return all(r["exact"] for r in results) and total <= 1.05 * tensor, {
+            "total_read": total,
+            "ratio": total / tensor,
+        }
     if name == "sharded":
-        ok = all(r["exact"] and r["others_refuse"] and r["bytes_read"] <= 1.05 * r["part_bytes"]
-                 and not any(r["is_initialized_others"]) for r in results)
+        ok = all(
+            r["exact"]
+            and r["others_refuse"]
+            and r["bytes_read"] <= 1.05 * r["part_bytes"]
+            and not any(r["is_initialized_others"])
+            for r in results
+        )
         return ok, {"total_read": sum(r["bytes_read"] for r in results)}
     if name == "corrupt":
         texts = {r["error"] for r in results}
@@ -391,14 +468,23 @@ def check(name, results, rows):
         return ok, {"same_text": len(texts) == 1}
     if name == "rank_fails":
         others = [r for i, r in enumerate(results) if i != 1]
-        ok = (results[1]["raised"] == "AssignmentMapError" and
-              all(r["raised"] == "CollectiveTimeoutError" and r["elapsed_s"] <= r["timeout"] + 5 for r in others))
+        ok = results[1]["raised"] == "AssignmentMapError" and all(
+            r["raised"] == "CollectiveTimeoutError" and r["elapsed_s"] <= r["timeout"] + 5 for r in others
+        )
         return ok, {"max_elapsed_s": max(r["elapsed_s"] for r in others)}
     if name == "reader_fails":
         others = [r for i, r in enumerate(results) if i != 2]
-        ok = (results[2]["raised"] == "ShardReadError" and not any(any(r["assigned"]) for r in results) and
-              all(r["raised"] == "CollectiveError" and "rank 2" in r["message"] and "injected" in r["message"]
-                  and r["elapsed_s"] < 10 for r in others))
+        ok = (
+            results[2]["raised"] == "ShardReadError"
+            and not any(any(r["assigned"]) for r in results)
+            and all(
+                r["raised"] == "CollectiveError"
+                and "rank 2" in r["message"]
+                and "injected" in r["message"]
+                and r["elapsed_s"] < 10
+                for r in others
+            )
+        )
         return ok, {"max_elapsed_s": max(r["elapsed_s"] for r in others)}
     if name in ("warm_start", "warm_start_sharded"):
         ok, extra = True, {}
@@ -407,10 +493,17 @@ def check(name, results, rows):
             total = sum(r["bytes_read"] for r in rs)
             one = rs[0]["single_process_read"]
             want = os.environ.get("GPULOAD_TEST_EXPECT_TRANSPORT")
-            ok = ok and all(r["exact"] and r["not_held_refuse"] and (want is None or r["transport"] == want)
-                            for r in rs) and total <= 1.05 * one
-            extra[key] = {"total_read": total, "single_process_read": one, "ratio": total / one,
-                          "transport": sorted({str(r["transport"]) for r in rs})}
+            ok = (
+                ok
+                and all(r["exact"] and r["not_held_refuse"] and (want is None or r["transport"] == want) for r in rs)
+                and total <= 1.05 * one
+            )
+            extra[key] = {
+                "total_read": total,
+                "single_process_read": one,
+                "ratio": total / one,
+                "transport": sorted({str(r["transport"]) for r in rs}),
+            }
         return ok, extra
     if name == "warm_start_changed":
         ok = all(r["raised"] == "CheckpointChangedError" and not any(r["assigned"]) for r in results)

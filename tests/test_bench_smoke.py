@@ -20,9 +20,25 @@ LAYOUTS = {"rows:1", "rows:8", "cols:4"}
 @pytest.mark.slow
 def test_bench_quick_runs_and_checks_every_load(tmp_path):
     out = tmp_path / "results"
-    cmd = [sys.executable, str(REPO / "bench" / "bench_load.py"), "--quick",
-           "--layouts", ",".join(sorted(LAYOUTS)), "--devices", "cpu", "--crc", "on", "--peers", "none",
-           "--dir", str(tmp_path / "data"), "--out", str(out), "--timeout", "50"]
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "bench_load.py"),
+        "--quick",
+        "--layouts",
+        ",".join(sorted(LAYOUTS)),
+        "--devices",
+        "cpu",
+        "--crc",
+        "on",
+        "--peers",
+        "none",
+        "--dir",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+        "--timeout",
+        "50",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO)
     log = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, log

@@ -15,8 +15,24 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_bench_warm_start_quick(tmp_path):
     out = tmp_path / "results"
-    cmd = [sys.executable, str(REPO / "bench" / "bench_load.py"), "--warm-start", "--quick", "--ws-rows", "3000",
-           "--crc", "both", "--peers", "none", "--dir", str(tmp_path / "data"), "--out", str(out), "--timeout", "60"]
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "bench_load.py"),
+        "--warm-start",
+        "--quick",
+        "--ws-rows",
+        "3000",
+        "--crc",
+        "both",
+        "--peers",
+        "none",
+        "--dir",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+        "--timeout",
+        "60",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     log = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, log

@@ -14,9 +14,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import golden_dir
 
 import gpuload
-from conftest import golden_dir
 
 CASES = json.loads((golden_dir() / "cases.json").read_text()) if (golden_dir() / "cases.json").exists() else []
 
@@ -45,9 +45,13 @@ def build_variables(case):
                 with gpuload.variable_scope(scopes[level]):
                     return make(level + 1)
             return gpuload.get_variable(
-                leaf, shape=spec["shape"], dtype=spec["dtype"],
+                leaf,
+                shape=spec["shape"],
+                dtype=spec["dtype"],
                 initializer=gpuload.constant_initializer(constant_for(spec["dtype"])),
-                partitioner=partitioner, device="/cpu:0")
+                partitioner=partitioner,
+                device="/cpu:0",
+            )
 
         made[spec["name"]] = make()
     return made
@@ -66,8 +70,11 @@ def target_of(t, made):
 def as_bits(a):
     a = np.asarray(a)
     if a.dtype.kind in "fc" or a.dtype.name == "bfloat16":
-        return a.view(f"u{a.dtype.itemsize}") if a.dtype.kind == "f" or a.dtype.name == "bfloat16" \
+        return (
+            a.view(f"u{a.dtype.itemsize}")
+            if a.dtype.kind == "f" or a.dtype.name == "bfloat16"
             else a.view(f"u{a.dtype.itemsize // 2}")
+        )
     return a
 
 

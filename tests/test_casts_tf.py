@@ -43,8 +43,7 @@ def test_float64_checkpoint_into_16bit_variable(prefix, dtype, column, parts):
     p, values = prefix
     want = np.array([row[column] for row in NAMED] * 2, np.uint16).reshape(values.shape)
     partitioner = (lambda s, d: parts) if parts else None
-    v = gpuload.get_variable("v", shape=list(values.shape), dtype=dtype, partitioner=partitioner,
-                             device="/cpu:0")
+    v = gpuload.get_variable("v", shape=list(values.shape), dtype=dtype, partitioner=partitioner, device="/cpu:0")
     gpuload.init_from_checkpoint(p, {"t": "v"}, allow_cast=True)
     gpuload.global_variables_initializer().run()
     got = np.asarray(v).view(np.uint16)

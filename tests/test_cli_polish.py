@@ -26,8 +26,14 @@ from gpuload.errors import AssignmentMapError
 def _gpuload(*args, env=None, timeout=120):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("GPULOAD_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "gpuload", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "gpuload", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def _one_line_error(proc, *needles):
@@ -41,8 +47,9 @@ def _one_line_error(proc, *needles):
 
 def test_demo_on_a_missing_gpu_is_one_line(tmp_path):
     # CUDA_VISIBLE_DEVICES="" hides every GPU, so this holds on GPU machines too.
-    proc = _gpuload("demo", "--device", "gpu", "--rows", "100", "--dir", str(tmp_path),
-                    env={"CUDA_VISIBLE_DEVICES": ""})
+    proc = _gpuload(
+        "demo", "--device", "gpu", "--rows", "100", "--dir", str(tmp_path), env={"CUDA_VISIBLE_DEVICES": ""}
+    )
     _one_line_error(proc, "no CUDA device is usable", "pip install -e '.[cuda13]'")
     assert not list(tmp_path.iterdir()), "nothing is written before the device is known to work"
 
@@ -53,12 +60,15 @@ def test_demo_rejects_empty_sizes(flag, value, tmp_path):
 
 
 def test_demo_names_a_bad_environment_variable():
-    _one_line_error(_gpuload("demo", "--rows", "10", env={"GPULOAD_RING_BYTES": "lots"}),
-                    "GPULOAD_RING_BYTES: not a size: 'lots'")
+    _one_line_error(
+        _gpuload("demo", "--rows", "10", env={"GPULOAD_RING_BYTES": "lots"}), "GPULOAD_RING_BYTES: not a size: 'lots'"
+    )
 
 
 def test_demo_output_is_labelled(tmp_path, capsys):
-    assert main(["demo", "--rows", "4096", "--cols", "8", "--parts", "4", "--dir", str(tmp_path), "--device", "cpu"]) == 0
+    assert (
+        main(["demo", "--rows", "4096", "--cols", "8", "--parts", "4", "--dir", str(tmp_path), "--device", "cpu"]) == 0
+    )
     out = capsys.readouterr().out
     assert "load time: 1st run " in out and ", 2nd run " in out and "GB/s, best run" in out
     # Row parts on the host are read in place: the ring allocates nothing, and says why.
@@ -81,19 +91,24 @@ def test_demo_reports_ring_memory_when_it_stages(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(loader, "last_stats", staged)
     with gpuload.config.set(ring_bytes="512MiB"):
-        assert main(["demo", "--rows", "512", "--cols", "8", "--parts", "2", "--dir", str(tmp_path),
-                     "--device", "cpu"]) == 0
+        assert (
+            main(["demo", "--rows", "512", "--cols", "8", "--parts", "2", "--dir", str(tmp_path), "--device", "cpu"])
+            == 0
+        )
     out = capsys.readouterr().out
     assert "staging ring: 96 MiB used (limit ring_bytes = 512 MiB)" in out
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({"GPULOAD_RING_BYTES": "lots"}, "GPULOAD_RING_BYTES: not a size: 'lots'"),
-    ({"GPULOAD_VERIFY_CRC": "maybe"}, "GPULOAD_VERIFY_CRC: not a boolean: 'maybe'"),
-    ({"GPULOAD_READER_THREADS": "0"}, "GPULOAD_READER_THREADS: reader_threads must be >= 1"),
-    ({"GPULOAD_CHUNK_BYTES": "128MiB"}, "GPULOAD_CHUNK_BYTES: ring_bytes"),
-    ({"GPULOAD_CHUNK_BYTES": "1000", "GPULOAD_GAP_BYTES": "1"}, "GPULOAD_CHUNK_BYTES: chunk_bytes must be"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GPULOAD_RING_BYTES": "lots"}, "GPULOAD_RING_BYTES: not a size: 'lots'"),
+        ({"GPULOAD_VERIFY_CRC": "maybe"}, "GPULOAD_VERIFY_CRC: not a boolean: 'maybe'"),
+        ({"GPULOAD_READER_THREADS": "0"}, "GPULOAD_READER_THREADS: reader_threads must be >= 1"),
+        ({"GPULOAD_CHUNK_BYTES": "128MiB"}, "GPULOAD_CHUNK_BYTES: ring_bytes"),
+        ({"GPULOAD_CHUNK_BYTES": "1000", "GPULOAD_GAP_BYTES": "1"}, "GPULOAD_CHUNK_BYTES: chunk_bytes must be"),
+    ],
+)
 def test_environment_errors_name_the_variable(env, message):
     with pytest.raises(ValueError) as info:
         Config.from_env(env)
@@ -118,8 +133,11 @@ def test_object_based_checkpoint_hint(golden):
     gpuload.reset_default_graph()
     try:
         gpuload.get_variable("dense/kernel", shape=[3], device="cpu")
-        with pytest.raises(AssignmentMapError, match=r"TF2 object-based checkpoint: its variables are stored "
-                                                     r"under object paths ending in '/\.ATTRIBUTES/VARIABLE_VALUE'"):
+        with pytest.raises(
+            AssignmentMapError,
+            match=r"TF2 object-based checkpoint: its variables are stored "
+            r"under object paths ending in '/\.ATTRIBUTES/VARIABLE_VALUE'",
+        ):
             gpuload.init_from_checkpoint(str(ckpt), {"dense/kernel": "dense/kernel"})
         with pytest.raises(AssignmentMapError, match=r"did you mean 'save_counter/\.ATTRIBUTES/VARIABLE_VALUE'"):
             gpuload.init_from_checkpoint(str(ckpt), {"save_counter": "dense/kernel"})

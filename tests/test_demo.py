@@ -15,7 +15,24 @@ def test_demo_small(tmp_path, capsys):
 
 
 def test_demo_as_module(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "gpuload", "demo", "--rows", "1000", "--cols", "4",
-                          "--parts", "2", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpuload",
+            "demo",
+            "--rows",
+            "1000",
+            "--cols",
+            "4",
+            "--parts",
+            "2",
+            "--dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "bit for bit" in out.stdout

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from box_cases import BF16, F32, edge_cases, raw
-from sim_support import sim  # noqa: F401 - fixture
 
 import gpuload
 from gpuload import config
@@ -60,8 +59,9 @@ def _ckpt(tmp_path, arrays):
 
 
 def _load(prefix, name, shape, dtype, parts, devices, src=None, **cfg):
-    v = gpuload.get_variable(name, shape=list(shape), dtype=dtype,
-                             partitioner=(lambda s, d: parts) if parts else None, device=devices)
+    v = gpuload.get_variable(
+        name, shape=list(shape), dtype=dtype, partitioner=(lambda s, d: parts) if parts else None, device=devices
+    )
     gpuload.init_from_checkpoint(prefix, {src or name: name}, allow_cast=True)
     with config.set(**cfg):
         gpuload.global_variables_initializer().run()
@@ -84,7 +84,9 @@ def test_edge_table_through_submit(mode_sim):
             pending.pop(k).wait()
         slots[k][: case.chunk.size] = case.chunk
         dest = mode_sim.asarray(case.fill.reshape(-1).view(np.uint8))
-        pending[k] = backend.submit(k, slots[k][: case.chunk.size], case.copies, [dest], [(case.src_dtype, case.dst_dtype)])
+        pending[k] = backend.submit(
+            k, slots[k][: case.chunk.size], case.copies, [dest], [(case.src_dtype, case.dst_dtype)]
+        )
         results.append((case, dest))
     backend.synchronize()
     for case, dest in results:
@@ -120,7 +122,9 @@ def test_batching_staging_and_direct_copies(sim):  # noqa: F811
     backend.submit(0, slots[0], copies, dests, dtypes).wait()
 
     for p in range(32):
-        np.testing.assert_array_equal(_get(parts[p]).view(np.uint16), tensor[:, 2 * p : 2 * p + 2].astype(BF16).view(np.uint16))
+        np.testing.assert_array_equal(
+            _get(parts[p]).view(np.uint16), tensor[:, 2 * p : 2 * p + 2].astype(BF16).view(np.uint16)
+        )
     np.testing.assert_array_equal(_get(d_dense[0]), dense[:60])
     np.testing.assert_array_equal(_get(d_dense[1]), dense[60:])
     np.testing.assert_array_equal(_get(d_int8), int8[:, 5:8])
@@ -189,11 +193,14 @@ def _break_backend(monkeypatch, what):
     return skipped
 
 
-@pytest.mark.parametrize(("what", "mode", "expect"), [
-    ("kernel-wait", "late", "race: kernel"),
-    ("kernel-wait", "early", "race: kernel"),
-    ("token-wait", "late", "changed between enqueue and execution"),
-])
+@pytest.mark.parametrize(
+    ("what", "mode", "expect"),
+    [
+        ("kernel-wait", "late", "race: kernel"),
+        ("kernel-wait", "early", "race: kernel"),
+        ("token-wait", "late", "changed between enqueue and execution"),
+    ],
+)
 def test_simulator_catches_a_broken_wait_in_the_backend(tmp_path, monkeypatch, sim, what, mode, expect):  # noqa: F811
     """Break an event wait in the backend: the simulator must report it (it can fail)."""
     sim.set_mode(mode)
@@ -301,7 +308,8 @@ def test_gpu_probe_ignores_warning_filters(tmp_path):
     """Item 10: under -W error, a warning while importing CuPy marked the GPU absent."""
     pkg = tmp_path / "cupy"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text(textwrap.dedent("""
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent("""
         import types, warnings
         warnings.warn("CUDA path could not be detected", UserWarning)
         __version__ = "14.0.0"
@@ -309,11 +317,14 @@ def test_gpu_probe_ignores_warning_filters(tmp_path):
             warnings.warn("driver is old", DeprecationWarning)
             return 3
         cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=_count))
-    """))
+    """)
+    )
     code = "from gpuload.device import placement; print(placement._probe())"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])]))
     env.pop("GPULOAD_SIMULATE_CUDA", None)
-    out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, env=env, check=True
+    )
     assert out.stdout.startswith("(3, "), out.stdout + out.stderr
 
 
@@ -453,7 +464,9 @@ def test_o_direct_into_pinned_slots_that_are_not_page_aligned(tmp_path, sim, mis
     assert all(s.ctypes.data % 4096 == 0 for s in slots)
     table = np.random.default_rng(6).standard_normal((700, 24)).astype(np.float32)
     prefix = _ckpt(tmp_path, {"t": table})
-    v = _load(prefix, "t", table.shape, "float32", [3, 2], "/gpu:0", chunk_bytes=8192, ring_bytes=3 * 8192, direct_io=True)
+    v = _load(
+        prefix, "t", table.shape, "float32", [3, 2], "/gpu:0", chunk_bytes=8192, ring_bytes=3 * 8192, direct_io=True
+    )
     np.testing.assert_array_equal(v.numpy(), table)
     backend.free_host_slots(slots)
 
@@ -471,7 +484,10 @@ def test_demo_on_a_gpu_compiles_kernels_before_the_timed_load(tmp_path, capsys, 
         return real(*a, **k)
 
     monkeypatch.setattr(gpuload.api, "execute", spy)
-    assert main(["demo", "--rows", "3000", "--cols", "8", "--parts", "3", "--device", "/gpu:0", "--dir", str(tmp_path)]) == 0
+    assert (
+        main(["demo", "--rows", "3000", "--cols", "8", "--parts", "3", "--device", "/gpu:0", "--dir", str(tmp_path)])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "box-copy kernels ready on /device:GPU:0" in out and "bit for bit" in out
     assert seen and all((0, "b4_b4") in s for s in seen)
@@ -484,7 +500,9 @@ def test_simulator_catches_wrong_current_device_and_freed_memory(sim):  # noqa: 
     with sim.cuda.Device(0):
         s0 = sim.cuda.Stream(non_blocking=True)
         dst = sim.empty((4096,), np.uint8)
-        fn = sim.RawModule(code=kernels.source(), options=kernels.options("b1_b1")).get_function("gpuload_box_copy_b1_b1")
+        fn = sim.RawModule(code=kernels.source(), options=kernels.options("b1_b1")).get_function(
+            "gpuload_box_copy_b1_b1"
+        )
     pinned = sim.cuda.PinnedMemory(4096)
     host = np.frombuffer(sim.cuda.PinnedMemoryPointer(pinned, 0), np.uint8, count=4096)
     with sim.cuda.Device(1):

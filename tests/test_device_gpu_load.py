@@ -43,8 +43,9 @@ def _ckpt(tmp_path, arrays, name="model.ckpt"):
 
 
 def _load(prefix, name, shape, dtype, parts, devices, **cfg):
-    v = gpuload.get_variable(name, shape=list(shape), dtype=dtype,
-                             partitioner=(lambda s, d: parts) if parts else None, device=devices)
+    v = gpuload.get_variable(
+        name, shape=list(shape), dtype=dtype, partitioner=(lambda s, d: parts) if parts else None, device=devices
+    )
     gpuload.init_from_checkpoint(prefix, {name: name}, allow_cast=True)
     with config.set(**cfg):
         gpuload.global_variables_initializer().run()
@@ -80,8 +81,11 @@ def test_row_and_column_parts(tmp_path, parts, verify, direct):
     _check_parts(v, table, [0])
 
 
-@pytest.mark.parametrize(("src", "dst"), [(np.float32, BF16), (np.float32, np.float16), (np.float64, np.float32)],
-                         ids=["f32-bf16", "f32-f16", "f64-f32"])
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [(np.float32, BF16), (np.float32, np.float16), (np.float64, np.float32)],
+    ids=["f32-bf16", "f32-f16", "f64-f32"],
+)
 @pytest.mark.parametrize("parts", [[1, 1], [4, 1], [1, 3]], ids=lambda p: "x".join(map(str, p)))
 def test_casts(tmp_path, src, dst, parts):
     rng = np.random.default_rng(1)
@@ -127,8 +131,9 @@ def test_corrupt_chunk_fails_whole_load(tmp_path):
         b = f.read(1)
         f.seek(size // 2)
         f.write(bytes([b[0] ^ 0x10]))
-    v = gpuload.get_variable("t", shape=list(table.shape), dtype="float16",
-                             partitioner=lambda s, d: [4, 1], device="/gpu:0")
+    v = gpuload.get_variable(
+        "t", shape=list(table.shape), dtype="float16", partitioner=lambda s, d: [4, 1], device="/gpu:0"
+    )
     gpuload.init_from_checkpoint(prefix, {"t": "t"}, allow_cast=True)
     with config.set(**SMALL), pytest.raises(ChecksumError, match="crc32c mismatch in tensor 't'"):
         gpuload.global_variables_initializer().run()
@@ -177,8 +182,9 @@ def test_two_concurrent_loads(tmp_path):
     variables = []
     for i, (dtype, parts) in enumerate(specs):
         with gpuload.variable_scope(f"load{i}"):
-            v = gpuload.get_variable("t", shape=list(tables[i].shape), dtype=dtype,
-                                     partitioner=lambda s, d, p=parts: p, device="/gpu:0")
+            v = gpuload.get_variable(
+                "t", shape=list(tables[i].shape), dtype=dtype, partitioner=lambda s, d, p=parts: p, device="/gpu:0"
+            )
         gpuload.init_from_checkpoint(prefixes[i], {"t": f"load{i}/t"}, allow_cast=True)
         variables.append(v)
     barrier = threading.Barrier(2)
@@ -224,6 +230,6 @@ def test_tensor_over_2_pow_31_elements(tmp_path):
     x = v.value()
     assert x.shape == (n,) and x.dtype == np.float32
     for start in (0, (1 << 31) - 5, n - (1 << 16)):
-        got = cupy.asnumpy(x[start:start + 1000])
+        got = cupy.asnumpy(x[start : start + 1000])
         idx = np.arange(start, start + min(1000, n - start)) % (1 << 16)
         np.testing.assert_array_equal(got, pattern[idx].astype(np.float32))

@@ -216,7 +216,9 @@ def test_backend_for_cpu_is_cached(probe):
 
 def _run_python(code: str, env_extra: dict | None = None) -> str:
     env = dict(os.environ, **(env_extra or {}))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 

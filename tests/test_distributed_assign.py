@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from gpuload.distributed import task_of
 from gpuload.distributed.assign import assign_readers, collective_plan
+from gpuload.format.bundle import Bundle
 from gpuload.format.slices import Box
 from gpuload.format.writer import save_checkpoint
-from gpuload.format.bundle import Bundle
 from gpuload.plan import Request, build_plan
 
 
@@ -81,12 +81,18 @@ def test_assign_rejects_bad_input():
         assign_readers([1], [frozenset({3})], 2)
 
 
-@pytest.mark.parametrize("spec,task", [
-    ("/job:worker/task:3/device:GPU:0", 3),
-    ("/job:worker/replica:0/task:3/device:CPU:0", 3),
-    ("/job:Worker/Task:12/device:GPU:1", 12),
-    ("/device:GPU:0", None), ("/gpu:1", None), ("cpu", None), (None, None),
-])
+@pytest.mark.parametrize(
+    "spec,task",
+    [
+        ("/job:worker/task:3/device:GPU:0", 3),
+        ("/job:worker/replica:0/task:3/device:CPU:0", 3),
+        ("/job:Worker/Task:12/device:GPU:1", 12),
+        ("/device:GPU:0", None),
+        ("/gpu:1", None),
+        ("cpu", None),
+        (None, None),
+    ],
+)
 def test_task_of(spec, task):
     assert task_of(spec) == task
 
@@ -100,8 +106,13 @@ def test_variables_remember_their_task_and_single_process_ignores_it():
     import gpuload as tf1
 
     tf1.reset_default_graph()
-    v = tf1.get_variable("v", shape=[4, 2], device=["/job:worker/task:1/device:CPU:0", "/cpu:0"],
-                         partitioner=tf1.fixed_size_partitioner(2), initializer=tf1.ones_initializer())
+    v = tf1.get_variable(
+        "v",
+        shape=[4, 2],
+        device=["/job:worker/task:1/device:CPU:0", "/cpu:0"],
+        partitioner=tf1.fixed_size_partitioner(2),
+        initializer=tf1.ones_initializer(),
+    )
     with tf1.device("/job:worker/replica:0/task:2/device:CPU:0"):
         w = tf1.get_variable("w", shape=[2])
     parts = v._get_variable_list()
@@ -143,13 +154,15 @@ def test_single_process_does_not_import_mpi4py():
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np, gpuload as tf1, tempfile, os\n"
-            "d = tempfile.mkdtemp(); p = os.path.join(d, 'c')\n"
-            "tf1.save_checkpoint(p, {'a': np.ones((4, 4), np.float32)})\n"
-            "v = tf1.get_variable('a', shape=[4, 4], device='cpu')\n"
-            "tf1.init_from_checkpoint(p, {'a': 'a'}); tf1.global_variables_initializer().run()\n"
-            "assert v.value().sum() == 16\n"
-            "print('mpi4py' in sys.modules)\n")
+    code = (
+        "import sys, numpy as np, gpuload as tf1, tempfile, os\n"
+        "d = tempfile.mkdtemp(); p = os.path.join(d, 'c')\n"
+        "tf1.save_checkpoint(p, {'a': np.ones((4, 4), np.float32)})\n"
+        "v = tf1.get_variable('a', shape=[4, 4], device='cpu')\n"
+        "tf1.init_from_checkpoint(p, {'a': 'a'}); tf1.global_variables_initializer().run()\n"
+        "assert v.value().sum() == 16\n"
+        "print('mpi4py' in sys.modules)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -14,8 +14,7 @@ import os
 import pytest
 from test_distributed_mpi import _missing, run_scenario
 
-pytestmark = [pytest.mark.gpu, pytest.mark.slow,
-              pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
+pytestmark = [pytest.mark.gpu, pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
 
 
 #: The embedding's rows: 256 MiB on GPUs, 4 MiB in the simulator (its kernels run on the CPU).

@@ -46,7 +46,7 @@ def run_scenario(name, tmp_path, rows=None, timeout=110, ranks=4):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, f"no result (rc {proc.returncode})\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     assert result["ok"] and proc.returncode == 0, json.dumps(result, indent=1)[:6000] + proc.stderr[-2000:]
     return result
 
@@ -93,8 +93,9 @@ def test_ranks_with_different_checkpoints_strings_and_nothing_to_load(tmp_path):
     assert [x["loaded"] for x in r["ranks"]] == [["emb"], ["emb", "w", "words"], [], ["w", "words"]]
 
 
-@pytest.mark.parametrize(("scenario", "ranks"), [("warm_start", 4), ("warm_start_sharded", 3),
-                                                   ("warm_start_sharded", 2)])
+@pytest.mark.parametrize(
+    ("scenario", "ranks"), [("warm_start", 4), ("warm_start_sharded", 3), ("warm_start_sharded", 2)]
+)
 def test_warm_start_with_vocabulary_remap_is_collective(tmp_path, scenario, ranks):
     r = run_scenario(scenario, tmp_path, ranks=ranks)
     for crc in ("crc_True", "crc_False"):
@@ -109,9 +110,26 @@ def test_warm_start_refuses_a_checkpoint_saved_again_before_run(tmp_path):
 
 
 def test_bench_ranks_reports_bytes_per_rank_for_both_loads(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "gpuload", "bench", "--ranks", "2", "--size", "2MiB",
-                          "--dir", str(tmp_path), "--json", str(tmp_path / "r.json")],
-                         capture_output=True, text=True, timeout=110, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpuload",
+            "bench",
+            "--ranks",
+            "2",
+            "--size",
+            "2MiB",
+            "--dir",
+            str(tmp_path),
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     res = json.loads((tmp_path / "r.json").read_text())
     assert sum(res["collective"]["bytes_read"]) == res["tensor_bytes"]  # each byte read once

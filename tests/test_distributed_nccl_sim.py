@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sim_support import sim  # noqa: F401 - fixture
 
 from gpuload.device import host
 from gpuload.distributed.assign import collective_plan
@@ -38,8 +37,7 @@ def _requests(nranks):
     for r in (0, 32, 64):
         reqs.append(Request(f"r{r}", "t", Box((r, 0), (32, 8)), np.dtype(np.float32), "/device:GPU:1"))
         owners.append(1)
-    reqs.append(Request("ws", "t", Box((0, 0), (len(ROWS), 8)), np.dtype(np.float32), "/device:GPU:1",
-                        Remap(0, ROWS)))
+    reqs.append(Request("ws", "t", Box((0, 0), (len(ROWS), 8)), np.dtype(np.float32), "/device:GPU:1", Remap(0, ROWS)))
     owners.append(1)
     if nranks == 3:
         reqs.append(Request("bf", "t", Box((0, 0), (96, 8)), host._BF16, "/device:GPU:0"))
@@ -105,12 +103,13 @@ def _run_load(sim, tmp_path, nranks, receivers_first=False):
             for tok in pending.pop((r, slot), ()):
                 tok.wait()  # as the load does before reusing a slot
         buf = slots[t.reader][slot]  # the reader's pinned ring slot
-        buf[: chunk.size] = np.frombuffer(raw[chunk.offset: chunk.offset + chunk.size], np.uint8)
+        buf[: chunk.size] = np.frombuffer(raw[chunk.offset : chunk.offset + chunk.size], np.uint8)
         view = memoryview(buf)[: chunk.size]
         for r in ranks:
             mine = [c for c in chunk.copies if owners[c.dest] == r]
-            pending[(r, slot)] = trs[r].post(t, r, slot, view if r == t.reader else None, mine, dests[r], dtypes,
-                                             backends[r])
+            pending[(r, slot)] = trs[r].post(
+                t, r, slot, view if r == t.reader else None, mine, dests[r], dtypes, backends[r]
+            )
     for toks in pending.values():
         for tok in toks:
             # Polled as the load polls (late mode: unfinished at the first query, run at the second).

@@ -20,8 +20,8 @@ from format_helpers import (
     edit_entry,
     entry_kwargs,
     fix_block_crcs,
-    overwrite,
     golden_checkpoints,
+    overwrite,
     rewrite_index,
 )
 from hypothesis import HealthCheck, given, settings
@@ -194,23 +194,27 @@ def _snappy_table(rows, compressor):
         w.add(k, v)
     raw = w.finish()
     (boff, bsize) = block_ranges(raw)[2]  # the one data block
-    block = raw[boff:boff + bsize]
+    block = raw[boff : boff + bsize]
     comp = compressor(block)
     out = bytearray(comp) + b"\x01" + mask(crc32c(comp + b"\x01")).to_bytes(4, "little")
     # rebuild: compressed data block, then the original metaindex/index with a fixed handle
-    rest = raw[boff + bsize + 5:-48]
+    rest = raw[boff + bsize + 5 : -48]
     shift = len(out) - (bsize + 5)
     meta_off = boff + bsize + 5
     index_block = proto.encode_varint(0) + proto.encode_varint(len(comp))
     idx = TableWriter()._index  # noqa: SLF001 - build an index block by hand
     idx.add(rows[-1][0][:1] + b"\xff", index_block)
     idx_bytes = idx.finish()
-    meta = rest[:8 + 5]
+    meta = rest[: 8 + 5]
     body = bytes(out) + meta
     index_off = len(body)
     body += idx_bytes + b"\x00" + mask(crc32c(idx_bytes + b"\x00")).to_bytes(4, "little")
-    footer = (proto.encode_varint(meta_off + shift) + proto.encode_varint(8) + proto.encode_varint(index_off)
-              + proto.encode_varint(len(idx_bytes)))
+    footer = (
+        proto.encode_varint(meta_off + shift)
+        + proto.encode_varint(8)
+        + proto.encode_varint(index_off)
+        + proto.encode_varint(len(idx_bytes))
+    )
     footer += b"\x00" * (40 - len(footer)) + raw[-8:]
     return body + footer
 
@@ -221,8 +225,9 @@ def test_snappy_block_without_cramjam(golden_ckpts, tmp_path, monkeypatch):
     rows = read_table_file(index)
     monkeypatch.setitem(sys.modules, "cramjam", None)  # as if not installed
     overwrite(index, _snappy_table(rows, lambda b: b"\x00" * 7 + b))
-    with pytest.raises(UnsupportedCheckpointError,
-                       match=r"snappy-compressed index block; install cramjam \(pip install cramjam\)"):
+    with pytest.raises(
+        UnsupportedCheckpointError, match=r"snappy-compressed index block; install cramjam \(pip install cramjam\)"
+    ):
         Bundle.open(d)
 
 
@@ -296,8 +301,12 @@ def test_lying_entries_are_caught(golden_ckpts, tmp_path, name, changes, message
 
 def test_huge_partitioned_shape_fails_before_allocating(golden_ckpts, tmp_path):
     d = copy_golden("partitioned_save", tmp_path)
-    edit_entry(d / "model.ckpt", "emb/table", shape=(10**15, 16),
-               slices=entry_kwargs(dict(read_table_file(d / "model.ckpt.index"))[b"emb/table"])["slices"])
+    edit_entry(
+        d / "model.ckpt",
+        "emb/table",
+        shape=(10**15, 16),
+        slices=entry_kwargs(dict(read_table_file(d / "model.ckpt.index"))[b"emb/table"])["slices"],
+    )
     b = Bundle.open(d)  # legal: the slices cover only part of the (huge) tensor
     assert b.shape("emb/table") == (10**15, 16)
     tracemalloc.start()
@@ -339,14 +348,17 @@ def test_unsupported_dtype_opens_but_refuses_to_read(golden_ckpts, tmp_path):
     assert load_checkpoint(d).get_variable_to_dtype_map()["old_scope_1/var1"] == np.dtype(object)
 
 
-@pytest.mark.parametrize("header,message", [
-    (proto.encode_header(num_shards=0), "num_shards is 0"),
-    (proto.encode_header(min_consumer=2), "requires reader version >= 2"),
-    (proto.encode_header(bad_consumers=[1]), "bad_consumers"),
-    (proto.encode_header(producer=-1), "producer version -1"),
-    (proto.encode_header(endianness=7), "endianness 7"),
-    (b"\x08", "truncated varint"),
-])
+@pytest.mark.parametrize(
+    "header,message",
+    [
+        (proto.encode_header(num_shards=0), "num_shards is 0"),
+        (proto.encode_header(min_consumer=2), "requires reader version >= 2"),
+        (proto.encode_header(bad_consumers=[1]), "bad_consumers"),
+        (proto.encode_header(producer=-1), "producer version -1"),
+        (proto.encode_header(endianness=7), "endianness 7"),
+        (b"\x08", "truncated varint"),
+    ],
+)
 def test_bad_headers(golden_ckpts, tmp_path, header, message):
     d = copy_golden("seed_example", tmp_path)
     rewrite_index(d / "model.ckpt", lambda rows: [(b"", header)] + rows[1:])
@@ -387,12 +399,12 @@ def test_big_endian_bundle_is_swapped(tmp_path):
             lengths = [len(x) for x in arr]
             lcrc = crc32c(np.asarray(lengths, ">u4").tobytes())
             pos = e.offset + len(lengths)
-            data[pos:pos + 4] = mask(lcrc).to_bytes(4, "big")
-            crc = crc32c(bytes(data[pos:e.offset + e.size]), lcrc)
+            data[pos : pos + 4] = mask(lcrc).to_bytes(4, "big")
+            crc = crc32c(bytes(data[pos : e.offset + e.size]), lcrc)
         else:
             unit = arr.dtype.itemsize // (2 if arr.dtype.kind == "c" else 1)
-            swapped = np.frombuffer(bytes(data[e.offset:e.offset + e.size]), f"<u{unit}").astype(f">u{unit}")
-            data[e.offset:e.offset + e.size] = swapped.tobytes()
+            swapped = np.frombuffer(bytes(data[e.offset : e.offset + e.size]), f"<u{unit}").astype(f">u{unit}")
+            data[e.offset : e.offset + e.size] = swapped.tobytes()
             crc = crc32c(swapped.tobytes())
         changes[name] = mask(crc)
     overwrite(shard, data)
@@ -449,9 +461,12 @@ def fuzz_targets(tmp_path_factory):
 
 
 @settings(max_examples=300, deadline=2000, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(target=st.sampled_from(["dtypes", "partitioned_save", "sharded"]),
-       edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6),
-       fix_crcs=st.booleans(), cut=st.none() | st.integers(0, 10**6))
+@given(
+    target=st.sampled_from(["dtypes", "partitioned_save", "sharded"]),
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6),
+    fix_crcs=st.booleans(),
+    cut=st.none() | st.integers(0, 10**6),
+)
 def test_fuzz_index(fuzz_targets, target, edits, fix_crcs, cut):
     t = fuzz_targets(target)
     data = bytearray(t.original)

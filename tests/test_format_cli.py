@@ -74,8 +74,13 @@ def test_verify_corrupt_index_exits_nonzero(golden_ckpts, tmp_path, capsys):
 
 def test_python_dash_m(golden_ckpts):
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "gpuload", "inspect", str(golden_ckpts / "seed_example")],
-                          capture_output=True, text=True, cwd=root, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpuload", "inspect", str(golden_ckpts / "seed_example")],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "old_scope_2/var3" in proc.stdout and "3 tensors" in proc.stdout
 

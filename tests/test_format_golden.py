@@ -98,8 +98,12 @@ def test_slice_keys_are_hidden_and_pieces_listed(golden_ckpts):
     assert all(not n.startswith("\x00") for n in b.names())
     assert b.names() == ["deep/cube", "dense/kernel", "emb/table", "emb/uneven"]
     pieces = b.pieces("emb/uneven")
-    assert [p.box for p in pieces] == [Box((0, 0), (26, 8)), Box((26, 0), (26, 8)), Box((52, 0), (26, 8)),
-                                       Box((78, 0), (25, 8))]
+    assert [p.box for p in pieces] == [
+        Box((0, 0), (26, 8)),
+        Box((26, 0), (26, 8)),
+        Box((52, 0), (26, 8)),
+        Box((78, 0), (25, 8)),
+    ]
     assert [p.entry.offset for p in pieces] == sorted(p.entry.offset for p in pieces)
     assert all(p.entry.key.startswith("\x00emb/uneven") for p in pieces)
     assert b.entry("dense/kernel").slices == (Box((0, 0), (30, 4)), Box((0, 4), (30, 4)), Box((0, 8), (30, 4)))
@@ -115,8 +119,9 @@ def test_partitioned_get_slice_and_rows(golden_ckpts):
         assert np.array_equal(r.get_slice("emb/table", Box((249, 3), (2, 5))), table[249:251, 3:8])
         assert np.array_equal(r.get_slice("emb/table", "0,10:-"), table[:10])
         assert np.array_equal(r.get_slice("emb/table", "1000 16 5,3:2,2"), table[5:8, 2:4])
-        assert np.array_equal(r.get_slice("dense/kernel", (slice(3, 9), slice(2, 11))),
-                              arrays["dense/kernel"][3:9, 2:11])
+        assert np.array_equal(
+            r.get_slice("dense/kernel", (slice(3, 9), slice(2, 11))), arrays["dense/kernel"][3:9, 2:11]
+        )
         assert np.array_equal(r.get_slice("deep/cube", (5, slice(None), 2)), arrays["deep/cube"][5, :, 2])
         assert r.get_rows("emb/uneven", 50, 50).shape == (0, 8)
         with pytest.raises(ValueError):
@@ -200,22 +205,31 @@ def test_v1_checkpoint_is_refused(tmp_path):
 
 def test_moved_directory_uses_basename(golden_ckpts, tmp_path):
     d = copy_golden("multi_step", tmp_path)
-    (d / "checkpoint").write_text('model_checkpoint_path: "/somewhere/else/model.ckpt-100"\n'
-                                  'all_model_checkpoint_paths: "/somewhere/else/model.ckpt-100"\n')
+    (d / "checkpoint").write_text(
+        'model_checkpoint_path: "/somewhere/else/model.ckpt-100"\n'
+        'all_model_checkpoint_paths: "/somewhere/else/model.ckpt-100"\n'
+    )
     assert latest_checkpoint(d) == str(d / "model.ckpt-100")
 
 
 def test_state_file_parsing():
-    text = (b'# comment\nmodel_checkpoint_path: "dir/a\\303\\251\\"b" \'c\'\n'
-            b"all_model_checkpoint_paths: 'x\\x41\\n'\n"
-            b"all_model_checkpoint_timestamps: 1.5e9\nall_model_checkpoint_timestamps: 2\n"
-            b"last_preserved_timestamp: 1700000000.25\n"
-            b"future_field { nested: 1 other < x: \"y\" > }\n[ext.field]: 3\nlist_field: [1, 2]\n")
+    text = (
+        b'# comment\nmodel_checkpoint_path: "dir/a\\303\\251\\"b" \'c\'\n'
+        b"all_model_checkpoint_paths: 'x\\x41\\n'\n"
+        b"all_model_checkpoint_timestamps: 1.5e9\nall_model_checkpoint_timestamps: 2\n"
+        b"last_preserved_timestamp: 1700000000.25\n"
+        b'future_field { nested: 1 other < x: "y" > }\n[ext.field]: 3\nlist_field: [1, 2]\n'
+    )
     st = parse_checkpoint_state(text)
     assert st.model_checkpoint_path == 'dir/a\u00e9"bc'
     assert st.all_model_checkpoint_paths == ["xA\n"]
-    for bad in (b'model_checkpoint_path: "unterminated\n', b"model_checkpoint_path: 3\n",
-                b'model_checkpoint_path "x"\n', b"a { b: 1\n", b'model_checkpoint_path: "\\q"\n'):
+    for bad in (
+        b'model_checkpoint_path: "unterminated\n',
+        b"model_checkpoint_path: 3\n",
+        b'model_checkpoint_path "x"\n',
+        b"a { b: 1\n",
+        b'model_checkpoint_path: "\\q"\n',
+    ):
         with pytest.raises(CheckpointFormatError):
             parse_checkpoint_state(bad)
 
@@ -225,8 +239,9 @@ def test_update_checkpoint_state(tmp_path):
         (tmp_path / f"m-{step}.index").write_bytes(b"")
         update_checkpoint_state(tmp_path, tmp_path / f"m-{step}")
     text = (tmp_path / "checkpoint").read_text()
-    assert text == ('model_checkpoint_path: "m-2"\nall_model_checkpoint_paths: "m-1"\n'
-                    'all_model_checkpoint_paths: "m-2"\n')
+    assert text == (
+        'model_checkpoint_path: "m-2"\nall_model_checkpoint_paths: "m-1"\nall_model_checkpoint_paths: "m-2"\n'
+    )
     st = get_checkpoint_state(tmp_path)
     assert st.model_checkpoint_path == str(tmp_path / "m-2")
     outside = tmp_path.parent / "elsewhere"

@@ -61,10 +61,29 @@ def test_crc32c_combine_many_chunks():
 
 # --- dtypes ---------------------------------------------------------------------------
 
-TF_NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
-            8: "complex64", 9: "int64", 10: "bool", 11: "qint8", 12: "quint8", 13: "qint32", 14: "bfloat16",
-            15: "qint16", 16: "quint16", 17: "uint16", 18: "complex128", 19: "float16", 22: "uint32",
-            23: "uint64"}
+TF_NAMES = {
+    1: "float32",
+    2: "float64",
+    3: "int32",
+    4: "uint8",
+    5: "int16",
+    6: "int8",
+    7: "string",
+    8: "complex64",
+    9: "int64",
+    10: "bool",
+    11: "qint8",
+    12: "quint8",
+    13: "qint32",
+    14: "bfloat16",
+    15: "qint16",
+    16: "quint16",
+    17: "uint16",
+    18: "complex128",
+    19: "float16",
+    22: "uint32",
+    23: "uint64",
+}
 
 
 def test_dtype_table():
@@ -104,9 +123,22 @@ def test_unsupported_codes_name_the_code(code):
 # --- slice keys -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value,hexed", [(0, "80"), (5, "85"), (63, "bf"), (-1, "7f"), (-64, "40"),
-                                         (64, "c040"), (100, "c064"), (8192, "e02000"), (-65, "3fbf"),
-                                         (2**63 - 1, "ffc07fffffffffffffff"), (-2**63, "003f8000000000000000")])
+@pytest.mark.parametrize(
+    "value,hexed",
+    [
+        (0, "80"),
+        (5, "85"),
+        (63, "bf"),
+        (-1, "7f"),
+        (-64, "40"),
+        (64, "c040"),
+        (100, "c064"),
+        (8192, "e02000"),
+        (-65, "3fbf"),
+        (2**63 - 1, "ffc07fffffffffffffff"),
+        (-(2**63), "003f8000000000000000"),
+    ],
+)
 def test_signed_num_increasing_golden(value, hexed):
     key = encode_tensor_name_slice("x", [(value, 1)])
     assert key == b"\x00x\x00\x01\x01\x01" + bytes.fromhex(hexed) + b"\x81"
@@ -122,8 +154,10 @@ def test_worked_example_and_full_dims():
 
 
 @settings(max_examples=300, deadline=None, database=None)
-@given(st.text(min_size=1, max_size=20),
-       st.lists(st.tuples(st.integers(-2**63, 2**63 - 1), st.integers(-2**63, 2**63 - 1)), min_size=1, max_size=4))
+@given(
+    st.text(min_size=1, max_size=20),
+    st.lists(st.tuples(st.integers(-(2**63), 2**63 - 1), st.integers(-(2**63), 2**63 - 1)), min_size=1, max_size=4),
+)
 def test_slice_key_round_trip(name, extents):
     key = encode_tensor_name_slice(name.encode("utf-8", "surrogatepass"), extents)
     got_name, got = decode_tensor_name_slice(key)
@@ -162,12 +196,17 @@ def test_entry_round_trip_and_tf_bytes():
 
 def test_unknown_fields_of_every_wire_type_are_skipped():
     base = proto.encode_entry(1, (2,), 0, 8, 8, 77)
-    extra = (bytes.fromhex("f801 05")  # field 31 varint
-             + bytes.fromhex("f901") + b"12345678"  # field 31 fixed64
-             + bytes.fromhex("fa01 03") + b"abc"  # field 31 length-delimited
-             + bytes.fromhex("fb01 0801 0b 1000 0c fc01")  # group 31 holding a nested group 1
-             + bytes.fromhex("fd01") + b"1234"  # field 31 fixed32
-             + bytes.fromhex("0a02 0000"))  # dtype field with the wrong wire type: ignored
+    extra = (
+        bytes.fromhex("f801 05")  # field 31 varint
+        + bytes.fromhex("f901")
+        + b"12345678"  # field 31 fixed64
+        + bytes.fromhex("fa01 03")
+        + b"abc"  # field 31 length-delimited
+        + bytes.fromhex("fb01 0801 0b 1000 0c fc01")  # group 31 holding a nested group 1
+        + bytes.fromhex("fd01")
+        + b"1234"  # field 31 fixed32
+        + bytes.fromhex("0a02 0000")
+    )  # dtype field with the wrong wire type: ignored
     e = proto.decode_entry(extra + base + extra)
     assert (e.dtype, e.shape.dims, e.offset, e.size, e.crc32c) == (1, (2,), 8, 8, 77)
 
@@ -182,18 +221,21 @@ def test_header_packed_and_unpacked_bad_consumers():
     assert proto.decode_header(neg).num_shards == -1
 
 
-@pytest.mark.parametrize("data", [
-    bytes.fromhex("08"),  # truncated varint
-    bytes.fromhex("08ffffffffffffffffffff01"),  # 11-byte varint
-    bytes.fromhex("12 05 1203"),  # shape longer than the message
-    bytes.fromhex("35 0102"),  # truncated fixed32
-    bytes.fromhex("31 010203"),  # truncated fixed64
-    bytes.fromhex("0f"),  # wire type 7
-    bytes.fromhex("00"),  # field number 0
-    bytes.fromhex("0c"),  # end-group without start
-    bytes.fromhex("0b 0801"),  # unterminated group
-    bytes.fromhex("12 04 12 02 08"),  # truncated inside a dim
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        bytes.fromhex("08"),  # truncated varint
+        bytes.fromhex("08ffffffffffffffffffff01"),  # 11-byte varint
+        bytes.fromhex("12 05 1203"),  # shape longer than the message
+        bytes.fromhex("35 0102"),  # truncated fixed32
+        bytes.fromhex("31 010203"),  # truncated fixed64
+        bytes.fromhex("0f"),  # wire type 7
+        bytes.fromhex("00"),  # field number 0
+        bytes.fromhex("0c"),  # end-group without start
+        bytes.fromhex("0b 0801"),  # unterminated group
+        bytes.fromhex("12 04 12 02 08"),  # truncated inside a dim
+    ],
+)
 def test_malformed_protos(data):
     with pytest.raises(CheckpointFormatError):
         proto.decode_entry(data)

@@ -26,22 +26,34 @@ def _all_dtypes(rng):
 
     f = rng.standard_normal((5, 7))
     t = {
-        "f32": f.astype(np.float32), "f64": f, "f16": f.astype(np.float16),
+        "f32": f.astype(np.float32),
+        "f64": f,
+        "f16": f.astype(np.float16),
         "bf16": f.astype(ml_dtypes.bfloat16),
-        "i8": rng.integers(-128, 128, (3, 4), dtype=np.int8), "i16": rng.integers(-9999, 9999, (3, 4), dtype=np.int16),
-        "i32": rng.integers(-2**31, 2**31, (3, 4), dtype=np.int32), "i64": rng.integers(-2**62, 2**62, (9,)),
-        "u8": rng.integers(0, 256, (4,), dtype=np.uint8), "u16": rng.integers(0, 65536, (4,), dtype=np.uint16),
-        "u32": rng.integers(0, 2**32, (4,), dtype=np.uint32), "u64": rng.integers(0, 2**63, (4,), dtype=np.uint64),
+        "i8": rng.integers(-128, 128, (3, 4), dtype=np.int8),
+        "i16": rng.integers(-9999, 9999, (3, 4), dtype=np.int16),
+        "i32": rng.integers(-(2**31), 2**31, (3, 4), dtype=np.int32),
+        "i64": rng.integers(-(2**62), 2**62, (9,)),
+        "u8": rng.integers(0, 256, (4,), dtype=np.uint8),
+        "u16": rng.integers(0, 65536, (4,), dtype=np.uint16),
+        "u32": rng.integers(0, 2**32, (4,), dtype=np.uint32),
+        "u64": rng.integers(0, 2**63, (4,), dtype=np.uint64),
         "bool": rng.random((3, 3)) > 0.5,
-        "c64": (f + 1j * f[::-1]).astype(np.complex64), "c128": f + 2j * f,
-        "str": strings((2, 3)), "str_scalar": np.array(b"hello\x00world", dtype=object),
+        "c64": (f + 1j * f[::-1]).astype(np.complex64),
+        "c128": f + 2j * f,
+        "str": strings((2, 3)),
+        "str_scalar": np.array(b"hello\x00world", dtype=object),
         "str_empty": strings((0, 3)),
-        "scalar": np.float32(3.5), "scalar_i": np.array(7, dtype=np.int64),
-        "empty": np.zeros((0, 4), np.float32), "empty_mid": np.zeros((3, 0, 2), np.float64),
+        "scalar": np.float32(3.5),
+        "scalar_i": np.array(7, dtype=np.int64),
+        "empty": np.zeros((0, 4), np.float32),
+        "empty_mid": np.zeros((3, 0, 2), np.float64),
         "nan_payload": np.array([0x7FC00001, 0xFFC12345, 0x80000000], np.uint32).view(np.float32),
         "rank5": rng.standard_normal((2, 1, 3, 1, 2)).astype(np.float32),
-        "noncontig": f[:, ::2], "bigendian": f.astype(">f8"),
-        "scope/with/slashes": np.arange(3, dtype=np.int32), "ünïcode": np.arange(2, dtype=np.int8),
+        "noncontig": f[:, ::2],
+        "bigendian": f.astype(">f8"),
+        "scope/with/slashes": np.arange(3, dtype=np.int32),
+        "ünïcode": np.arange(2, dtype=np.int8),
     }
     return t
 
@@ -126,8 +138,7 @@ def test_sliced_save_reads_back(tmp_path):
         "cols": [(Box((0, 0), (4, 3)), cols[:, :3]), (Box((0, 3), (4, 6)), cols[:, 3:])],
         "whole": [(Box((0,), (5,)), np.arange(5, dtype=np.int32))],  # a full slice is a plain entry
     }
-    prefix = save_checkpoint(tmp_path / "m", {"plain": np.ones(2, np.float32)}, slices=slices,
-                             max_shard_bytes=100)
+    prefix = save_checkpoint(tmp_path / "m", {"plain": np.ones(2, np.float32)}, slices=slices, max_shard_bytes=100)
     assert list_variables(prefix) == [("cols", [4, 9]), ("emb", [10, 6]), ("plain", [2]), ("whole", [5])]
     b = Bundle.open(prefix)
     assert len(b.pieces("emb")) == 3 and b.entry("emb").slices[1] == Box((4, 0), (3, 6))
@@ -170,7 +181,8 @@ def test_state_file_like_saver(tmp_path):
     assert (tmp_path / "checkpoint").read_text() == (
         'model_checkpoint_path: "model.ckpt-200"\n'
         'all_model_checkpoint_paths: "model.ckpt-100"\n'
-        'all_model_checkpoint_paths: "model.ckpt-200"\n')
+        'all_model_checkpoint_paths: "model.ckpt-200"\n'
+    )
     assert latest_checkpoint(tmp_path) == str(tmp_path / "model.ckpt-200")
     save_checkpoint(tmp_path / "other", {"w": np.zeros(1)}, update_state=False)
     assert latest_checkpoint(tmp_path) == str(tmp_path / "model.ckpt-200")
@@ -212,8 +224,12 @@ def test_resave_golden_is_byte_identical(golden_ckpts, tmp_path, name):
         g, o = golden.entry(n), ours.entry(n)
         assert (o.dtype, o.shape, o.size, o.crc32c, o.slices) == (g.dtype, g.shape, g.size, g.crc32c, g.slices)
         for gp, op in zip(golden.pieces(n), ours.pieces(n)):
-            assert (op.box, op.entry.key, op.entry.size, op.entry.crc32c) == \
-                   (gp.box, gp.entry.key, gp.entry.size, gp.entry.crc32c)
+            assert (op.box, op.entry.key, op.entry.size, op.entry.crc32c) == (
+                gp.box,
+                gp.entry.key,
+                gp.entry.size,
+                gp.entry.crc32c,
+            )
     if golden.num_shards == 1:
         assert Path(ours.shard_path(0)).read_bytes() == Path(golden.shard_path(0)).read_bytes()
         assert Path(ours.prefix + ".index").read_bytes() == Path(golden.prefix + ".index").read_bytes()

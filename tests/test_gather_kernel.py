@@ -19,7 +19,7 @@ from test_kernels_nvcc import ARCHS, _nvcc, _run_all
 
 from gpuload.device import host, kernels
 from gpuload.errors import PlanError
-from gpuload.plan.copies import BoxCopy, GatherCopy
+from gpuload.plan.copies import GatherCopy
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +44,7 @@ def reference(chunk, src_dtype, dest, dst_dtype, g):
         for idx in np.ndindex(*g.shape):
             sb = int(g.src_offsets[k]) + s_size * sum(i * s for i, s in zip(idx, g.src_strides))
             de = int(g.dst_offsets[k]) + sum(i * s for i, s in zip(idx, g.dst_strides))
-            value = np.frombuffer(chunk[sb: sb + s_size].tobytes(), dtype=src_dtype)
+            value = np.frombuffer(chunk[sb : sb + s_size].tobytes(), dtype=src_dtype)
             flat[de] = convert(value, dst_dtype)[0]
     return out
 
@@ -73,10 +73,18 @@ def gathers(draw):
         src_off = [misalign + (r0 * cols + c) * src_dtype.itemsize for c in picked]
         dst_off = list(positions)
         shape, sstr, dstr = (r1 - r0,), (cols,), (dest_extent,)
-    return dict(src_dtype=src_dtype, dst_dtype=dst_dtype, tshape=(rows, cols), misalign=misalign, dshape=dshape,
-                copy=GatherCopy(0, np.array(src_off, np.int64), np.array(dst_off, np.int64), sstr, dstr, shape),
-                grid=(draw(st.integers(1, 3)), draw(st.integers(1, 2))), block=draw(st.sampled_from([1, 7, 32])),
-                force64=draw(st.booleans()), seed=draw(st.integers(0, 1000)))
+    return dict(
+        src_dtype=src_dtype,
+        dst_dtype=dst_dtype,
+        tshape=(rows, cols),
+        misalign=misalign,
+        dshape=dshape,
+        copy=GatherCopy(0, np.array(src_off, np.int64), np.array(dst_off, np.int64), sstr, dstr, shape),
+        grid=(draw(st.integers(1, 3)), draw(st.integers(1, 2))),
+        block=draw(st.sampled_from([1, 7, 32])),
+        force64=draw(st.booleans()),
+        seed=draw(st.integers(0, 1000)),
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -85,7 +93,7 @@ def test_harness_twin_and_reference_agree(harness, case):
     src_dtype, dst_dtype = case["src_dtype"], case["dst_dtype"]
     tensor = tensor_data(case["tshape"], src_dtype, np.random.default_rng(case["seed"]))
     chunk = np.zeros(case["misalign"] + tensor.nbytes, np.uint8)
-    chunk[case["misalign"]:] = tensor.reshape(-1).view(np.uint8)
+    chunk[case["misalign"] :] = tensor.reshape(-1).view(np.uint8)
     fill = np.full(int(np.prod(case["dshape"])) * dst_dtype.itemsize, SENTINEL, np.uint8).view(dst_dtype)
     fill = fill.reshape(case["dshape"])
     g = case["copy"]
@@ -97,8 +105,15 @@ def test_harness_twin_and_reference_agree(harness, case):
 
     kern = fill.copy()
     descs, pairs = kernels.pack_gather([g], [kern.ctypes.data])
-    harness.gather_run(host.cast_code(src_dtype, dst_dtype), chunk, descs, pairs, grid=case["grid"],
-                       block=case["block"], force64=case["force64"])
+    harness.gather_run(
+        host.cast_code(src_dtype, dst_dtype),
+        chunk,
+        descs,
+        pairs,
+        grid=case["grid"],
+        block=case["block"],
+        force64=case["force64"],
+    )
     np.testing.assert_array_equal(raw(kern), raw(want))
 
 
@@ -157,11 +172,23 @@ def test_gather_compiles_with_loader_options(tmp_path):
     nvcc = _nvcc()
     src = tmp_path / "gather_inlined.cu"
     src.write_text(kernels.source("gather.cu"))
-    _run_all([
-        [nvcc, *kernels.options(variant), "-ftz=true", f"-arch={arch}", "-Werror", "all-warnings", "-cubin",
-         str(src), "-o", str(tmp_path / f"{variant}.{arch}.cubin")]
-        for variant, arch in (("b4_b4", ARCHS[0]), ("f32_bf16", ARCHS[1]))
-    ])
+    _run_all(
+        [
+            [
+                nvcc,
+                *kernels.options(variant),
+                "-ftz=true",
+                f"-arch={arch}",
+                "-Werror",
+                "all-warnings",
+                "-cubin",
+                str(src),
+                "-o",
+                str(tmp_path / f"{variant}.{arch}.cubin"),
+            ]
+            for variant, arch in (("b4_b4", ARCHS[0]), ("f32_bf16", ARCHS[1]))
+        ]
+    )
 
 
 def test_gather_nvrtc_with_cupy_options():

@@ -25,8 +25,14 @@ def _files(root: Path) -> dict[str, Path]:
 
 def test_in_repo_golden_data_is_complete():
     files = _files(IN_REPO_GOLDEN)
-    for needed in ("README.md", "cases.json", "warm_start_cases.json", "checkpoints/dtypes/manifest.json",
-                   "checkpoints/ws_prev_v/checkpoint", "checkpoints/ws_prev_partitioned_v/checkpoint"):
+    for needed in (
+        "README.md",
+        "cases.json",
+        "warm_start_cases.json",
+        "checkpoints/dtypes/manifest.json",
+        "checkpoints/ws_prev_v/checkpoint",
+        "checkpoints/ws_prev_partitioned_v/checkpoint",
+    ):
         assert needed in files, f"{IN_REPO_GOLDEN / needed} is missing"
     assert any(k.startswith("vocabs/") for k in files)
     assert any(k.startswith("warm_start_cases/") for k in files)
@@ -35,8 +41,10 @@ def test_in_repo_golden_data_is_complete():
 
 def test_in_repo_golden_data_equals_shared_original():
     if not SHARED_GOLDEN.is_dir():
-        pytest.skip(f"no shared original beside the repository ({SHARED_GOLDEN} does not exist): "
-                    f"nothing to compare the in-repo copy with")
+        pytest.skip(
+            f"no shared original beside the repository ({SHARED_GOLDEN} does not exist): "
+            f"nothing to compare the in-repo copy with"
+        )
     shared, ours = _files(SHARED_GOLDEN), _files(IN_REPO_GOLDEN)
     assert sorted(set(shared) - set(ours)) == [], "files of the shared original missing from tests/data/golden"
     assert sorted(set(ours) - set(shared)) == [], "files in tests/data/golden that the shared original lacks"

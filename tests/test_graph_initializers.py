@@ -15,7 +15,9 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 # ---------------------------------------------------------------- zeros / ones / constant
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.uint8, np.bool_, np.complex64, BF16, "bfloat16", "float16"])
+@pytest.mark.parametrize(
+    "dtype", [np.float32, np.float64, np.int32, np.uint8, np.bool_, np.complex64, BF16, "bfloat16", "float16"]
+)
 def test_zeros_ones_shapes_and_dtypes(dtype):
     z = I.zeros_initializer()((3, 4), dtype)
     o = I.ones_initializer()([3, 4], dtype=dtype)

@@ -111,9 +111,7 @@ def test_validate_partitions_rejects(shape, parts, match):
 
 
 @settings(max_examples=150, deadline=None)
-@given(
-    st.lists(st.tuples(st.integers(0, 9), st.integers(1, 5)), min_size=1, max_size=3)
-)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(1, 5)), min_size=1, max_size=3))
 def test_part_boxes_property(dims):
     shape = tuple(d for d, _ in dims)
     parts = [k for _, k in dims]

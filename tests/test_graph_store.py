@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from gpuload.errors import DeviceUnavailableError
-from gpuload.graph import store as S
 from gpuload.graph import (
     AUTO_REUSE,
     PartitionedVariable,
@@ -29,6 +28,7 @@ from gpuload.graph import (
     variables_initializer,
     zeros_initializer,
 )
+from gpuload.graph import store as S
 
 CPU = "/device:CPU:0"
 
@@ -101,7 +101,9 @@ def test_existing_name_without_reuse_is_an_error():
     with variable_scope("a"):
         get_variable("v", [2])
     with variable_scope("a"):
-        with pytest.raises(ValueError, match=r"Variable a/v already exists, disallowed. Did you mean to set reuse=True") as e:
+        with pytest.raises(
+            ValueError, match=r"Variable a/v already exists, disallowed. Did you mean to set reuse=True"
+        ) as e:
             get_variable("v", [2])
     assert "Originally defined at" in str(e.value) and "test_graph_store.py" in str(e.value)
 
@@ -112,7 +114,9 @@ def test_reuse_true_returns_the_same_variable():
     with variable_scope("a", reuse=True):
         assert get_variable("v", [2, 3]) is v
         assert get_variable("v") is v  # shape may be left out
-        with pytest.raises(ValueError, match=r"Trying to share variable a/v, but specified shape \(3, 2\) and found shape \(2, 3\)"):
+        with pytest.raises(
+            ValueError, match=r"Trying to share variable a/v, but specified shape \(3, 2\) and found shape \(2, 3\)"
+        ):
             get_variable("v", [3, 2])
         with pytest.raises(ValueError, match="specified dtype int32 and found dtype float32"):
             get_variable("v", [2, 3], dtype=np.int32)
@@ -197,7 +201,9 @@ def test_default_initializers():
 
 
 def test_scope_defaults_for_initializer_partitioner_dtype():
-    with variable_scope("s", initializer=constant_initializer(2.0), dtype="float64", partitioner=fixed_size_partitioner(2)):
+    with variable_scope(
+        "s", initializer=constant_initializer(2.0), dtype="float64", partitioner=fixed_size_partitioner(2)
+    ):
         with variable_scope("t"):
             v = get_variable("v", [4, 1])
     assert isinstance(v, PartitionedVariable) and v.dtype == np.float64
@@ -289,7 +295,12 @@ def test_partitioned_variable_parts_and_slice_infos():
         "103 8 83,20:0,8",
     ]
     info = ps[3]._save_slice_info
-    assert (info.full_name, info.full_shape, info.var_offset, info.var_shape) == ("emb2/uneven", [103, 8], [63, 0], [20, 8])
+    assert (info.full_name, info.full_shape, info.var_offset, info.var_shape) == (
+        "emb2/uneven",
+        [103, 8],
+        [63, 0],
+        [20, 8],
+    )
     assert info.box.start == (63, 0) and info.box.shape == (20, 8)
     # The store holds the parts, not the wrapper, as TF's _vars.
     store = S._default_store()
@@ -387,7 +398,10 @@ def test_partitioned_reuse_rules():
         get_variable("plain", [2])
         with pytest.raises(ValueError, match="A partitioner was provided, but an unpartitioned version"):
             get_variable("plain", [2], partitioner=parts(2))
-        with pytest.raises(ValueError, match="No partitioner was provided, but a partitioned version of the variable was found: p/v/part_0"):
+        with pytest.raises(
+            ValueError,
+            match="No partitioner was provided, but a partitioned version of the variable was found: p/v/part_0",
+        ):
             get_variable("v", [10, 4])
         with pytest.raises(ValueError, match="Partitioned variable with name p/v already exists"):
             get_variable("v", [10, 4], partitioner=parts(2, 1))

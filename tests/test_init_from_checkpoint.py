@@ -33,8 +33,10 @@ def var(name, shape, dtype="float32", parts=None):
         if i < len(scopes):
             with gpuload.variable_scope(scopes[i]):
                 return make(i + 1)
-        return gpuload.get_variable(leaf, shape, dtype, initializer=gpuload.zeros_initializer(),
-                                    partitioner=part, device="/cpu:0")
+        return gpuload.get_variable(
+            leaf, shape, dtype, initializer=gpuload.zeros_initializer(), partitioner=part, device="/cpu:0"
+        )
+
     return make()
 
 
@@ -85,15 +87,21 @@ def test_one_tensor_into_several_variables_and_partitioned_object(ckpt):
     np.testing.assert_array_equal(c.numpy(), t["emb"])
 
 
-@pytest.mark.parametrize("amap, match", [
-    ({"emb": "a"}, r"partitioned variable a \[10, 4\] does not match tensor 'emb' \[10, 3\]"),
-    ({"half": "h"}, r"dtype of variable 'h' \(float32\) does not match tensor 'half' \(float16\).*allow_cast"),
-    ({"old/sub/k": "kf"}, r"dtype of variable 'kf' \(float32\) does not match tensor 'old/sub/k' \(int32\) in checkpoint \S+m\.ckpt \(from [^)]*\)$"),
-    ({"old/": "nothing_here/"}, r"scope 'nothing_here/' .* holds no variables"),
-    ({"old/": "a/"}, r"tensor 'old/part_0'|tensor 'old' is not in checkpoint"),
-    ({"emb": ["not a variable"]}, r"not a non-empty list of variables"),
-    ({"emb": 3}, r"must be a variable"),
-])
+@pytest.mark.parametrize(
+    "amap, match",
+    [
+        ({"emb": "a"}, r"partitioned variable a \[10, 4\] does not match tensor 'emb' \[10, 3\]"),
+        ({"half": "h"}, r"dtype of variable 'h' \(float32\) does not match tensor 'half' \(float16\).*allow_cast"),
+        (
+            {"old/sub/k": "kf"},
+            r"dtype of variable 'kf' \(float32\) does not match tensor 'old/sub/k' \(int32\) in checkpoint \S+m\.ckpt \(from [^)]*\)$",
+        ),
+        ({"old/": "nothing_here/"}, r"scope 'nothing_here/' .* holds no variables"),
+        ({"old/": "a/"}, r"tensor 'old/part_0'|tensor 'old' is not in checkpoint"),
+        ({"emb": ["not a variable"]}, r"not a non-empty list of variables"),
+        ({"emb": 3}, r"must be a variable"),
+    ],
+)
 def test_errors_at_the_call(ckpt, amap, match):
     path, _ = ckpt
     var("a", [10, 4], parts=[2, 1])

@@ -32,8 +32,14 @@ ONLY_BELOW = {
 }
 # layer -> what it must not import
 NOT_ABOVE = {
-    "gpuload.device": ("gpuload.scheduler", "gpuload.loader", "gpuload.distributed", "gpuload.graph",
-                       "gpuload.cli", "gpuload.demo"),
+    "gpuload.device": (
+        "gpuload.scheduler",
+        "gpuload.loader",
+        "gpuload.distributed",
+        "gpuload.graph",
+        "gpuload.cli",
+        "gpuload.demo",
+    ),
     "gpuload.scheduler": ("gpuload.loader", "gpuload.distributed", "gpuload.graph", "gpuload.cli", "gpuload.demo"),
 }
 # Pure host-side layers: no CuPy, at any depth of the module.
@@ -127,8 +133,15 @@ def test_every_known_exception_still_exists():
 
 def test_the_checker_sees_every_module():
     names = {module_name(p, PACKAGE) for p in PACKAGE.rglob("*.py")}
-    assert {"gpuload", "gpuload.format.bundle", "gpuload.plan.plan", "gpuload.io.ring", "gpuload.device.cuda",
-            "gpuload.scheduler", "gpuload.graph.store"} <= names
+    assert {
+        "gpuload",
+        "gpuload.format.bundle",
+        "gpuload.plan.plan",
+        "gpuload.io.ring",
+        "gpuload.device.cuda",
+        "gpuload.scheduler",
+        "gpuload.graph.store",
+    } <= names
     # Resolution of `from gpuload import config` and of relative imports, on real modules.
     assert "gpuload.config" in imports(PACKAGE / "format" / "reader.py", PACKAGE)
     assert "gpuload.format.crc" in imports(PACKAGE / "format" / "sstable.py", PACKAGE)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from sim_support import sim  # noqa: F401 - fixture
 
 import gpuload
 from gpuload.errors import ArgumentTypeError, CheckpointNotFoundError, TargetError
@@ -23,8 +22,11 @@ def ckpt(tmp_path):
     # "part" is saved partitioned (two row slices), as a partitioned variable is.
     part = np.arange(40, dtype=np.float32).reshape(10, 4)
     prefix = str(tmp_path / "model.ckpt")
-    gpuload.save_checkpoint(prefix, {"emb": emb, "cube": cube, "words": words},
-                            slices={"part": [(Box((0, 0), (6, 4)), part[:6]), (Box((6, 0), (4, 4)), part[6:])]})
+    gpuload.save_checkpoint(
+        prefix,
+        {"emb": emb, "cube": cube, "words": words},
+        slices={"part": [(Box((0, 0), (6, 4)), part[:6]), (Box((6, 0), (4, 4)), part[6:])]},
+    )
     return prefix, {"emb": emb, "cube": cube, "words": words, "part": part}
 
 
@@ -53,14 +55,17 @@ def test_spec_targets_keys_and_list_form(ckpt):
 
 def test_boxes_rows_columns_nd_and_partitioned(ckpt):
     prefix, t = ckpt
-    r = gpuload.load(prefix, {
-        "rows": gpuload.Request("emb", rows=(10, 20)),
-        "cols": gpuload.Request("emb", columns=(2, 5)),
-        "nd": gpuload.Request("cube", box=(slice(1, 3), slice(None), slice(2, 5))),
-        "nd_box": gpuload.Request("cube", box=Box((3, 1, 0), (1, 4, 6))),
-        "across": gpuload.Request("part", rows=(4, 8)),  # spans both stored slices
-        "part_cols": ("part", gpuload.Spec((10, 4))),
-    })
+    r = gpuload.load(
+        prefix,
+        {
+            "rows": gpuload.Request("emb", rows=(10, 20)),
+            "cols": gpuload.Request("emb", columns=(2, 5)),
+            "nd": gpuload.Request("cube", box=(slice(1, 3), slice(None), slice(2, 5))),
+            "nd_box": gpuload.Request("cube", box=Box((3, 1, 0), (1, 4, 6))),
+            "across": gpuload.Request("part", rows=(4, 8)),  # spans both stored slices
+            "part_cols": ("part", gpuload.Spec((10, 4))),
+        },
+    )
     np.testing.assert_array_equal(r["rows"], t["emb"][10:20])
     np.testing.assert_array_equal(r["cols"], t["emb"][:, 2:5])
     np.testing.assert_array_equal(r["nd"], t["cube"][1:3, :, 2:5])
@@ -77,8 +82,9 @@ def test_casts_follow_init_from_checkpoint(ckpt):
     prefix, t = ckpt
     with pytest.raises(TargetError, match=r"'e'.*'emb' is float32.*Spec\(.*float64.*allow_cast=True"):
         gpuload.load(prefix, {"e": ("emb", gpuload.Spec(dtype="float64"))})
-    r = gpuload.load(prefix, {"d": ("emb", gpuload.Spec(dtype="float64")),
-                              "b": ("emb", np.empty((50, 8), BF16))}, allow_cast=True)
+    r = gpuload.load(
+        prefix, {"d": ("emb", gpuload.Spec(dtype="float64")), "b": ("emb", np.empty((50, 8), BF16))}, allow_cast=True
+    )
     np.testing.assert_array_equal(r["d"], t["emb"].astype(np.float64))
     np.testing.assert_array_equal(r["b"], t["emb"].astype(BF16))
     # allow_cast converts between floating dtypes only, as init_from_checkpoint.
@@ -107,7 +113,9 @@ def test_wrong_targets_name_the_key_and_the_target(ckpt):
     from gpuload.device import placement
 
     if not placement.is_gpu_available():
-        with pytest.raises(gpuload.errors.DeviceUnavailableError, match=r"request 'e' \(tensor 'emb'\) targets /device:GPU:0"):
+        with pytest.raises(
+            gpuload.errors.DeviceUnavailableError, match=r"request 'e' \(tensor 'emb'\) targets /device:GPU:0"
+        ):
             gpuload.load(prefix, {"e": ("emb", gpuload.Spec(device="gpu:0"))})
     with pytest.raises(CheckpointNotFoundError, match=r"'e'.*'embb'.*close names: 'emb'"):
         gpuload.load(prefix, {"e": "embb"})
@@ -134,8 +142,11 @@ def test_failed_load_hands_out_nothing(ckpt, tmp_path):
 
 def test_plan_load_prints_without_reading(ckpt):
     prefix, _ = ckpt
-    plan = gpuload.plan_load(prefix, {"top": gpuload.Request("emb", rows=(0, 10)),
-                                      "d": ("emb", gpuload.Spec(dtype="float64"))}, allow_cast=True)
+    plan = gpuload.plan_load(
+        prefix,
+        {"top": gpuload.Request("emb", rows=(0, 10)), "d": ("emb", gpuload.Spec(dtype="float64"))},
+        allow_cast=True,
+    )
     text = str(plan)
     assert "dest 0: top <- 'emb'" in text and "float32 -> float64" in text
     assert len(plan.destinations) == 2 and plan.bytes_read > 0
@@ -147,8 +158,7 @@ def test_remap_request_overwrites_mapped_rows_only(ckpt):
     prefix, t = ckpt
     start = np.full((4, 8), -1.0, np.float32)
     rows = np.array([3, -1, 0, 49])
-    r = gpuload.load(prefix, {"v": gpuload.Request("emb", box=Box((0, 0), (4, 8)), target=start,
-                                                   remap=Remap(0, rows))})
+    r = gpuload.load(prefix, {"v": gpuload.Request("emb", box=Box((0, 0), (4, 8)), target=start, remap=Remap(0, rows))})
     assert r["v"] is start
     np.testing.assert_array_equal(start[[0, 2, 3]], t["emb"][[3, 0, 49]])
     assert (start[1] == -1).all()
@@ -164,8 +174,9 @@ def test_cupy_targets_filled_in_place_on_the_simulator(ckpt, sim):  # noqa: F811
     with sim.cuda.Device(1):
         out = sim.zeros((10, 8), np.float32)
     ptr = out.data.ptr
-    r = gpuload.load(prefix, {"g": gpuload.Request("emb", rows=(5, 15), target=out),
-                              "s": ("cube", gpuload.Spec(device="gpu:0"))})
+    r = gpuload.load(
+        prefix, {"g": gpuload.Request("emb", rows=(5, 15), target=out), "s": ("cube", gpuload.Spec(device="gpu:0"))}
+    )
     assert r["g"] is out and out.data.ptr == ptr
     np.testing.assert_array_equal(out.get(), t["emb"][5:15])
     assert isinstance(r["s"], sim.ndarray) and r["s"].device.id == 0
@@ -239,8 +250,11 @@ def test_jax_arrays_handed_over_without_a_copy(ckpt):
     jax = pytest.importorskip("jax")
     prefix, t = ckpt
     cpu = jax.devices("cpu")[0]
-    r = gpuload.load(prefix, {"e": ("emb", gpuload.Spec(device=cpu)),
-                              "b": ("emb", gpuload.Spec(dtype="bfloat16", device=cpu))}, allow_cast=True)
+    r = gpuload.load(
+        prefix,
+        {"e": ("emb", gpuload.Spec(device=cpu)), "b": ("emb", gpuload.Spec(dtype="bfloat16", device=cpu))},
+        allow_cast=True,
+    )
     e = r["e"]
     assert isinstance(e, jax.Array) and e.devices() == {cpu}
     np.testing.assert_array_equal(np.asarray(e), t["emb"])
@@ -292,8 +306,9 @@ def test_the_tf1_initializer_goes_through_load(ckpt):
     prefix, t = ckpt
     gpuload.reset_default_graph()
     with gpuload.variable_scope("new"):
-        v = gpuload.get_variable("emb", shape=[50, 8], dtype="float32", partitioner=gpuload.fixed_size_partitioner(2),
-                                 device="/cpu:0")
+        v = gpuload.get_variable(
+            "emb", shape=[50, 8], dtype="float32", partitioner=gpuload.fixed_size_partitioner(2), device="/cpu:0"
+        )
     gpuload.init_from_checkpoint(prefix, {"emb": "new/emb"})
     gpuload.global_variables_initializer().run()
     r = gpuload.last_load()

@@ -40,11 +40,11 @@ def test_partitioned_embedding_small_chunks(tmp_path, parts, verify, direct):
     rng = np.random.default_rng(0)
     table = rng.standard_normal((1000, 24)).astype(np.float32)
     prefix = make_ckpt(tmp_path, {"emb": table, "other": np.arange(5.0)})
-    v = gpuload.get_variable("e", shape=table.shape, dtype="float32",
-                             partitioner=lambda shape, dtype: parts, device="/cpu:0")
+    v = gpuload.get_variable(
+        "e", shape=table.shape, dtype="float32", partitioner=lambda shape, dtype: parts, device="/cpu:0"
+    )
     gpuload.init_from_checkpoint(prefix, {"emb": "e"})
-    with config.set(chunk_bytes=4096, ring_bytes=3 * 4096, reader_threads=3, verify_crc=verify,
-                    direct_io=direct):
+    with config.set(chunk_bytes=4096, ring_bytes=3 * 4096, reader_threads=3, verify_crc=verify, direct_io=direct):
         gpuload.global_variables_initializer().run()
     full = v.numpy()
     np.testing.assert_array_equal(full, table)
@@ -59,8 +59,7 @@ def test_sliced_save_into_other_partitioning(tmp_path):
     stored = [(Box((0, 0), (25, 10)), table[:25]), (Box((25, 0), (35, 10)), table[25:])]
     prefix = str(tmp_path / "m.ckpt")
     gpuload.save_checkpoint(prefix, {}, slices={"t": stored})
-    v = gpuload.get_variable("t", shape=[60, 10], dtype="int64",
-                             partitioner=lambda s, d: [4, 2], device="/cpu:0")
+    v = gpuload.get_variable("t", shape=[60, 10], dtype="int64", partitioner=lambda s, d: [4, 2], device="/cpu:0")
     gpuload.init_from_checkpoint(prefix, {"t": v})
     with config.set(chunk_bytes=4096, ring_bytes=4 * 4096):
         gpuload.global_variables_initializer().run()
@@ -97,8 +96,7 @@ def test_corrupt_tensor_fails_whole_run_and_frees_ring(tmp_path, monkeypatch):
     big = np.arange(4096 * 8, dtype=np.float32).reshape(4096, 8)
     prefix = make_ckpt(tmp_path, {"a": np.ones(16, np.float32), "big": big})
     a = gpuload.get_variable("a", shape=[16], dtype="float32", device="/cpu:0")
-    b = gpuload.get_variable("b", shape=big.shape, dtype="float32",
-                             partitioner=lambda s, d: [4, 1], device="/cpu:0")
+    b = gpuload.get_variable("b", shape=big.shape, dtype="float32", partitioner=lambda s, d: [4, 1], device="/cpu:0")
     gpuload.init_from_checkpoint(prefix, {"a": "a", "big": "b"})
     size = os.path.getsize(data_file(prefix))
     with open(data_file(prefix), "r+b") as f:  # flip one bit near the end of "big"
@@ -122,8 +120,7 @@ def test_file_truncated_mid_load(tmp_path, monkeypatch):
 
     big = np.arange(8192 * 4, dtype=np.float32).reshape(8192, 4)
     prefix = make_ckpt(tmp_path, {"big": big})
-    v = gpuload.get_variable("b", shape=big.shape, dtype="float32",
-                             partitioner=lambda s, d: [2, 1], device="/cpu:0")
+    v = gpuload.get_variable("b", shape=big.shape, dtype="float32", partitioner=lambda s, d: [2, 1], device="/cpu:0")
     gpuload.init_from_checkpoint(prefix, {"big": "b"})
     original = reader_mod.ShardFiles._pread_full
     calls = []
@@ -194,8 +191,9 @@ def test_host_memory_bounded_by_ring(tmp_path, parts):
     del table
     script = tmp_path / "mem.py"
     script.write_text(MEMORY_SCRIPT)
-    out = subprocess.run([sys.executable, str(script), prefix, str(rows), str(cols), parts],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(script), prefix, str(rows), str(cols), parts], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["ok"]

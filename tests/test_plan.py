@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, HealthCheck
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpuload.errors import PlanError
@@ -98,12 +98,12 @@ def run_plan(bundle, plan):
     """Interpret a plan over the fake files; return (destinations, write counts, read map)."""
     outs = [np.zeros(d.box.size, d.dtype) for d in plan.destinations]
     counts = [np.zeros(d.box.size, np.int64) for d in plan.destinations]
-    reads = {i: np.zeros(len(bundle.files[int(f.split('-')[1])]), np.int64) for i, f in enumerate(plan.files)}
+    reads = {i: np.zeros(len(bundle.files[int(f.split("-")[1])]), np.int64) for i, f in enumerate(plan.files)}
     for c in plan.chunks:
         f = bundle.files[int(plan.files[c.file].split("-")[1])]
         assert c.offset + c.size <= len(f)
-        reads[c.file][c.offset:c.offset + c.size] += 1
-        chunk = np.frombuffer(bytes(f[c.offset:c.offset + c.size]), np.uint8)
+        reads[c.file][c.offset : c.offset + c.size] += 1
+        chunk = np.frombuffer(bytes(f[c.offset : c.offset + c.size]), np.uint8)
         for cp in c.copies:
             d = plan.destinations[cp.dest]
             isz = d.src_dtype.itemsize
@@ -111,7 +111,7 @@ def run_plan(bundle, plan):
                 so = cp.src_offset + isz * sum(i * s for i, s in zip(idx, cp.src_strides))
                 assert 0 <= so and so + isz <= c.size, "copy reads outside its chunk"
                 do = cp.dst_offset + sum(i * s for i, s in zip(idx, cp.dst_strides))
-                outs[cp.dest][do] = np.frombuffer(chunk[so:so + isz].tobytes(), d.src_dtype)[0]
+                outs[cp.dest][do] = np.frombuffer(chunk[so : so + isz].tobytes(), d.src_dtype)[0]
                 counts[cp.dest][do] += 1
     return [o.reshape(d.box.shape) for o, d in zip(outs, plan.destinations)], counts, reads
 
@@ -121,8 +121,11 @@ def scenarios(draw):
     rank = draw(st.integers(0, 3))
     shape = tuple(draw(st.lists(st.integers(0 if rank else 1, 7), min_size=rank, max_size=rank)))
     dtype = np.dtype(draw(st.sampled_from(["uint8", "int16", "float32", "float64", "complex128"])))
-    saved = tuple(draw(st.integers(1, max(1, n)) if n else st.just(1)) for n in shape) \
-        if rank and draw(st.booleans()) else None
+    saved = (
+        tuple(draw(st.integers(1, max(1, n)) if n else st.just(1)) for n in shape)
+        if rank and draw(st.booleans())
+        else None
+    )
     target = tuple(draw(st.integers(1, max(1, n)) if n else st.just(1)) for n in shape)
     chunk = draw(st.sampled_from([16, 17, 24, 40, 100, 4096]))
     gap = draw(st.sampled_from([0, 5, 1000]))
@@ -142,7 +145,7 @@ def test_plan_properties(sc):
     bundle = FakeBundle(rng, {"t": (array, saved), "o": (other, (2, 1))})
     boxes = grid_boxes(shape, target) if shape else [Box((), ())]
     if subset and len(boxes) > 1:
-        boxes = boxes[:: 2]
+        boxes = boxes[::2]
     reqs = [Request(f"v/part_{i}", "t", b, dtype) for i, b in enumerate(boxes)]
     reqs.append(Request("w", "o", Box((1, 1), (2, 3)), np.dtype(np.int16)))
     plan = build_plan(bundle, reqs, chunk_bytes=chunk, gap_bytes=gap, verify_crc=verify)
@@ -177,7 +180,7 @@ def test_plan_properties(sc):
             for ps in bundle._pieces.values():
                 for p in ps:
                     if p.entry.shard_id == shard:
-                        inside[p.entry.offset:p.entry.offset + p.entry.size] = True
+                        inside[p.entry.offset : p.entry.offset + p.entry.size] = True
             assert inside[r > 0].all(), "a hole was read with gap_bytes=0"
 
 

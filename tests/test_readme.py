@@ -28,8 +28,9 @@ def test_use_example_runs_as_written(tmp_path):
     (code,) = _blocks(_section("Use"), "python")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPULOAD_")}
     env["TMPDIR"] = str(tmp_path)  # the example's mkdtemp() lands under pytest's tmp dir
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert [ln.split()[0] for ln in lines] == [f"new_scope/emb/part_{i}:0" for i in range(4)], proc.stdout
@@ -39,8 +40,9 @@ def test_use_example_runs_as_written(tmp_path):
 def _run_block(code, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPULOAD_")}
     env["TMPDIR"] = str(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 

@@ -19,8 +19,12 @@ from gpuload.errors import ChecksumError
 def _restore_global_config():
     before = config.get()
     yield
-    config.set(**{f: getattr(before, f) for f in ("ring_bytes", "chunk_bytes", "reader_threads",
-                                                  "verify_crc", "direct_io", "gap_bytes", "progress")})
+    config.set(
+        **{
+            f: getattr(before, f)
+            for f in ("ring_bytes", "chunk_bytes", "reader_threads", "verify_crc", "direct_io", "gap_bytes", "progress")
+        }
+    )
     gpuload.reset_default_graph()
 
 

@@ -45,8 +45,9 @@ def test_deeply_nested_state_file_is_a_format_error(tmp_path):
 
 def test_inspect_prints_a_clean_error_for_a_deep_state_file(tmp_path):
     (tmp_path / "checkpoint").write_text("a {" * 100000)
-    out = subprocess.run([sys.executable, "-m", "gpuload", "inspect", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "gpuload", "inspect", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode != 0
     assert "Traceback" not in out.stderr and "RecursionError" not in out.stderr, out.stderr[-2000:]
     assert "checkpoint" in out.stderr
@@ -67,8 +68,11 @@ def test_init_from_checkpoint_mixed_key_types(ckpt):
 
 @pytest.mark.parametrize("path", [None, 5, ["a"]])
 def test_bad_checkpoint_path_types(path):
-    for call in (lambda: gpuload.init_from_checkpoint(path, {}), lambda: gpuload.load_checkpoint(path),
-                 lambda: gpuload.list_variables(path)):
+    for call in (
+        lambda: gpuload.init_from_checkpoint(path, {}),
+        lambda: gpuload.load_checkpoint(path),
+        lambda: gpuload.list_variables(path),
+    ):
         with pytest.raises(errors.ArgumentTypeError, match="ckpt_dir_or_file"):
             call()
 
@@ -86,8 +90,9 @@ def test_save_checkpoint_bad_argument_types(tmp_path):
 def test_duplicate_empty_slices_named(tmp_path):
     empty = np.zeros((0, 2), np.float32)
     with pytest.raises(errors.InvalidArgumentError) as info:
-        gpuload.save_checkpoint(str(tmp_path / "m"), slices={
-            "t": ((4, 2), [(Box((0, 0), (0, 2)), empty), (Box((0, 0), (0, 2)), empty)])})
+        gpuload.save_checkpoint(
+            str(tmp_path / "m"), slices={"t": ((4, 2), [(Box((0, 0), (0, 2)), empty), (Box((0, 0), (0, 2)), empty)])}
+        )
     msg = str(info.value)
     assert "'t slice [0:0, 0:2]'" in msg and "[]" not in msg.replace("[0:0, 0:2]", ""), msg
 

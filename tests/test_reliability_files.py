@@ -16,6 +16,7 @@ from gpuload.errors import CheckpointFileError, CheckpointFormatError, ShardRead
 @pytest.fixture(autouse=True)
 def no_hang():
     """A hang is a failure after 20 s, not a stuck CI job."""
+
     def boom(*_):
         raise TimeoutError("hung: a checkpoint read blocked on a non-regular file")
 

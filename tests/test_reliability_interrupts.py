@@ -17,12 +17,12 @@ import pytest
 
 import gpuload
 from gpuload import config
+from gpuload import scheduler as sched_mod
 from gpuload.device import host as host_mod
 from gpuload.format import crc as crc_mod
 from gpuload.graph import store as store_mod
 from gpuload.io import reader as reader_mod
 from gpuload.io import ring as ring_mod
-from gpuload import scheduler as sched_mod
 
 
 class Injected(RuntimeError):
@@ -56,8 +56,9 @@ def ckpt(tmp_path_factory):
 
 def _setup(prefix):
     gpuload.reset_default_graph()
-    emb = gpuload.get_variable("emb", shape=[512, 16], dtype="float32",
-                               partitioner=lambda s, d: [1, 4], device="/cpu:0")  # columns: copies in the ring
+    emb = gpuload.get_variable(
+        "emb", shape=[512, 16], dtype="float32", partitioner=lambda s, d: [1, 4], device="/cpu:0"
+    )  # columns: copies in the ring
     bias = gpuload.get_variable("bias", shape=[16], dtype="float32", device="/cpu:0")
     gpuload.init_from_checkpoint(prefix, {"emb": "emb", "bias": "bias"})
     return [*emb._get_variable_list(), bias]
@@ -118,7 +119,7 @@ def _run(monkeypatch, prefix, stage, k, exc_factory):
 
 
 def _clean_calls(monkeypatch, prefix, stage):
-    raised, variables, *_ , calls = _run(monkeypatch, prefix, stage, 0, Injected)
+    raised, variables, *_, calls = _run(monkeypatch, prefix, stage, 0, Injected)
     assert raised is None, raised
     return calls
 
@@ -133,7 +134,8 @@ def test_fault_at_every_call_of_every_stage(monkeypatch, ckpt, stage, kind):
     ks = sorted({*range(1, min(calls, MAX_K) + 1), calls})
     for k in ks:
         raised, variables, threads_before, fds_before, rings, closed, _ = _run(
-            monkeypatch, prefix, stage, k, lambda: exc_type(f"injected at {stage} #{k}"))
+            monkeypatch, prefix, stage, k, lambda: exc_type(f"injected at {stage} #{k}")
+        )
         where = f"{stage} call {k} of {calls} ({kind})"
         assert type(raised) is exc_type and str(raised) == f"injected at {stage} #{k}", (where, repr(raised))
         assert threading.active_count() == threads_before, (where, threading.enumerate())
@@ -199,7 +201,8 @@ def test_random_ctrl_c_during_loads(tmp_path):
 
 def _setup_big(prefix):
     gpuload.reset_default_graph()
-    emb = gpuload.get_variable("emb", shape=[1024, 256], dtype="float32",
-                               partitioner=lambda s, d: [1, 4], device="/cpu:0")
+    emb = gpuload.get_variable(
+        "emb", shape=[1024, 256], dtype="float32", partitioner=lambda s, d: [1, 4], device="/cpu:0"
+    )
     gpuload.init_from_checkpoint(prefix, {"emb": "emb"})
     return emb._get_variable_list()

@@ -28,8 +28,7 @@ def test_tensor_replaced_by_a_bigger_one(tmp_path):
     """The reproduction: a [20,2] variable would get a box of the new [40,3] tensor."""
     prefix = str(tmp_path / "m.ckpt")
     gpuload.save_checkpoint(prefix, {"t": np.arange(40, dtype=np.float32).reshape(20, 2)})
-    v = gpuload.get_variable("t", shape=[20, 2], dtype="float32",
-                             partitioner=lambda s, d: [2, 1], device="/cpu:0")
+    v = gpuload.get_variable("t", shape=[20, 2], dtype="float32", partitioner=lambda s, d: [2, 1], device="/cpu:0")
     gpuload.init_from_checkpoint(prefix, {"t": "t"})
     gpuload.save_checkpoint(prefix, {"t": -np.arange(120, dtype=np.float32).reshape(40, 3)})
     with pytest.raises(CheckpointChangedError) as info:

@@ -82,6 +82,7 @@ class _Faults:
         def wrapper(*a, **kw):
             self._tick(kind)
             return fn(*a, **kw)
+
         return wrapper
 
 
@@ -246,7 +247,8 @@ def test_global_step_and_state_file(tmp_path):
     assert (tmp_path / "checkpoint").read_text() == (
         'model_checkpoint_path: "model.ckpt-200"\n'
         'all_model_checkpoint_paths: "model.ckpt-100"\n'
-        'all_model_checkpoint_paths: "model.ckpt-200"\n')
+        'all_model_checkpoint_paths: "model.ckpt-200"\n'
+    )
     assert np.array_equal(gpuload.load_variable(str(tmp_path), "w"), np.full(3, 200, np.float32))
     for bad in ("7", 1.5, True):
         with pytest.raises(ArgumentTypeError, match="global_step"):
@@ -264,5 +266,6 @@ def test_state_file_updates_from_threads_are_not_lost(tmp_path):
     for t in ts:
         t.join(30)
     st = gpuload.format.state.get_checkpoint_state(str(tmp_path))
-    assert sorted(os.path.basename(p) for p in st.all_model_checkpoint_paths) == \
-        sorted(f"model.ckpt-{s}" for s in range(8))
+    assert sorted(os.path.basename(p) for p in st.all_model_checkpoint_paths) == sorted(
+        f"model.ckpt-{s}" for s in range(8)
+    )

@@ -61,8 +61,10 @@ def test_16000_column_slices_open_and_save_linearithmic(tmp_path, guard, interse
     b = Bundle.open(prefix)
     t_open = time.perf_counter() - t
     opened = intersections[0] - saved
-    print(f"\n16,000 column slices: save {t_save:.2f} s ({saved} intersections), "
-          f"open {t_open:.2f} s ({opened} intersections)")
+    print(
+        f"\n16,000 column slices: save {t_save:.2f} s ({saved} intersections), "
+        f"open {t_open:.2f} s ({opened} intersections)"
+    )
     assert len(b.pieces("t")) == N
     # all pairs would be N*(N-1)/2 = 128 million
     assert saved <= 20 * N and opened <= 20 * N, (saved, opened)
@@ -93,8 +95,10 @@ def test_find_overlap_agrees_with_all_pairs(seed):
     shape = [rng.randint(1, 12) for _ in range(rank)]
     cuts = [sorted(rng.sample(range(1, n), min(n - 1, rng.randint(0, 4)))) if n > 1 else [] for n in shape]
     edges = [[0, *c, n] for c, n in zip(cuts, shape)]
-    boxes = [Box(tuple(e[i] for e, i in zip(edges, idx)), tuple(e[i + 1] - e[i] for e, i in zip(edges, idx)))
-             for idx in itertools.product(*[range(len(e) - 1) for e in edges])]
+    boxes = [
+        Box(tuple(e[i] for e, i in zip(edges, idx)), tuple(e[i + 1] - e[i] for e, i in zip(edges, idx)))
+        for idx in itertools.product(*[range(len(e) - 1) for e in edges])
+    ]
     rng.shuffle(boxes)
     if seed % 2:  # perturb: grow, move or duplicate a box
         i = rng.randrange(len(boxes))
@@ -135,7 +139,9 @@ def test_missing_key_hint_in_a_big_checkpoint(tmp_path, guard, monkeypatch):
     gpuload.save_checkpoint(prefix, {f"scope_{i // 100}/v{i}": np.zeros(1, np.int8) for i in range(30000)})
     seen = []
     real = difflib.get_close_matches
-    monkeypatch.setattr(difflib, "get_close_matches", lambda w, p, *a, **k: (seen.append(len(p)), real(w, p, *a, **k))[1])
+    monkeypatch.setattr(
+        difflib, "get_close_matches", lambda w, p, *a, **k: (seen.append(len(p)), real(w, p, *a, **k))[1]
+    )
     with pytest.raises(gpuload.errors.CheckpointNotFoundError, match="scope_12/v1234"):
         Bundle.open(prefix).entry("scope_12/v12345")
     assert seen and max(seen) <= names_mod.CANDIDATE_LIMIT

@@ -64,9 +64,15 @@ def make_var(name, shape, dtype, partitions=None, initializer=None, trainable=Tr
         if level < len(scopes):
             with gpuload.variable_scope(scopes[level]):
                 return make(level + 1)
-        return gpuload.get_variable(leaf, shape=shape, dtype=dtype, initializer=init, device="/cpu:0",
-                                    partitioner=(lambda shape, dtype, p=partitions: list(p)) if partitions else None,
-                                    trainable=trainable)
+        return gpuload.get_variable(
+            leaf,
+            shape=shape,
+            dtype=dtype,
+            initializer=init,
+            device="/cpu:0",
+            partitioner=(lambda shape, dtype, p=partitions: list(p)) if partitions else None,
+            trainable=trainable,
+        )
 
     return make()
 
@@ -106,11 +112,21 @@ def scenarios(draw):
     partitions[part_axis] = nparts
     slice_axis = draw(st.integers(0, rank - 1))
     nslices = draw(st.integers(1, min(3, old_shape[slice_axis])))
-    return dict(old_tokens=old_tokens, old_size=old_size, new_tokens=new_tokens, oov=oov, axis=axis,
-                old_shape=old_shape, new_shape=new_shape, partitions=partitions if nparts > 1 else None,
-                slice_axis=slice_axis, nslices=nslices,
-                chunk_bytes=draw(st.sampled_from([4096, 8192, 1 << 20])),
-                verify_crc=draw(st.booleans()), dtype=draw(st.sampled_from(["float32", "int64", "float16"])))
+    return dict(
+        old_tokens=old_tokens,
+        old_size=old_size,
+        new_tokens=new_tokens,
+        oov=oov,
+        axis=axis,
+        old_shape=old_shape,
+        new_shape=new_shape,
+        partitions=partitions if nparts > 1 else None,
+        slice_axis=slice_axis,
+        nslices=nslices,
+        chunk_bytes=draw(st.sampled_from([4096, 8192, 1 << 20])),
+        verify_crc=draw(st.booleans()),
+        dtype=draw(st.sampled_from(["float32", "int64", "float16"])),
+    )
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -124,10 +140,18 @@ def test_remap_equals_numpy(tmp_path_factory, s):
     new_file = write_vocab(tmp_path / "new.txt", s["new_tokens"] + [b"unused-extra"])
     gpuload.reset_default_graph()
     var = make_var("new/emb", s["new_shape"], s["dtype"], s["partitions"])
-    info = gpuload.VocabInfo(new_file, len(s["new_tokens"]), s["oov"], old_file,
-                             old_vocab_size=s["old_size"] or -1,
-                             backup_initializer=gpuload.constant_initializer(7), axis=s["axis"])
-    with config.set(chunk_bytes=s["chunk_bytes"], ring_bytes=4 * s["chunk_bytes"], verify_crc=s["verify_crc"], gap_bytes=0):
+    info = gpuload.VocabInfo(
+        new_file,
+        len(s["new_tokens"]),
+        s["oov"],
+        old_file,
+        old_vocab_size=s["old_size"] or -1,
+        backup_initializer=gpuload.constant_initializer(7),
+        axis=s["axis"],
+    )
+    with config.set(
+        chunk_bytes=s["chunk_bytes"], ring_bytes=4 * s["chunk_bytes"], verify_crc=s["verify_crc"], gap_bytes=0
+    ):
         gpuload.warm_start(prefix, ".*", {"new/emb": info}, {"new/emb": "old/emb"})
         gpuload.global_variables_initializer().run()
     want = remap_reference(old, s["old_tokens"], s["new_tokens"], s["oov"], s["axis"], 7, s["old_size"])
@@ -142,10 +166,14 @@ def test_remap_equals_numpy(tmp_path_factory, s):
         assert stats.bytes_read == 0
     elif s["verify_crc"]:
         # Every stored piece holding a needed row is read whole, once; the others not at all.
-        pieces = part_boxes(old.shape, [s["nslices"] if k == s["slice_axis"] else 1 for k in range(old.ndim)]) \
-            if s["nslices"] > 1 else [Box.full(old.shape)]
-        touched = [b for b in pieces
-                   if any(b.start[s["axis"]] <= i < b.start[s["axis"]] + b.shape[s["axis"]] for i in needed)]
+        pieces = (
+            part_boxes(old.shape, [s["nslices"] if k == s["slice_axis"] else 1 for k in range(old.ndim)])
+            if s["nslices"] > 1
+            else [Box.full(old.shape)]
+        )
+        touched = [
+            b for b in pieces if any(b.start[s["axis"]] <= i < b.start[s["axis"]] + b.shape[s["axis"]] for i in needed)
+        ]
         assert stats.bytes_read == sum(b.size for b in touched) * itemsize
     elif s["axis"] == 0 and s["partitions"] is None or (s["axis"] == 0 and s["partitions"][0] > 1):
         # CRC off, rows remapped, every part full width: exactly the needed rows are read.
@@ -183,8 +211,9 @@ def test_vocab_mapping_is_vectorised_at_scale(tmp_path):
     toks = [b"tok%07d" % i for i in range(n)]
     perm = np.random.default_rng(0).permutation(n)
     old = vocab_mod.read_vocab(write_vocab(tmp_path / "o.txt", toks), -1, what="o")
-    new = vocab_mod.read_vocab(write_vocab(tmp_path / "n.txt", [toks[i] for i in perm[: n // 2]] + [b"zz"]), -1,
-                               what="n")
+    new = vocab_mod.read_vocab(
+        write_vocab(tmp_path / "n.txt", [toks[i] for i in perm[: n // 2]] + [b"zz"]), -1, what="n"
+    )
     got = vocab_mod.vocab_mapping(new, old)
     assert got[:-1].tolist() == perm[: n // 2].tolist() and got[-1] == -1
 
@@ -194,25 +223,29 @@ def small(tmp_path):
     gpuload.reset_default_graph()
     old = np.arange(24, dtype=np.float32).reshape(6, 4)
     prefix = str(tmp_path / "c" / "model")
-    gpuload.save_checkpoint(prefix, {"old/emb": old, "old/bias": old[:, 0].copy(), "old/step": np.int64(7),
-                                     "old/emb64": old.astype(np.float64)})
+    gpuload.save_checkpoint(
+        prefix,
+        {"old/emb": old, "old/bias": old[:, 0].copy(), "old/step": np.int64(7), "old/emb64": old.astype(np.float64)},
+    )
     old_v = write_vocab(tmp_path / "old.txt", [b"a", b"b", b"c", b"d", b"e", b"f"])
     new_v = write_vocab(tmp_path / "new.txt", [b"f", b"x", b"a", b"c"])
     return prefix, old_v, new_v, old, tmp_path
 
 
-@pytest.mark.parametrize("tokens, size, line, what", [
-    ([b"f", b"x"], 4, None, "fewer than the 4"),
-    ([b"f", b"", b"a", b"c"], 4, 2, "empty line"),
-    ([b"f", b"x", b"f", b"c"], 4, 3, "repeats line 1"),
-])
+@pytest.mark.parametrize(
+    "tokens, size, line, what",
+    [
+        ([b"f", b"x"], 4, None, "fewer than the 4"),
+        ([b"f", b"", b"a", b"c"], 4, 2, "empty line"),
+        ([b"f", b"x", b"f", b"c"], 4, 3, "repeats line 1"),
+    ],
+)
 def test_bad_new_vocab_names_file_and_line(small, tokens, size, line, what):
     prefix, old_v, _, _, tmp_path = small
     bad = write_vocab(tmp_path / "bad.txt", tokens)
     make_var("new/emb", [size, 4], "float32")
     with pytest.raises(VocabFileError, match=what) as info:
-        gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(bad, size, 0, old_v)},
-                           {"new/emb": "old/emb"})
+        gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(bad, size, 0, old_v)}, {"new/emb": "old/emb"})
     msg = str(info.value)
     assert "bad.txt" in msg and "new/emb" in msg and "new_vocab" in msg
     if line is not None:
@@ -234,23 +267,35 @@ def test_bad_old_vocab_and_lengths(small):
     # old_vocab_size takes only the first lines: fine then.
     gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(new_v, 4, 0, longer, 6)}, {"new/emb": "old/emb"})
     with pytest.raises(VocabFileError, match="missing.txt"):
-        gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(str(tmp_path / "missing.txt"), 4, 0, old_v)},
-                           {"new/emb": "old/emb"})
+        gpuload.warm_start(
+            prefix,
+            ".*",
+            {"new/emb": gpuload.VocabInfo(str(tmp_path / "missing.txt"), 4, 0, old_v)},
+            {"new/emb": "old/emb"},
+        )
 
 
-@pytest.mark.parametrize("shape, vi, match", [
-    ([5, 4], dict(new_vocab_size=4, num_oov_buckets=0), r"5 positions along axis 0.*\(4\) \+ num_oov_buckets \(0\) = 4"),
-    ([4, 3], dict(new_vocab_size=4, num_oov_buckets=0), "on axis 1"),
-    ([4], dict(new_vocab_size=4, num_oov_buckets=0, axis=1), "no axis 1"),
-    ([4, 4], dict(new_vocab_size=0, num_oov_buckets=0), "new_vocab_size must be an integer >= 1"),
-    ([4, 4], dict(new_vocab_size=4, num_oov_buckets=-1), "num_oov_buckets"),
-])
+@pytest.mark.parametrize(
+    "shape, vi, match",
+    [
+        (
+            [5, 4],
+            dict(new_vocab_size=4, num_oov_buckets=0),
+            r"5 positions along axis 0.*\(4\) \+ num_oov_buckets \(0\) = 4",
+        ),
+        ([4, 3], dict(new_vocab_size=4, num_oov_buckets=0), "on axis 1"),
+        ([4], dict(new_vocab_size=4, num_oov_buckets=0, axis=1), "no axis 1"),
+        ([4, 4], dict(new_vocab_size=0, num_oov_buckets=0), "new_vocab_size must be an integer >= 1"),
+        ([4, 4], dict(new_vocab_size=4, num_oov_buckets=-1), "num_oov_buckets"),
+    ],
+)
 def test_shape_errors_at_the_call(small, shape, vi, match):
     prefix, old_v, new_v, _, _ = small
     make_var("new/emb", shape, "float32")
     with pytest.raises(WarmStartError, match=match) as info:
-        gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(new_v, old_vocab=old_v, **vi)},
-                           {"new/emb": "old/emb"})
+        gpuload.warm_start(
+            prefix, ".*", {"new/emb": gpuload.VocabInfo(new_v, old_vocab=old_v, **vi)}, {"new/emb": "old/emb"}
+        )
     assert "new/emb" in str(info.value)
 
 
@@ -300,16 +345,25 @@ def test_selection_forms_and_trainable(small):
     np.testing.assert_array_equal(other.numpy(), np.stack([old[5], np.zeros(4, np.float32), old[0], old[2]]))
 
 
-@pytest.mark.parametrize("dtype, src, allow_cast", [
-    ("float64", "old/emb64", False), ("bfloat16", "old/emb", True), ("float16", "old/emb64", True),
-    ("float32", "old/emb64", True),
-])
+@pytest.mark.parametrize(
+    "dtype, src, allow_cast",
+    [
+        ("float64", "old/emb64", False),
+        ("bfloat16", "old/emb", True),
+        ("float16", "old/emb64", True),
+        ("float32", "old/emb64", True),
+    ],
+)
 def test_dtypes_and_casts(small, dtype, src, allow_cast):
     prefix, old_v, new_v, old, _ = small
     var = make_var("new/emb", [5, 4], dtype, partitions=[1, 2])
-    gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(new_v, 4, 1, old_v,
-                                                                    backup_initializer=gpuload.ones_initializer())},
-                       {"new/emb": src}, allow_cast=allow_cast)
+    gpuload.warm_start(
+        prefix,
+        ".*",
+        {"new/emb": gpuload.VocabInfo(new_v, 4, 1, old_v, backup_initializer=gpuload.ones_initializer())},
+        {"new/emb": src},
+        allow_cast=allow_cast,
+    )
     gpuload.global_variables_initializer().run()
     stored = old if src == "old/emb" else old.astype(np.float64)
     want = np.ones((5, 4), dtype=np.dtype(stored.dtype))
@@ -325,8 +379,9 @@ def test_integer_one_d_vocab_axis_partitions(small, tmp_path):
     p2 = str(tmp_path / "c2" / "m")
     gpuload.save_checkpoint(p2, {"counts": counts})
     var = make_var("counts", [6], "int32", partitions=[3])
-    gpuload.warm_start(p2, ".*", {"counts": gpuload.VocabInfo(new_v, 4, 2, old_v,
-                                                               backup_initializer=gpuload.constant_initializer(-1))})
+    gpuload.warm_start(
+        p2, ".*", {"counts": gpuload.VocabInfo(new_v, 4, 2, old_v, backup_initializer=gpuload.constant_initializer(-1))}
+    )
     gpuload.global_variables_initializer().run()
     np.testing.assert_array_equal(var.numpy(), [105, -1, 100, 102, -1, -1])
 
@@ -335,8 +390,12 @@ def test_random_backup_matches_the_initializer_on_the_part(small):
     prefix, old_v, new_v, old, _ = small
     init = gpuload.truncated_normal_initializer(stddev=0.1, seed=5)
     var = make_var("new/emb", [6, 4], "float32", partitions=[2, 1])
-    gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(new_v, 4, 2, old_v, backup_initializer=init)},
-                       {"new/emb": "old/emb"})
+    gpuload.warm_start(
+        prefix,
+        ".*",
+        {"new/emb": gpuload.VocabInfo(new_v, 4, 2, old_v, backup_initializer=init)},
+        {"new/emb": "old/emb"},
+    )
     gpuload.global_variables_initializer().run()
     from gpuload.graph.initializers import PartitionInfo
 
@@ -354,8 +413,9 @@ def test_partitioned_golden_checkpoint(golden):
     var = make_var("new/emb", [13, 4], "float32", partitions=[2, 1])
     vi = gpuload.VocabInfo(str(golden / "vocabs" / "new_v.txt"), 12, 1, str(golden / "vocabs" / "old_v.txt"))
     with config.set(verify_crc=False, gap_bytes=0):
-        gpuload.warm_start(str(golden / "checkpoints" / "ws_prev_partitioned_v"), ".*", {"new/emb": vi},
-                           {"new/emb": "old/emb"})
+        gpuload.warm_start(
+            str(golden / "checkpoints" / "ws_prev_partitioned_v"), ".*", {"new/emb": vi}, {"new/emb": "old/emb"}
+        )
         gpuload.global_variables_initializer().run()
     new_tokens = (golden / "vocabs" / "new_v.txt").read_bytes().split(b"\n")[:12]
     old_tokens = (golden / "vocabs" / "old_v.txt").read_bytes().split(b"\n")[:12]
@@ -403,8 +463,12 @@ def test_one_tensor_feeds_a_remap_and_a_plain_load(tmp_path, crc, gap):
     a = make_var("new/emb", [len(new) + 1, 8], "float32", partitions=[3, 2])
     b = make_var("copy/emb", [6000, 8], "float32", partitions=[2, 1])
     with config.set(verify_crc=crc, gap_bytes=gap, chunk_bytes=8192):
-        gpuload.warm_start(prefix, [".*emb"], {"new/emb": gpuload.VocabInfo(new_v, len(new), 1, old_v)},
-                           {"new/emb": "old/emb", "copy/emb": "old/emb"})
+        gpuload.warm_start(
+            prefix,
+            [".*emb"],
+            {"new/emb": gpuload.VocabInfo(new_v, len(new), 1, old_v)},
+            {"new/emb": "old/emb", "copy/emb": "old/emb"},
+        )
         gpuload.global_variables_initializer().run()
     want = remap_reference(old, toks, new, 1, 0, 0)
     np.testing.assert_array_equal(a.numpy(), want)

@@ -10,13 +10,13 @@ from test_warm_start import remap_reference, save_old, write_vocab
 import gpuload
 from gpuload import config, loader
 
-
 # -- on a GPU ----------------------------------------------------------------------------
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("axis, partitions, crc", [(0, [4, 1], True), (0, [1, 2], False), (1, [1, 3], False),
-                                                    (1, [2, 1], True)])
+@pytest.mark.parametrize(
+    "axis, partitions, crc", [(0, [4, 1], True), (0, [1, 2], False), (1, [1, 3], False), (1, [2, 1], True)]
+)
 def test_warm_start_on_the_gpu(tmp_path, axis, partitions, crc):
     import cupy
 
@@ -32,8 +32,9 @@ def test_warm_start_on_the_gpu(tmp_path, axis, partitions, crc):
     gpuload.reset_default_graph()
     new_shape = list(old_shape)
     new_shape[axis] = 2502
-    var = gpuload.get_variable("emb", new_shape, "float32", partitioner=lambda shape, dtype: partitions,
-                               device="/gpu:0")
+    var = gpuload.get_variable(
+        "emb", new_shape, "float32", partitioner=lambda shape, dtype: partitions, device="/gpu:0"
+    )
     info = gpuload.VocabInfo(new_v, 2500, 2, old_v, backup_initializer=gpuload.constant_initializer(0.5), axis=axis)
     with config.set(verify_crc=crc, chunk_bytes="64KiB", ring_bytes="1MiB"):
         gpuload.warm_start(prefix, ".*", {"emb": info}, {"emb": "old/emb"})
@@ -55,7 +56,8 @@ def test_gather_kernel_bf16_cast_on_the_gpu(tmp_path):
     old_v = write_vocab(tmp_path / "old.txt", toks)
     new_v = write_vocab(tmp_path / "new.txt", toks[::-2])
     var = gpuload.get_variable("emb", [25, 9], "bfloat16", device="/gpu:0")
-    gpuload.warm_start(prefix, ".*", {"emb": gpuload.VocabInfo(new_v, 25, 0, old_v)}, {"emb": "old/emb"},
-                       allow_cast=True)
+    gpuload.warm_start(
+        prefix, ".*", {"emb": gpuload.VocabInfo(new_v, 25, 0, old_v)}, {"emb": "old/emb"}, allow_cast=True
+    )
     gpuload.global_variables_initializer().run()
     np.testing.assert_array_equal(var.numpy().view(np.uint16), old[::-2].astype(var.dtype).view(np.uint16))

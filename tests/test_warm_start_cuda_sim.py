@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sim_support import sim  # noqa: F401 - fixture
 
 from gpuload.device import host
 from gpuload.plan.copies import BoxCopy, GatherCopy
@@ -53,8 +52,9 @@ def test_gathers_and_box_copies_in_one_submit(sim, mode, source):
             stream = sim.cuda.Stream(non_blocking=True)
             with stream:
                 chunk = sim.empty(n, np.uint8)
-            sim.cuda.runtime.memcpyAsync(chunk.data.ptr, slots[0].ctypes.data, n, sim.cuda.runtime.memcpyHostToDevice,
-                                         stream.ptr)
+            sim.cuda.runtime.memcpyAsync(
+                chunk.data.ptr, slots[0].ctypes.data, n, sim.cuda.runtime.memcpyHostToDevice, stream.ptr
+            )
             ready = stream.record()
         tok = backend.submit_device(0, chunk, n, [g1, box, g2], dests, dtypes, ready)
     tok.wait()
@@ -72,7 +72,8 @@ def test_gathers_and_box_copies_in_one_submit(sim, mode, source):
         # Kernels read the device chunk in place: the dense copy is device to device, and
         # nothing but descriptors goes up (no staging copy of the chunk).
         assert [c for c in copies if c[4] == sim.cuda.runtime.memcpyDeviceToDevice] == [
-            ("memcpy", d_box.data.ptr, chunk.data.ptr + prefix + 30 * 64, 128, 3)]
+            ("memcpy", d_box.data.ptr, chunk.data.ptr + prefix + 30 * 64, 128, 3)
+        ]
         assert backend.stats["staged_bytes"] == 0
     backend.close()
     backend.free_host_slots(slots)

@@ -14,9 +14,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import golden_dir
 
 import gpuload
-from conftest import golden_dir
 
 _JSON = golden_dir() / "warm_start_cases.json"
 CASES = json.loads(_JSON.read_text()) if _JSON.exists() else []
@@ -37,9 +37,14 @@ def build_variables(case):
                 with gpuload.variable_scope(scopes[level]):
                     return make(level + 1)
             return gpuload.get_variable(
-                leaf, shape=spec["shape"], dtype=spec["dtype"],
+                leaf,
+                shape=spec["shape"],
+                dtype=spec["dtype"],
                 initializer=gpuload.constant_initializer(CONSTANTS[np.dtype(spec["dtype"]).kind]),
-                partitioner=partitioner, device="/cpu:0", trainable=spec.get("trainable", True))
+                partitioner=partitioner,
+                device="/cpu:0",
+                trainable=spec.get("trainable", True),
+            )
 
         made[spec["name"]] = make()
     return made
@@ -60,11 +65,14 @@ def call_args(case, made, golden):
         for name, vi in ws["var_name_to_vocab_info"].items():
             backup = vi["backup_initializer"]
             infos[name] = gpuload.VocabInfo(
-                new_vocab=str(golden / vi["new_vocab"]), new_vocab_size=vi["new_vocab_size"],
-                num_oov_buckets=vi["num_oov_buckets"], old_vocab=str(golden / vi["old_vocab"]),
+                new_vocab=str(golden / vi["new_vocab"]),
+                new_vocab_size=vi["new_vocab_size"],
+                num_oov_buckets=vi["num_oov_buckets"],
+                old_vocab=str(golden / vi["old_vocab"]),
                 old_vocab_size=vi["old_vocab_size"],
                 backup_initializer=None if backup is None else gpuload.constant_initializer(backup["constant"]),
-                axis=vi["axis"])
+                axis=vi["axis"],
+            )
     return str(golden / case["checkpoint"]), vtws, infos, ws["var_name_to_prev_var_name"]
 
 

@@ -83,8 +83,9 @@ def installed(tmp_path_factory):
     # goes on sys.path after the venv's own site-packages, and .pth files inside it (this
     # checkout's editable install) are not processed, so gpuload itself comes from the wheel.
     site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip())
-    (site / "_test_deps.pth").write_text("\n".join(sorted({sysconfig.get_paths()["purelib"],
-                                                           sysconfig.get_paths()["platlib"]})) + "\n")
+    (site / "_test_deps.pth").write_text(
+        "\n".join(sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})) + "\n"
+    )
     return py, venv, wheel
 
 
@@ -113,10 +114,36 @@ def test_installed_kernels_compile_with_nvcc(installed, tmp_path):
         if p.suffix in (".cu", ".cuh"):
             assert p.read_bytes() == (REPO / "kernels" / p.name).read_bytes(), p.name
 
-    cmds = [[nvcc, "-std=c++17", f"-arch={arch}", "-Werror", "all-warnings", "-c", str(cu),
-             "-o", str(tmp_path / f"{cu.stem}.{arch}.o")] for cu in installed_cu for arch in ARCHS]
-    cmds += [[nvcc, *opts, "-ftz=true", f"-arch={ARCHS[i % 2]}", "-Werror", "all-warnings", "-cubin", path,
-              "-o", str(tmp_path / f"{variant}.cubin")] for i, (variant, path, opts) in enumerate(info["variants"])]
+    cmds = [
+        [
+            nvcc,
+            "-std=c++17",
+            f"-arch={arch}",
+            "-Werror",
+            "all-warnings",
+            "-c",
+            str(cu),
+            "-o",
+            str(tmp_path / f"{cu.stem}.{arch}.o"),
+        ]
+        for cu in installed_cu
+        for arch in ARCHS
+    ]
+    cmds += [
+        [
+            nvcc,
+            *opts,
+            "-ftz=true",
+            f"-arch={ARCHS[i % 2]}",
+            "-Werror",
+            "all-warnings",
+            "-cubin",
+            path,
+            "-o",
+            str(tmp_path / f"{variant}.cubin"),
+        ]
+        for i, (variant, path, opts) in enumerate(info["variants"])
+    ]
 
     def compile_one(cmd):
         proc = subprocess.run(cmd, capture_output=True, text=True)

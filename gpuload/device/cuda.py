@@ -174,7 +174,10 @@ class _PinnedPool:
     def _pin(cp, index: int, nbytes: int) -> np.ndarray:
         # One page of slack: O_DIRECT needs page-aligned buffers, and cudaHostAlloc's
         # alignment is an observation, not a documented guarantee (a test misaligns it).
-        with cp.cuda.Device(index), _device_errors(cp, f"/device:GPU:{index}", f"pinning {nbytes} bytes of host memory"):
+        with (
+            cp.cuda.Device(index),
+            _device_errors(cp, f"/device:GPU:{index}", f"pinning {nbytes} bytes of host memory"),
+        ):
             mem = cp.cuda.PinnedMemory(nbytes + _PAGE, cp.cuda.runtime.hostAllocPortable)
         whole = np.frombuffer(cp.cuda.PinnedMemoryPointer(mem, 0), dtype=np.uint8, count=nbytes + _PAGE)
         off = (-whole.ctypes.data) % _PAGE
@@ -338,13 +341,22 @@ class CudaBackend:
         """:meth:`CudaLoad.adopt` on the default session."""
         return self._session().adopt(array, stream)
 
-    def submit(self, slot_index: int, chunk: np.ndarray, copies: list[BoxCopy], dests: list,
-               dtypes: list[tuple[Any, Any]]) -> CudaToken:
+    def submit(
+        self, slot_index: int, chunk: np.ndarray, copies: list[BoxCopy], dests: list, dtypes: list[tuple[Any, Any]]
+    ) -> CudaToken:
         """:meth:`CudaLoad.submit` on the default session."""
         return self._session().submit(slot_index, chunk, copies, dests, dtypes)
 
-    def submit_device(self, slot_index: int, source: Any, nbytes: int, copies: list[BoxCopy], dests: list,
-                      dtypes: list[tuple[Any, Any]], ready: Any) -> CudaToken:
+    def submit_device(
+        self,
+        slot_index: int,
+        source: Any,
+        nbytes: int,
+        copies: list[BoxCopy],
+        dests: list,
+        dtypes: list[tuple[Any, Any]],
+        ready: Any,
+    ) -> CudaToken:
         """:meth:`CudaLoad.submit_device` on the default session."""
         return self._session().submit_device(slot_index, source, nbytes, copies, dests, dtypes, ready)
 
@@ -396,7 +408,10 @@ class CudaLoad:
         Allocated on the current stream; this load's streams wait for the allocation.
         """
         cp = self._cupy
-        with cp.cuda.Device(self.index), _device_errors(cp, self.device, f"allocating a {dtype} array of shape {tuple(shape)}"):
+        with (
+            cp.cuda.Device(self.index),
+            _device_errors(cp, self.device, f"allocating a {dtype} array of shape {tuple(shape)}"),
+        ):
             arr = cp.empty(shape, dtype=np.dtype(dtype))
             ev = cp.cuda.get_current_stream().record()
             self._copy_stream.wait_event(ev)
@@ -472,7 +487,9 @@ class CudaLoad:
     def _dest_ptr(self, dest: Any, dst_dtype: np.dtype, copy: BoxCopy) -> tuple[int, int]:
         cp = self._cupy
         if not isinstance(dest, cp.ndarray):
-            raise TypeError(f"destination {copy.dest} of {self.device} must be a cupy.ndarray, got {type(dest).__name__}")
+            raise TypeError(
+                f"destination {copy.dest} of {self.device} must be a cupy.ndarray, got {type(dest).__name__}"
+            )
         if dest.device.id != self.index:
             raise ValueError(
                 f"destination {copy.dest} lives on /device:GPU:{dest.device.id}, not on {self.device}: "
@@ -519,12 +536,25 @@ class CudaLoad:
             A CUDA call failed (the message names the device); ``DeviceMemoryError`` when
             out of memory.
         """
-        if not isinstance(chunk, np.ndarray) or chunk.ndim != 1 or chunk.dtype != np.uint8 or not chunk.flags.c_contiguous:
+        if (
+            not isinstance(chunk, np.ndarray)
+            or chunk.ndim != 1
+            or chunk.dtype != np.uint8
+            or not chunk.flags.c_contiguous
+        ):
             raise TypeError("chunk must be a contiguous 1-D uint8 numpy array")
         return self._submit(slot_index, chunk, chunk.nbytes, copies, dests, dtypes)
 
-    def submit_device(self, slot_index: int, source: Any, nbytes: int, copies: list[BoxCopy], dests: list,
-                      dtypes: list[tuple[Any, Any]], ready: Any) -> CudaToken:
+    def submit_device(
+        self,
+        slot_index: int,
+        source: Any,
+        nbytes: int,
+        copies: list[BoxCopy],
+        dests: list,
+        dtypes: list[tuple[Any, Any]],
+        ready: Any,
+    ) -> CudaToken:
         """Like :meth:`submit`, but the chunk's ``nbytes`` are already in device memory.
 
         ``source`` is a ``cupy`` ``uint8`` array on this device (a collective load's NCCL
@@ -588,8 +618,10 @@ class CudaLoad:
                 # Stage only the bytes the kernels read (dense copies go direct, below), so
                 # each byte of the chunk crosses PCIe about once.
                 lo = min([c.src_offset for g in groups.values() for c, _ in g] + ([g_lo] if gathers else []))
-                hi = max([_src_end(c, dtypes[c.dest][0]) for g in groups.values() for c, _ in g]
-                         + ([g_hi] if gathers else []))
+                hi = max(
+                    [_src_end(c, dtypes[c.dest][0]) for g in groups.values() for c, _ in g]
+                    + ([g_hi] if gathers else [])
+                )
                 if not on_device:
                     base = lo - lo % _STAGE_ALIGN
                     staging = self._staging(slot, hi - base)
@@ -600,8 +632,9 @@ class CudaLoad:
                     desc_host, desc_dev = self._descriptors(slot, n_total)
                     at = 0
                     for group in groups.values():
-                        kernels.pack_descriptors((c for c, _ in group), (p for _, p in group), src_base=base,
-                                                 out=desc_host[at:])
+                        kernels.pack_descriptors(
+                            (c for c, _ in group), (p for _, p in group), src_base=base, out=desc_host[at:]
+                        )
                         launches.append((group, at))
                         at += len(group)
                     desc_bytes = n_total * kernels.DESC_DTYPE.itemsize
@@ -616,13 +649,18 @@ class CudaLoad:
                     g_bytes = pair_at + 16 * n_pairs
                     g_host, g_dev = self._gather_buffers(slot, g_bytes)
                     all_descs = g_host[: n_desc * gd.itemsize].view(gd)
-                    all_pairs = g_host[pair_at: g_bytes].view(np.int64)
+                    all_pairs = g_host[pair_at:g_bytes].view(np.int64)
                     at = first = 0
                     for group in gathers.values():
                         nb = sum(c.boxes for c, _ in group)
-                        kernels.pack_gather((c for c, _ in group), (p for _, p in group), src_base=base,
-                                            out_descs=all_descs[at:], out_offsets=all_pairs[2 * first:],
-                                            first_pair=first)
+                        kernels.pack_gather(
+                            (c for c, _ in group),
+                            (p for _, p in group),
+                            src_base=base,
+                            out_descs=all_descs[at:],
+                            out_offsets=all_pairs[2 * first :],
+                            first_pair=first,
+                        )
                         gather_launches.append((group, at))
                         at += len(group)
                         first += nb
@@ -658,7 +696,7 @@ class CudaLoad:
                         src_dt, dst_dt = dtypes[group[0][0].dest]
                         fn = kernels.get_gather_kernel(src_dt, dst_dt)
                         grid, block = kernels.launch_geometry((c.size for c, _ in group), self._sm_count)
-                        descs = g_dev[first * kernels.GATHER_DESC_DTYPE.itemsize:]
+                        descs = g_dev[first * kernels.GATHER_DESC_DTYPE.itemsize :]
                         fn(grid, block, (staging, descs, np.int32(len(group)), g_dev[pair_at:]))
                         st["kernel_launches"] += 1
                         st["gather_copies"] += len(group)

@@ -287,8 +287,10 @@ def check_gather(copy: GatherCopy, src_nbytes: int, src_itemsize: int, dst_size:
     """
     rank = len(copy.shape)
     if not 1 <= rank <= MAX_RANK or len(copy.src_strides) != rank or len(copy.dst_strides) != rank:
-        raise PlanError(f"GatherCopy to destination {copy.dest}: rank {rank} with {len(copy.src_strides)} "
-                        f"source and {len(copy.dst_strides)} destination strides; expected rank 1..{MAX_RANK}")
+        raise PlanError(
+            f"GatherCopy to destination {copy.dest}: rank {rank} with {len(copy.src_strides)} "
+            f"source and {len(copy.dst_strides)} destination strides; expected rank 1..{MAX_RANK}"
+        )
     if any(v < 0 for v in (*copy.shape, *copy.src_strides, *copy.dst_strides)):
         raise PlanError(f"GatherCopy to destination {copy.dest} has a negative extent or stride: {copy!r}")
     if copy.boxes == 0 or 0 in copy.shape:
@@ -300,11 +302,15 @@ def check_gather(copy: GatherCopy, src_nbytes: int, src_itemsize: int, dst_size:
     src_end = int(copy.src_offsets.max()) + src_span
     dst_end = int(copy.dst_offsets.max()) + dst_span
     if src_end > src_nbytes:
-        raise PlanError(f"GatherCopy to destination {copy.dest} reads chunk bytes up to {src_end} "
-                        f"but the chunk holds {src_nbytes} bytes")
+        raise PlanError(
+            f"GatherCopy to destination {copy.dest} reads chunk bytes up to {src_end} "
+            f"but the chunk holds {src_nbytes} bytes"
+        )
     if dst_end > dst_size:
-        raise PlanError(f"GatherCopy to destination {copy.dest} writes elements up to {dst_end} "
-                        f"but the destination holds {dst_size} elements")
+        raise PlanError(
+            f"GatherCopy to destination {copy.dest} writes elements up to {dst_end} "
+            f"but the destination holds {dst_size} elements"
+        )
 
 
 #: Elements moved per NumPy step of a strided gather: bounds its index arrays (8 bytes each).
@@ -352,13 +358,14 @@ def gather_copy(src: np.ndarray, src_dtype: Any, dst: np.ndarray, dst_dtype: Any
     d_in = _box_offsets(copy.shape, copy.dst_strides)
     step = max(1, _GATHER_STEP // max(len(s_in), 1))
     for k in range(0, copy.boxes, step):
-        so = copy.src_offsets[k: k + step, None] + s_in[None, :]
-        do = copy.dst_offsets[k: k + step, None] + d_in[None, :]
+        so = copy.src_offsets[k : k + step, None] + s_in[None, :]
+        do = copy.dst_offsets[k : k + step, None] + d_in[None, :]
         values = sel[so.reshape(-1)]
         if src_dtype != dst_dtype:
             converted = np.empty(values.size, dtype=dst_dtype)
-            box_copy(values.view(np.uint8), src_dtype, converted, dst_dtype,
-                     BoxCopy(0, 0, (1,), 0, (1,), (values.size,)))
+            box_copy(
+                values.view(np.uint8), src_dtype, converted, dst_dtype, BoxCopy(0, 0, (1,), 0, (1,), (values.size,))
+            )
             values = converted.view(d_raw)
         delem[do.reshape(-1)] = values
 
@@ -387,10 +394,20 @@ def _copy_rows(chunk: np.ndarray, flat: np.ndarray, itemsize: int, copy: BoxCopy
     """
     run = np.dtype((np.void, copy.shape[-1] * itemsize))
     outer = copy.shape[:-1]
-    sview = np.ndarray(outer, dtype=run, buffer=chunk, offset=copy.src_offset,
-                       strides=tuple(s * itemsize for s in copy.src_strides[:-1]))
-    dview = np.ndarray(outer, dtype=run, buffer=flat.view(np.uint8), offset=copy.dst_offset * itemsize,
-                       strides=tuple(d * itemsize for d in copy.dst_strides[:-1]))
+    sview = np.ndarray(
+        outer,
+        dtype=run,
+        buffer=chunk,
+        offset=copy.src_offset,
+        strides=tuple(s * itemsize for s in copy.src_strides[:-1]),
+    )
+    dview = np.ndarray(
+        outer,
+        dtype=run,
+        buffer=flat.view(np.uint8),
+        offset=copy.dst_offset * itemsize,
+        strides=tuple(d * itemsize for d in copy.dst_strides[:-1]),
+    )
     np.copyto(dview, sview)
 
 

@@ -157,7 +157,7 @@ def _inline(path: Path, seen: set[Path]) -> list[str]:
             continue
         target = (path.parent / m.group("name")).resolve()
         if not target.is_file():
-            raise FileNotFoundError(f"{path}:{lineno}: #include \"{m.group('name')}\": no such file in {path.parent}")
+            raise FileNotFoundError(f'{path}:{lineno}: #include "{m.group("name")}": no such file in {path.parent}')
         if target not in seen:  # #pragma once semantics; the headers also have guards
             seen.add(target)
             lines.extend(_inline(target, seen))
@@ -281,7 +281,9 @@ def warmup(variants: Iterable[str] | None = None, devices: Iterable[int] | None 
     return time.perf_counter() - t
 
 
-def pack_descriptors(copies: Iterable, dst_ptrs: Iterable[int], src_base: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+def pack_descriptors(
+    copies: Iterable, dst_ptrs: Iterable[int], src_base: int = 0, out: np.ndarray | None = None
+) -> np.ndarray:
     """Build the ``gpuload_box_desc`` array for a batch of copies.
 
     Parameters
@@ -313,7 +315,9 @@ def pack_descriptors(copies: Iterable, dst_ptrs: Iterable[int], src_base: int = 
     # (half the time for the 32 copies of a partitioned chunk; submit() is on the hot path).
     # Every field of every record is written, so a reused `out` needs no clearing.
     pad = (0,) * MAX_RANK
-    rows = [(c.shape, c.src_strides, c.dst_strides) if c.shape else ((1,), (1,), (1,)) for c in copies]  # rank 0: one element
+    rows = [
+        (c.shape, c.src_strides, c.dst_strides) if c.shape else ((1,), (1,), (1,)) for c in copies
+    ]  # rank 0: one element
     descs["rank"] = [len(r[0]) for r in rows]
     descs["count"] = [c.size for c in copies]
     descs["src_offset"] = [c.src_offset - src_base for c in copies]
@@ -398,14 +402,23 @@ def get_gather_kernel(src_dtype: Any, dst_dtype: Any):
                 path = kernel_dir() / _GATHER_SOURCE
                 raise KernelCompileError(
                     f"{path}: variant {variant!r} failed to compile with options {opts}:\n{e}",
-                    path=path, options=opts, cause=e,
+                    path=path,
+                    options=opts,
+                    cause=e,
                 ) from e
             _gather_functions[key] = fn
     return fn
 
 
-def pack_gather(copies, dst_ptrs: Iterable[int], src_base: int = 0, *, out_descs: np.ndarray | None = None,
-                out_offsets: np.ndarray | None = None, first_pair: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def pack_gather(
+    copies,
+    dst_ptrs: Iterable[int],
+    src_base: int = 0,
+    *,
+    out_descs: np.ndarray | None = None,
+    out_offsets: np.ndarray | None = None,
+    first_pair: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Descriptors and (source byte, destination element) pairs of a batch of GatherCopies.
 
     Parameters
@@ -454,8 +467,8 @@ def pack_gather(copies, dst_ptrs: Iterable[int], src_base: int = 0, *, out_descs
     view = pairs.reshape(-1, 2)
     for c in copies:
         starts.append(first_pair + at)
-        view[at: at + c.boxes, 0] = c.src_offsets - src_base
-        view[at: at + c.boxes, 1] = c.dst_offsets
+        view[at : at + c.boxes, 0] = c.src_offsets - src_base
+        view[at : at + c.boxes, 1] = c.dst_offsets
         at += c.boxes
     descs["index_offset"] = starts
     return descs, pairs

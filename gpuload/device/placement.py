@@ -133,8 +133,10 @@ def _probe_now() -> tuple[int, str]:
             return 0, f"CuPy could not be imported ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         version = str(getattr(cupy, "__version__", "?"))
         if not _cupy_version_ok(version):
-            return 0, (f"CuPy {version} is installed but gpuload needs CuPy >= {MIN_CUPY[0]}.{MIN_CUPY[1]} "
-                       f"(bfloat16 arrays); upgrade it")
+            return 0, (
+                f"CuPy {version} is installed but gpuload needs CuPy >= {MIN_CUPY[0]}.{MIN_CUPY[1]} "
+                f"(bfloat16 arrays); upgrade it"
+            )
         try:
             count = int(cupy.cuda.runtime.getDeviceCount())
         except Exception as e:  # noqa: BLE001 - no driver, driver too old, no device
@@ -194,7 +196,9 @@ def check_device(device: str | None) -> str:
         return canonical
     count, seen = _probe()
     if count == 0:
-        raise DeviceUnavailableError(f"{device!r} ({canonical}) requested but no CUDA device is usable: {seen}; {_INSTALL_HINT}")
+        raise DeviceUnavailableError(
+            f"{device!r} ({canonical}) requested but no CUDA device is usable: {seen}; {_INSTALL_HINT}"
+        )
     if index >= count:
         raise DeviceUnavailableError(
             f"{device!r} ({canonical}) requested but only GPUs 0..{count - 1} are visible: {seen}; "

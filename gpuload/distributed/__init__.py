@@ -21,8 +21,8 @@ Importing this package does not import mpi4py; the first collective load does.
 
 from __future__ import annotations
 
-from gpuload.errors import GpuloadError
 from gpuload.distributed.placement import task_of
+from gpuload.errors import GpuloadError
 
 __all__ = ["NotLocalError", "local_variables", "task_of"]
 

@@ -13,7 +13,7 @@ the identical one without talking to the others. No MPI, no CuPy here.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["Transfer", "CollectivePlan", "assign_readers", "chunk_needers", "collective_plan"]
 
@@ -51,8 +51,10 @@ class CollectivePlan:
         return sum(t.size for t in self.transfers if t.reader == rank or rank in t.receivers)
 
     def __str__(self) -> str:
-        lines = [f"Collective plan over {self.nranks} rank(s): " + ", ".join(
-            f"rank {r} reads {self.bytes_read_by(r)} B" for r in range(self.nranks))]
+        lines = [
+            f"Collective plan over {self.nranks} rank(s): "
+            + ", ".join(f"rank {r} reads {self.bytes_read_by(r)} B" for r in range(self.nranks))
+        ]
         for t in self.transfers:
             how = "broadcast" if t.broadcast else (f"-> {list(t.receivers)}" if t.receivers else "local")
             lines.append(f"  chunk {t.chunk} ({t.size} B): read by rank {t.reader}, {how}")

@@ -132,9 +132,8 @@ class Coordinator:
         displs = np.zeros(self.size, dtype=np.int64)
         displs[1:] = np.cumsum(sizes)[:-1]
         out = np.empty(int(sizes.sum()), dtype=np.uint8)
-        self.wait([self.pc.Iallgatherv(data, [out, (sizes.astype(np.int32), displs.astype(np.int32)), MPI.BYTE])],
-                  what)
-        return [pickle.loads(out[d:d + n].tobytes()) for d, n in zip(displs, sizes)]
+        self.wait([self.pc.Iallgatherv(data, [out, (sizes.astype(np.int32), displs.astype(np.int32)), MPI.BYTE])], what)
+        return [pickle.loads(out[d : d + n].tobytes()) for d, n in zip(displs, sizes)]
 
 
 _lock = threading.Lock()

@@ -42,8 +42,8 @@ from gpuload.format.bundle import Bundle
 from gpuload.format.reader import CheckpointReader
 from gpuload.io.reader import ShardFiles
 from gpuload.io.ring import ALIGN
-from gpuload.plan import GatherCopy, Request, build_plan
 from gpuload.loader import check_sources_unchanged
+from gpuload.plan import GatherCopy, Request, build_plan
 from gpuload.scheduler import LoadStats, _verify
 
 __all__ = ["CollectiveStats", "collective_load", "use_nccl_for"]
@@ -71,9 +71,17 @@ def _requests(variables):
     # A warm start's vocabulary remap travels inside its request (Remap(axis, rows): one
     # int64 per position along the vocabulary axis), so every rank plans the same gathers
     # without the vocabulary files or the other ranks' variables.
-    return [Request(v.op.name, v._init_source.tensor, v._init_source.box, v.dtype, v.device,
-                    None if v._init_source.remap is None else v._init_source.remap.plan_remap())
-            for v in variables]
+    return [
+        Request(
+            v.op.name,
+            v._init_source.tensor,
+            v._init_source.box,
+            v.dtype,
+            v.device,
+            None if v._init_source.remap is None else v._init_source.remap.plan_remap(),
+        )
+        for v in variables
+    ]
 
 
 def collective_load(variables, cfg) -> list[CollectiveStats]:
@@ -110,12 +118,22 @@ def collective_load(variables, cfg) -> list[CollectiveStats]:
             # init_from_checkpoint call) fails on its own rank with the usual error.
             bundle = Bundle.open(prefix)
             check_sources_unchanged(bundle, group)
-            build_plan(bundle, reqs, chunk_bytes=cfg.chunk_bytes, gap_bytes=cfg.gap_bytes,
-                       verify_crc=cfg.verify_crc, allow_cast=allow_cast)
+            build_plan(
+                bundle,
+                reqs,
+                chunk_bytes=cfg.chunk_bytes,
+                gap_bytes=cfg.gap_bytes,
+                verify_crc=cfg.verify_crc,
+                allow_cast=allow_cast,
+            )
             needs[prefix] = (reqs, allow_cast)
-        payload = {"needs": needs, "settings": (cfg.chunk_bytes, cfg.gap_bytes, cfg.verify_crc),
-                   "nccl": _nccl_device([v.device for v in variables]) if any(
-                       v.device != CPU for v in variables) or not variables else None}
+        payload = {
+            "needs": needs,
+            "settings": (cfg.chunk_bytes, cfg.gap_bytes, cfg.verify_crc),
+            "nccl": _nccl_device([v.device for v in variables])
+            if any(v.device != CPU for v in variables) or not variables
+            else None,
+        }
     except Exception as exc:  # noqa: BLE001 - every error must reach the other ranks
         local_error = exc
         payload = {"error": f"{type(exc).__name__}: {exc}"}
@@ -174,8 +192,9 @@ def _check_crcs(co, plan, answers) -> None:
     try:
         for ci, chunk in enumerate(plan.chunks):
             for span, value in zip(chunk.crc_spans, parts.get(ci, ())):
-                running[span.check] = crcmod.crc32c_combine(running[span.check], value, span.size) \
-                    if seen[span.check] else value
+                running[span.check] = (
+                    crcmod.crc32c_combine(running[span.check], value, span.size) if seen[span.check] else value
+                )
                 seen[span.check] += span.size
         for i, check in enumerate(plan.checks):
             if seen[i] != check.size:
@@ -199,13 +218,23 @@ def _load_one(co, cfg, prefix, everyone, group):
         owners.extend([r] * len(reqs))
         allow_cast |= cast
     bundle = Bundle.open(prefix)
-    plan = build_plan(bundle, requests, chunk_bytes=cfg.chunk_bytes, gap_bytes=cfg.gap_bytes,
-                      verify_crc=cfg.verify_crc, allow_cast=allow_cast)
+    plan = build_plan(
+        bundle,
+        requests,
+        chunk_bytes=cfg.chunk_bytes,
+        gap_bytes=cfg.gap_bytes,
+        verify_crc=cfg.verify_crc,
+        allow_cast=allow_cast,
+    )
     cplan = collective_plan(plan, owners, co.size)
     nccl_devs = [e.get("nccl") for e in everyone]
     use_nccl = use_nccl_for(plan, nccl_devs)
-    stats = CollectiveStats(rank=co.rank, nranks=co.size, transport="nccl" if use_nccl else "mpi",
-                            bytes_read_per_rank=tuple(cplan.bytes_read_by(r) for r in range(co.size)))
+    stats = CollectiveStats(
+        rank=co.rank,
+        nranks=co.size,
+        transport="nccl" if use_nccl else "mpi",
+        bytes_read_per_rank=tuple(cplan.bytes_read_by(r) for r in range(co.size)),
+    )
     mine = [i for i, o in enumerate(owners) if o == co.rank]
     backends = {plan.destinations[i].device: backend_for(plan.destinations[i].device) for i in mine}
     remaps = [v._init_source.remap for v in group if v._init_source.remap is not None]
@@ -222,10 +251,11 @@ def _load_one(co, cfg, prefix, everyone, group):
             # A warm start's remapped part starts as its backup initializer's value
             # (computed on its device), as in the single-process load (scheduler.execute).
             value = group[j]._init_source.remap.backup_value(group[j])
-            if (tuple(value.shape) != tuple(d.shape) or np.dtype(value.dtype) != d.dtype
-                    or not value.flags.c_contiguous):
-                raise ValueError(f"prefill of {d.name} is a {np.dtype(value.dtype).name}{tuple(value.shape)} "
-                                 f"array; expected {d.dtype.name}{tuple(d.shape)}")
+            if tuple(value.shape) != tuple(d.shape) or np.dtype(value.dtype) != d.dtype or not value.flags.c_contiguous:
+                raise ValueError(
+                    f"prefill of {d.name} is a {np.dtype(value.dtype).name}{tuple(value.shape)} "
+                    f"array; expected {d.dtype.name}{tuple(d.shape)}"
+                )
             dests[i] = backends[d.device].adopt(value)
         reader = None
         try:
@@ -270,9 +300,12 @@ def use_nccl_for(plan, nccl_devs) -> bool:
     ``nccl_devs``: each rank's :func:`gpuload.distributed.nccl.nccl_device` answer. The
     decision uses only exchanged data, so every rank takes the same one.
     """
-    return (bool(plan.destinations) and all(d is not None for d in nccl_devs)
-            and len({d[1] for d in nccl_devs}) == len(nccl_devs)
-            and all(d.device.startswith("/device:GPU:") for d in plan.destinations))
+    return (
+        bool(plan.destinations)
+        and all(d is not None for d in nccl_devs)
+        and len({d[1] for d in nccl_devs}) == len(nccl_devs)
+        and all(d.device.startswith("/device:GPU:") for d in plan.destinations)
+    )
 
 
 def _nccl_device(devices):
@@ -317,8 +350,10 @@ def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
 
     # A chunk that is exactly one dense run of one host destination is read or received
     # straight into it: no slot, no copy (row parts of a tensor saved whole).
-    direct = [None if cfg.direct_io or transport is not None else _single_target(plan, t, dests, rank, cplan.owners)
-              for t in involved]
+    direct = [
+        None if cfg.direct_io or transport is not None else _single_target(plan, t, dests, rank, cplan.owners)
+        for t in involved
+    ]
 
     def read(t, slot, target=None):
         chunk = plan.chunks[t.chunk]
@@ -392,8 +427,18 @@ def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
                     op = _Op(t, slot, view, reqs, copied=False)
                     if transport is not None:
                         op.reqs = []
-                        op.tokens.extend(transport.post(t, rank, slot, view, mine_copies[p], dests, dtypes,
-                                                        backends[f"/device:GPU:{transport.device}"]))
+                        op.tokens.extend(
+                            transport.post(
+                                t,
+                                rank,
+                                slot,
+                                view,
+                                mine_copies[p],
+                                dests,
+                                dtypes,
+                                backends[f"/device:GPU:{transport.device}"],
+                            )
+                        )
                     elif direct[p] is not None:
                         pass  # read in place: the destination already holds the bytes
                     else:
@@ -403,8 +448,18 @@ def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
                     slot = recv_slots.pop(p)
                     if transport is not None:  # NCCL receives straight into device staging
                         op = _Op(t, slot, None, [], copied=True)
-                        op.tokens.extend(transport.post(t, rank, slot, None, mine_copies[p], dests, dtypes,
-                                                        backends[f"/device:GPU:{transport.device}"]))
+                        op.tokens.extend(
+                            transport.post(
+                                t,
+                                rank,
+                                slot,
+                                None,
+                                mine_copies[p],
+                                dests,
+                                dtypes,
+                                backends[f"/device:GPU:{transport.device}"],
+                            )
+                        )
                         stats.bytes_received += t.size
                         inflight[p] = op
                         p += 1
@@ -470,12 +525,17 @@ def _single_target(plan, t, dests, rank, owners):
         return None
     cp = mine[0]
     d = plan.destinations[cp.dest]
-    if (d.src_dtype != d.dtype or d.device != CPU or not cp.is_contiguous()
-            or cp.src_offset != 0 or cp.size * d.dtype.itemsize != chunk.size
-            or not isinstance(dests[cp.dest], np.ndarray)):
+    if (
+        d.src_dtype != d.dtype
+        or d.device != CPU
+        or not cp.is_contiguous()
+        or cp.src_offset != 0
+        or cp.size * d.dtype.itemsize != chunk.size
+        or not isinstance(dests[cp.dest], np.ndarray)
+    ):
         return None
     start = cp.dst_offset * d.dtype.itemsize
-    return dests[cp.dest].reshape(-1).view(np.uint8)[start:start + chunk.size]
+    return dests[cp.dest].reshape(-1).view(np.uint8)[start : start + chunk.size]
 
 
 def _abandon(co, inflight, buffers) -> bool:

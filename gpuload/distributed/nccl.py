@@ -120,8 +120,9 @@ class NcclTransport:
             keep = [dev]
             if t.reader == rank:
                 host = np.frombuffer(host_view, dtype=np.uint8)
-                cp.cuda.runtime.memcpyAsync(dev.data.ptr, host.ctypes.data, t.size,
-                                            cp.cuda.runtime.memcpyHostToDevice, s)
+                cp.cuda.runtime.memcpyAsync(
+                    dev.data.ptr, host.ctypes.data, t.size, cp.cuda.runtime.memcpyHostToDevice, s
+                )
                 keep.append(host)
             if t.broadcast:
                 self.comm.broadcast(dev.data.ptr, dev.data.ptr, t.size, nccl.NCCL_UINT8, t.reader, s)

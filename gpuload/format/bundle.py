@@ -32,9 +32,9 @@ import weakref
 import numpy as np
 
 from gpuload.errors import (
+    CheckpointFileError,
     CheckpointFormatError,
     CheckpointNotFoundError,
-    CheckpointFileError,
     ChecksumError,
     OutOfMemoryError,
     ShardReadError,
@@ -43,10 +43,10 @@ from gpuload.errors import (
 )
 from gpuload.format import dtypes as _dt
 from gpuload.format.crc import crc32c, unmask
+from gpuload.format.fastindex import decode_entries, parse_table
 from gpuload.format.files import NotRegularFileError, file_kind, open_regular, read_regular
 from gpuload.format.keys import encode_tensor_name_slice
 from gpuload.format.names import close_matches
-from gpuload.format.fastindex import decode_entries, parse_table
 from gpuload.format.proto import Context, decode_entry, decode_header, decode_varint
 from gpuload.format.slices import Box, find_overlap
 from gpuload.format.sstable import read_table
@@ -204,7 +204,7 @@ class Bundle:
     # --- opening and validation -------------------------------------------------------
 
     @classmethod
-    def open(cls, prefix) -> "Bundle":
+    def open(cls, prefix) -> Bundle:
         """Open and validate a checkpoint.
 
         Every entry is checked here, before anything is allocated. A valid index in the
@@ -241,7 +241,7 @@ class Bundle:
         cols = parse_table(data, index_path)
         if cols is not None and len(cols) and cols.key(0) == b"":
             pos0 = int(cols.value_pos[0])
-            header = decode_header(data[pos0:pos0 + int(cols.value_len[0])], Context(index_path, pos0, None))
+            header = decode_header(data[pos0 : pos0 + int(cols.value_len[0])], Context(index_path, pos0, None))
             _check_header(header, index_path)
             bundle = cls(prefix, header.num_shards, header.endianness == 1, index_path)
             bundle.index_id = index_id
@@ -254,8 +254,10 @@ class Bundle:
         del data
         if not rows or rows[0][0] != b"":
             found = repr(rows[0][0]) if rows else "an empty table"
-            raise CheckpointFormatError(f"missing the header entry (empty key) that every TensorBundle starts with; "
-                                        f"found {found}", path=index_path)
+            raise CheckpointFormatError(
+                f"missing the header entry (empty key) that every TensorBundle starts with; found {found}",
+                path=index_path,
+            )
         header = decode_header(rows[0][1], Context(index_path, rows[0][2], None))
         _check_header(header, index_path)
         bundle = cls(prefix, header.num_shards, header.endianness == 1, index_path)
@@ -281,8 +283,7 @@ class Bundle:
         if math.prod(d for d in shape if d) * 16 > _MAX_ELEMENTS:
             raise self._format_error(f"invalid tensor shape {list(shape)}: too many elements", key, voff)
         if proto.dtype <= 0 or proto.dtype >= 100:
-            raise self._format_error(f"invalid dtype code {proto.dtype} (expected a TF DataType, 1..23)",
-                                     key, voff)
+            raise self._format_error(f"invalid dtype code {proto.dtype} (expected a TF DataType, 1..23)", key, voff)
         boxes = []
         raw = None
         if proto.slices:
@@ -291,8 +292,9 @@ class Bundle:
                 box, extents = self._slice_box(key, shape, sl.extents, voff)
                 boxes.append(box)
                 raw.append(extents)
-        return TensorEntry(key, proto.dtype, tuple(shape), proto.shard_id, proto.offset, proto.size, proto.crc32c,
-                           tuple(boxes)), raw
+        return TensorEntry(
+            key, proto.dtype, tuple(shape), proto.shard_id, proto.offset, proto.size, proto.crc32c, tuple(boxes)
+        ), raw
 
     def _load_entries(self, rows):
         """The reference: decode and check ``(key, value, offset)`` rows one at a time."""
@@ -313,8 +315,10 @@ class Bundle:
                 continue
             self._check_data_entry(e, slice_owner.get(key, (key, None))[0], offsets[key])
         key_bytes = [b""] + [r[0] for r in rows]
-        self._set_keys(bytearray(b"".join(key_bytes)),
-                       np.concatenate([[0], np.cumsum([len(k) for k in key_bytes])]).astype(np.int64))
+        self._set_keys(
+            bytearray(b"".join(key_bytes)),
+            np.concatenate([[0], np.cumsum([len(k) for k in key_bytes])]).astype(np.int64),
+        )
         self._objs = {i: e for i, e in enumerate(all_entries.values(), 1)}
         self._slice_owner = slice_owner
         self._pieces = pieces
@@ -336,8 +340,9 @@ class Bundle:
     def _load_columns(self, data: bytes, cols) -> bool:
         """The fast path: check every entry in columns; False: leave it to the reference."""
         n = len(cols)
-        ok, unusual, bad, shard_used, shard_end = decode_entries(data, cols.value_pos[1:], cols.value_len[1:],
-                                                                 self.num_shards)
+        ok, unusual, bad, shard_used, shard_end = decode_entries(
+            data, cols.value_pos[1:], cols.value_len[1:], self.num_shards
+        )
         if bad.any():
             return False
         del ok, bad
@@ -352,7 +357,7 @@ class Bundle:
             for r in rows:  # an unusual encoding, or partitioned: one at a time
                 key = self._key(r).decode("utf-8", "surrogateescape")
                 voff = int(self._vpos[r])
-                entry, raw = self._decode_one(key, data[voff:voff + int(self._vlen[r])], voff)
+                entry, raw = self._decode_one(key, data[voff : voff + int(self._vlen[r])], voff)
                 self._objs[r] = entry
                 if raw is not None:
                     raw_slices[key] = raw
@@ -389,18 +394,25 @@ class Bundle:
                     raw_key = skey.encode("utf-8", "surrogateescape")
                     raise self._format_error(
                         f"partitioned tensor: the entry for its stored slice {box} (key {raw_key!r}) "
-                        "is missing from the index", key, offset_of(key))
+                        "is missing from the index",
+                        key,
+                        offset_of(key),
+                    )
                 if sentry.slices:
                     raise self._format_error("slice entry is itself partitioned", key, offset_of(skey))
                 if sentry.dtype != full.dtype:
                     raise self._format_error(
                         f"slice {box}: stored dtype {_name(sentry.dtype)} differs from the tensor's "
                         f"{_name(full.dtype)}",
-                        key, offset_of(skey))
+                        key,
+                        offset_of(skey),
+                    )
                 if sentry.shape != box.shape:
                     raise self._format_error(
                         f"slice {box}: stored shape {list(sentry.shape)} differs from the slice's {list(box.shape)}",
-                        key, offset_of(skey))
+                        key,
+                        offset_of(skey),
+                    )
                 slice_owner[skey] = (key, box)
                 pieces.setdefault(key, []).append(StoredPiece(box, sentry))
             pieces[key].sort(key=lambda p: (p.entry.shard_id, p.entry.offset, p.box.start))
@@ -409,18 +421,18 @@ class Bundle:
     # --- the table as columns ---------------------------------------------------------
 
     def _key(self, r: int) -> bytes:
-        return bytes(self._keys[int(self._key_off[r]):int(self._key_off[r + 1])])
+        return bytes(self._keys[int(self._key_off[r]) : int(self._key_off[r + 1])])
 
     def _find(self, key: bytes, lo: int, hi: int) -> int:
         """Row of ``key`` among rows ``[lo, hi)`` (sorted), or -1."""
         keys, off = self._keys, self._off
         while lo < hi:
             mid = (lo + hi) // 2
-            if keys[off[mid]:off[mid + 1]] < key:
+            if keys[off[mid] : off[mid + 1]] < key:
                 lo = mid + 1
             else:
                 hi = mid
-        if lo < len(off) - 1 and keys[off[lo]:off[lo + 1]] == key:
+        if lo < len(off) - 1 and keys[off[lo] : off[lo + 1]] == key:
             return lo
         return -1
 
@@ -430,7 +442,7 @@ class Bundle:
             # checked at open (fastindex): this decode cannot fail
             pos = int(self._vpos[r])
             key = self._key(r).decode("utf-8", "surrogateescape")
-            p = decode_entry(self._data[pos:pos + int(self._vlen[r])], Context(self.index_path, pos, key))
+            p = decode_entry(self._data[pos : pos + int(self._vlen[r])], Context(self.index_path, pos, key))
             e = TensorEntry(key, p.dtype, tuple(p.shape.dims), p.shard_id, p.offset, p.size, p.crc32c)
         return e
 
@@ -447,8 +459,9 @@ class Bundle:
 
     def _slice_box(self, key, shape, extents, voff):
         if len(extents) != len(shape):
-            raise self._format_error(f"stored slice has rank {len(extents)}, tensor shape {list(shape)} has rank "
-                                     f"{len(shape)}", key, voff)
+            raise self._format_error(
+                f"stored slice has rank {len(extents)}, tensor shape {list(shape)} has rank {len(shape)}", key, voff
+            )
         starts, lengths, raw = [], [], []
         for d, ((start, length), dim) in enumerate(zip(extents, shape)):
             if length is None or length == -1:
@@ -461,7 +474,9 @@ class Bundle:
             if start < 0 or length < 0 or start + length > dim:
                 raise self._format_error(
                     f"stored slice: dimension {d} extent start {start}, length {length} is outside [0, {dim})",
-                    key, voff)
+                    key,
+                    voff,
+                )
             starts.append(start)
             lengths.append(length)
             raw.append((start, length))
@@ -469,8 +484,9 @@ class Bundle:
 
     def _check_data_entry(self, e: TensorEntry, tensor: str, voff: int):
         if not 0 <= e.shard_id < self.num_shards:
-            raise self._format_error(f"shard_id {e.shard_id} is out of range: the checkpoint has {self.num_shards} "
-                                     f"shard(s)", tensor, voff)
+            raise self._format_error(
+                f"shard_id {e.shard_id} is out of range: the checkpoint has {self.num_shards} shard(s)", tensor, voff
+            )
         if e.offset < 0 or e.size < 0:
             raise self._format_error(f"negative offset {e.offset} or size {e.size}", tensor, voff)
         n = e.num_elements
@@ -479,19 +495,28 @@ class Bundle:
                 if e.size < n + 4:
                     raise self._format_error(
                         f"invalid size in bundle entry: stored size {e.size} is below the minimum {n + 4} for "
-                        f"{n} strings (1-byte length each + 4-byte checksum)", tensor, voff)
+                        f"{n} strings (1-byte length each + 4-byte checksum)",
+                        tensor,
+                        voff,
+                    )
             else:
                 expected = n * _dt.itemsize(e.dtype)
                 if e.size != expected:
                     raise self._format_error(
                         f"invalid size in bundle entry: stored size {e.size}, expected {expected} for shape "
-                        f"{list(e.shape)} of {_dt.tf_name(e.dtype)}", tensor, voff)
+                        f"{list(e.shape)} of {_dt.tf_name(e.dtype)}",
+                        tensor,
+                        voff,
+                    )
         shard_size = self.shard_size(e.shard_id, tensor=tensor)
         if e.offset + e.size > shard_size:
             raise TruncatedCheckpointError(
                 f"entry bytes [{e.offset}, {e.offset + e.size}) run past the end of "
                 f"{os.path.basename(self.shard_path(e.shard_id))} ({shard_size} bytes); the data file may be truncated",
-                path=self.index_path, tensor=tensor, offset=voff)
+                path=self.index_path,
+                tensor=tensor,
+                offset=voff,
+            )
 
     # --- metadata ---------------------------------------------------------------------
 
@@ -513,20 +538,26 @@ class Bundle:
         size = self._shard_sizes.get(shard_id)
         if size is None:
             if not 0 <= shard_id < self.num_shards:
-                raise CheckpointFormatError(f"shard_id {shard_id} out of range [0, {self.num_shards})",
-                                            path=self.index_path, tensor=tensor)
+                raise CheckpointFormatError(
+                    f"shard_id {shard_id} out of range [0, {self.num_shards})", path=self.index_path, tensor=tensor
+                )
             path = self.shard_path(shard_id)
             try:
                 st = os.stat(path)
                 if not stat.S_ISREG(st.st_mode):
-                    raise CheckpointFileError(f"checkpoint data file is {file_kind(st.st_mode)}, not a regular "
-                                              f"file", path=path, tensor=tensor, errno=22)
+                    raise CheckpointFileError(
+                        f"checkpoint data file is {file_kind(st.st_mode)}, not a regular file",
+                        path=path,
+                        tensor=tensor,
+                        errno=22,
+                    )
                 size = st.st_size
             except FileNotFoundError:
                 who = f", which holds tensor {tensor!r}," if tensor is not None else ""
                 raise CheckpointNotFoundError(
                     f"data file {path!r} (shard {shard_id} of {self.num_shards}){who} is missing; "
-                    f"checkpoint {self.prefix!r} is incomplete") from None
+                    f"checkpoint {self.prefix!r} is incomplete"
+                ) from None
             self._shard_sizes[shard_id] = size
         return size
 
@@ -540,8 +571,8 @@ class Bundle:
         lo, hi = self._first_public, len(self._key_off) - 1
         if hi <= lo:
             return []
-        off = self._key_off[lo:hi + 1].astype(np.int64)
-        seg = np.frombuffer(self._keys, np.uint8)[off[0]:off[-1]]
+        off = self._key_off[lo : hi + 1].astype(np.int64)
+        seg = np.frombuffer(self._keys, np.uint8)[off[0] : off[-1]]
         absent = np.nonzero(np.bincount(seg, minlength=256)[1:128] == 0)[0]
         if not len(absent):
             keys = self._keys
@@ -580,7 +611,8 @@ class Bundle:
             close = close_matches(str(name), self._names_list())
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise CheckpointNotFoundError(
-                f"tensor {name!r} not found in checkpoint {self.prefix!r} ({len(self)} tensors){hint}")
+                f"tensor {name!r} not found in checkpoint {self.prefix!r} ({len(self)} tensors){hint}"
+            )
         e = self._cache[name] = self._entry_at(r)
         return e
 
@@ -598,8 +630,10 @@ class Bundle:
         dt = self._dtype_of(e, name)
         if len(e.shape) > _NUMPY_MAX_RANK:
             raise UnsupportedCheckpointError(
-                f"rank {len(e.shape)} is above NumPy's limit of {_NUMPY_MAX_RANK} dimensions", path=self.prefix,
-                tensor=name)
+                f"rank {len(e.shape)} is above NumPy's limit of {_NUMPY_MAX_RANK} dimensions",
+                path=self.prefix,
+                tensor=name,
+            )
         return dt
 
     def tf_dtype_name(self, name: str) -> str:
@@ -635,10 +669,12 @@ class Bundle:
                         fd = open_regular(path)
                     except FileNotFoundError:
                         raise CheckpointNotFoundError(
-                            f"data file {path!r} (shard {shard_id} of {self.num_shards}) is missing") from None
+                            f"data file {path!r} (shard {shard_id} of {self.num_shards}) is missing"
+                        ) from None
                     except NotRegularFileError as e:
-                        raise CheckpointFileError(f"checkpoint data file {e.strerror}", path=path,
-                                                  errno=e.errno) from None
+                        raise CheckpointFileError(
+                            f"checkpoint data file {e.strerror}", path=path, errno=e.errno
+                        ) from None
                     self._fds[shard_id] = fd
         return fd
 
@@ -662,7 +698,8 @@ class Bundle:
             f"{os.path.basename(self.shard_path(entry.shard_id))}: tensor {self.tensor_of(entry)!r} "
             f"(offset {entry.offset}, {entry.size} bytes): crc32c mismatch: stored 0x{unmask(entry.crc32c):08x}, "
             f"computed 0x{computed:08x}. The shard may be truncated or corrupt.",
-            path=self.shard_path(entry.shard_id))
+            path=self.shard_path(entry.shard_id),
+        )
 
     def _pread(self, entry: TensorEntry, dest: np.ndarray, start: int, *, crc: int | None) -> int | None:
         """Fill uint8 array ``dest`` from ``entry.offset + start``; extend ``crc`` unless None."""
@@ -673,18 +710,22 @@ class Bundle:
         while pos < n:
             want = min(n - pos, READ_PIECE_BYTES)
             try:
-                got = os.preadv(fd, [mv[pos:pos + want]], entry.offset + start + pos)
+                got = os.preadv(fd, [mv[pos : pos + want]], entry.offset + start + pos)
             except OSError as e:
                 raise ShardReadError(
                     f"{self.shard_path(entry.shard_id)}: reading tensor {self.tensor_of(entry)!r} "
-                    f"({want} bytes at offset {entry.offset + start + pos}) failed: {e}") from e
+                    f"({want} bytes at offset {entry.offset + start + pos}) failed: {e}"
+                ) from e
             if got <= 0:
                 raise TruncatedCheckpointError(
                     f"unexpected end of file: read {pos} of {n} bytes at offset {entry.offset + start}; the data file "
-                    f"was truncated after the checkpoint was opened", path=self.shard_path(entry.shard_id),
-                    tensor=self.tensor_of(entry), offset=entry.offset + start + pos)
+                    f"was truncated after the checkpoint was opened",
+                    path=self.shard_path(entry.shard_id),
+                    tensor=self.tensor_of(entry),
+                    offset=entry.offset + start + pos,
+                )
             if crc is not None:
-                crc = crc32c(dest[pos:pos + got], crc)
+                crc = crc32c(dest[pos : pos + got], crc)
             pos += got
         return crc
 
@@ -778,9 +819,13 @@ class Bundle:
             lengths.append(length)
         order = "big" if self.big_endian else "little"
         if pos + 4 > end:
-            raise CheckpointFormatError(f"string tensor: no room for the 4-byte length checksum after {n} lengths",
-                                        path=path, tensor=name, offset=entry.offset + pos)
-        stored = int.from_bytes(data[pos:pos + 4], order)
+            raise CheckpointFormatError(
+                f"string tensor: no room for the 4-byte length checksum after {n} lengths",
+                path=path,
+                tensor=name,
+                offset=entry.offset + pos,
+            )
+        stored = int.from_bytes(data[pos : pos + 4], order)
         if all(x <= 0xFFFFFFFF for x in lengths):
             lcrc = crc32c(np.asarray(lengths, dtype=">u4" if self.big_endian else "<u4").tobytes())
         else:
@@ -790,22 +835,28 @@ class Bundle:
         if unmask(stored) != lcrc:
             raise ChecksumError(
                 f"string tensor: the length checksum does not match: stored 0x{unmask(stored):08x}, computed "
-                f"0x{lcrc:08x}; the shard may be truncated or corrupt", path=path, tensor=name,
-                offset=entry.offset + pos)
+                f"0x{lcrc:08x}; the shard may be truncated or corrupt",
+                path=path,
+                tensor=name,
+                offset=entry.offset + pos,
+            )
         total = sum(lengths)
         if total > end - pos - 4:
             raise CheckpointFormatError(
                 f"string tensor: lengths add up to {total} bytes but only {end - pos - 4} follow the lengths",
-                path=path, tensor=name, offset=entry.offset + pos + 4)
+                path=path,
+                tensor=name,
+                offset=entry.offset + pos + 4,
+            )
         if verify:
-            crc = crc32c(memoryview(data)[pos:pos + 4 + total], lcrc)
+            crc = crc32c(memoryview(data)[pos : pos + 4 + total], lcrc)
             if crc != unmask(entry.crc32c):
                 raise self.crc_error(entry, crc)
         pos += 4
         out = np.empty(entry.shape, dtype=object)
         flat = out.reshape(-1)
         for i, length in enumerate(lengths):
-            flat[i] = data[pos:pos + length]
+            flat[i] = data[pos : pos + length]
             pos += length
         return out
 
@@ -889,7 +940,9 @@ class Bundle:
             raise CheckpointFormatError(
                 f"does not have sufficient slices for partitioned tensor to restore {box}: the stored slices "
                 f"{[str(p.box) for p in self.pieces(name)]} cover {covered} of its {box.size} elements",
-                path=self.index_path, tensor=name)
+                path=self.index_path,
+                tensor=name,
+            )
         if out is None:
             out = _empty(box.shape, dt, name, self.prefix)
         else:
@@ -938,7 +991,8 @@ def _empty(shape, dt, tensor, prefix) -> np.ndarray:
             raise
         raise OutOfMemoryError(
             f"cannot allocate {math.prod(shape) * dt.itemsize} bytes (shape {list(shape)}, {dt}) for tensor "
-            f"{tensor!r} of checkpoint {prefix!r}: out of host memory ({e})") from None
+            f"{tensor!r} of checkpoint {prefix!r}: out of host memory ({e})"
+        ) from None
 
 
 def _check_out(out, shape, dt, contiguous=True):
@@ -957,19 +1011,23 @@ def _check_header(header, index_path):
     if header.num_shards < 1:
         raise CheckpointFormatError(f"header: num_shards is {header.num_shards}, expected >= 1", path=index_path)
     if header.endianness not in (0, 1):
-        raise CheckpointFormatError(f"header: endianness {header.endianness}, expected 0 (little) or 1 (big)",
-                                    path=index_path)
+        raise CheckpointFormatError(
+            f"header: endianness {header.endianness}, expected 0 (little) or 1 (big)", path=index_path
+        )
     if v.producer < 0:
         raise UnsupportedCheckpointError(
-            f"header: producer version {v.producer} is below the minimum 0 that this reader supports",
-            path=index_path)
+            f"header: producer version {v.producer} is below the minimum 0 that this reader supports", path=index_path
+        )
     if v.min_consumer > 1:
         raise UnsupportedCheckpointError(
             f"header: the checkpoint requires reader version >= {v.min_consumer}; gpuload implements "
-            f"TensorBundle version 1", path=index_path)
+            f"TensorBundle version 1",
+            path=index_path,
+        )
     if 1 in v.bad_consumers:
         raise UnsupportedCheckpointError(
-            "header: the checkpoint disallows readers of TensorBundle version 1 (bad_consumers)", path=index_path)
+            "header: the checkpoint disallows readers of TensorBundle version 1 (bad_consumers)", path=index_path
+        )
 
 
 def _check_no_overlap(full: TensorEntry, bundle: Bundle, voff: int):

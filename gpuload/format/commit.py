@@ -38,8 +38,17 @@ import re
 from gpuload.errors import CheckpointFormatError
 from gpuload.format.files import NotRegularFileError, read_regular
 
-__all__ = ["JOURNAL_SUFFIX", "LOCK_SUFFIX", "prefix_lock", "recover", "recover_locked", "fsync_dir",
-           "commit", "temp_name", "needs_recovery"]
+__all__ = [
+    "JOURNAL_SUFFIX",
+    "LOCK_SUFFIX",
+    "prefix_lock",
+    "recover",
+    "recover_locked",
+    "fsync_dir",
+    "commit",
+    "temp_name",
+    "needs_recovery",
+]
 
 JOURNAL_SUFFIX = ".gpuload-commit"
 LOCK_SUFFIX = ".gpuload-lock"
@@ -129,12 +138,16 @@ def _read_journal(prefix: str):
         pairs = json.loads(text)["files"]
         pairs = [(str(t), str(f)) for t, f in pairs]
     except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointFormatError(f"save journal is unreadable ({e}); the save it records cannot be finished. "
-                                    f"Delete it to keep the files as they are", path=path) from None
+        raise CheckpointFormatError(
+            f"save journal is unreadable ({e}); the save it records cannot be finished. "
+            f"Delete it to keep the files as they are",
+            path=path,
+        ) from None
     for t, f in pairs:  # names only, of this prefix: a journal never makes us touch other files
         if not (temp_re.match(t) and final_re.match(f) and t.startswith(f + ".tempstate")):
-            raise CheckpointFormatError(f"save journal names {t!r} -> {f!r}, which are not files of "
-                                        f"checkpoint {base!r}", path=path)
+            raise CheckpointFormatError(
+                f"save journal names {t!r} -> {f!r}, which are not files of checkpoint {base!r}", path=path
+            )
     return pairs
 
 

@@ -14,12 +14,37 @@ import numpy as np
 from gpuload.errors import UnsupportedCheckpointError
 
 __all__ = [
-    "DT_FLOAT", "DT_DOUBLE", "DT_INT32", "DT_UINT8", "DT_INT16", "DT_INT8", "DT_STRING",
-    "DT_COMPLEX64", "DT_INT64", "DT_BOOL", "DT_QINT8", "DT_QUINT8", "DT_QINT32",
-    "DT_BFLOAT16", "DT_QINT16", "DT_QUINT16", "DT_UINT16", "DT_COMPLEX128", "DT_HALF",
-    "DT_RESOURCE", "DT_VARIANT", "DT_UINT32", "DT_UINT64",
-    "SUPPORTED_CODES", "numpy_dtype", "as_numpy_dtype", "tf_code", "tf_name", "itemsize",
-    "is_memcpyable", "is_supported",
+    "DT_FLOAT",
+    "DT_DOUBLE",
+    "DT_INT32",
+    "DT_UINT8",
+    "DT_INT16",
+    "DT_INT8",
+    "DT_STRING",
+    "DT_COMPLEX64",
+    "DT_INT64",
+    "DT_BOOL",
+    "DT_QINT8",
+    "DT_QUINT8",
+    "DT_QINT32",
+    "DT_BFLOAT16",
+    "DT_QINT16",
+    "DT_QUINT16",
+    "DT_UINT16",
+    "DT_COMPLEX128",
+    "DT_HALF",
+    "DT_RESOURCE",
+    "DT_VARIANT",
+    "DT_UINT32",
+    "DT_UINT64",
+    "SUPPORTED_CODES",
+    "numpy_dtype",
+    "as_numpy_dtype",
+    "tf_code",
+    "tf_name",
+    "itemsize",
+    "is_memcpyable",
+    "is_supported",
 ]
 
 DT_FLOAT, DT_DOUBLE, DT_INT32, DT_UINT8, DT_INT16, DT_INT8, DT_STRING = 1, 2, 3, 4, 5, 6, 7
@@ -55,9 +80,18 @@ SUPPORTED_CODES = frozenset(_TABLE)
 
 # Names of codes gpuload knows but cannot read, for error messages and listings.
 _UNSUPPORTED_NAMES = {
-    0: "invalid", DT_RESOURCE: "resource", DT_VARIANT: "variant",
-    24: "float8_e5m2", 25: "float8_e4m3fn", 26: "float8_e4m3fnuz", 27: "float8_e4m3b11fnuz",
-    28: "float8_e5m2fnuz", 29: "int4", 30: "uint4", 31: "int2", 32: "uint2",
+    0: "invalid",
+    DT_RESOURCE: "resource",
+    DT_VARIANT: "variant",
+    24: "float8_e5m2",
+    25: "float8_e4m3fn",
+    26: "float8_e4m3fnuz",
+    27: "float8_e4m3b11fnuz",
+    28: "float8_e5m2fnuz",
+    29: "int4",
+    30: "uint4",
+    31: "int2",
+    32: "uint2",
 }
 
 # numpy dtype -> code; the plain (non-quantized) code wins for shared dtypes
@@ -116,8 +150,10 @@ def tf_name(code: int) -> str:
             return _TABLE[int(code)][0]
         if int(code) in _UNSUPPORTED_NAMES and int(code) != 0:
             return _UNSUPPORTED_NAMES[int(code)]
-    raise _unsupported(code) if isinstance(code, (int, np.integer)) else TypeError(
-        f"a TF DataType code must be an int, got {code!r}"
+    raise (
+        _unsupported(code)
+        if isinstance(code, (int, np.integer))
+        else TypeError(f"a TF DataType code must be an int, got {code!r}")
     )
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from gpuload.format import dtypes as _dt
 from gpuload.format.crc import crc32c, unmask
-from gpuload.format.sstable import BLOCK_TRAILER_SIZE, FOOTER_SIZE, _MAGIC_BYTES
+from gpuload.format.sstable import _MAGIC_BYTES, BLOCK_TRAILER_SIZE, FOOTER_SIZE
 
 __all__ = ["TableColumns", "EntryColumns", "parse_table", "decode_entries", "ITEMSIZE"]
 
@@ -63,7 +63,7 @@ class TableColumns:
         return len(self.value_pos)
 
     def key(self, i: int) -> bytes:
-        return bytes(self.keys[int(self.key_off[i]):int(self.key_off[i + 1])])
+        return bytes(self.keys[int(self.key_off[i]) : int(self.key_off[i + 1])])
 
 
 @dataclasses.dataclass
@@ -126,7 +126,7 @@ def _spans(lengths: np.ndarray, limit: int = _COPY_BYTES):
     total = len(lengths)
     lo = 0
     while lo < total:
-        c = np.cumsum(lengths[lo:lo + _CHUNK // 4], dtype=np.int64)
+        c = np.cumsum(lengths[lo : lo + _CHUNK // 4], dtype=np.int64)
         hi = lo + max(1, int(np.searchsorted(c, limit, side="right")))
         yield lo, hi
         lo = hi
@@ -139,7 +139,7 @@ def _walk_block_index(data, path):
     from gpuload.format.sstable import _parse_block, _read_block, _read_handle
 
     n = len(data)
-    if n < FOOTER_SIZE or data[n - 8:] != _MAGIC_BYTES:
+    if n < FOOTER_SIZE or data[n - 8 :] != _MAGIC_BYTES:
         return None
     try:
         ctx = Context(path, 0)
@@ -179,11 +179,11 @@ def parse_table(data: bytes, path=None) -> TableColumns | None:
         end = boff + bsize
         if data[end] != 0:  # compressed (or a bad type): the reference handles it
             return None
-        if unmask(int.from_bytes(data[end + 1:end + 5], "little")) != crc32c(memoryview(data)[boff:end + 1]):
+        if unmask(int.from_bytes(data[end + 1 : end + 5], "little")) != crc32c(memoryview(data)[boff : end + 1]):
             return None
         if bsize < 4:
             return None
-        nr = int.from_bytes(data[end - 4:end], "little")
+        nr = int.from_bytes(data[end - 4 : end], "little")
         if nr == 0 or nr > (bsize - 4) // 4:
             return None
         at = end - 4 * (nr + 1)
@@ -261,7 +261,7 @@ def parse_table(data: bytes, path=None) -> TableColumns | None:
     for lo in range(1, total, _CHUNK):
         hi = min(total, lo + _CHUNK)
         later = step_of[lo:hi] > 0
-        prev_len = shared[lo - 1:hi - 1].astype(np.int64) + nonshared[lo - 1:hi - 1]
+        prev_len = shared[lo - 1 : hi - 1].astype(np.int64) + nonshared[lo - 1 : hi - 1]
         if (shared[lo:hi][later] > prev_len[later]).any():
             return None
     key_off = np.zeros(total + 1, np.int64)
@@ -315,8 +315,8 @@ def parse_table(data: bytes, path=None) -> TableColumns | None:
     for bi, (_, _, sep) in enumerate(blocks):
         cnt = int(per_block[bi])
         if cnt:
-            k0 = keys[int(key_off[first]):int(key_off[first + 1])]
-            k1 = keys[int(key_off[first + cnt - 1]):int(key_off[first + cnt])]
+            k0 = keys[int(key_off[first]) : int(key_off[first + 1])]
+            k1 = keys[int(key_off[first + cnt - 1]) : int(key_off[first + cnt])]
             if (prev_sep is not None and not k0 > prev_sep) or k1 > sep:
                 return None
         first += cnt
@@ -348,8 +348,9 @@ def decode_entries(data: bytes, value_pos: np.ndarray, value_len: np.ndarray, nu
     shard_used = np.zeros(max(num_shards, 1), bool)
     for lo in range(0, m, _CHUNK):
         hi = min(m, lo + _CHUNK)
-        o, u, b, sh, end = _decode_chunk(d, value_pos[lo:hi].astype(np.int64), value_len[lo:hi].astype(np.int64),
-                                         num_shards)
+        o, u, b, sh, end = _decode_chunk(
+            d, value_pos[lo:hi].astype(np.int64), value_len[lo:hi].astype(np.int64), num_shards
+        )
         ok[lo:hi], unusual[lo:hi], bad[lo:hi] = o, u, b
         if o.any():
             np.maximum.at(shard_end, sh[o], end[o])
@@ -375,7 +376,7 @@ def _decode_chunk(d, p, vlen, num_shards):
         if not len(act):
             break
         fld = _FIELD_OF_TAG[d[p[act]]]
-        good = (fld > last[act])  # known tag (fld > 0), in order, once
+        good = fld > last[act]  # known tag (fld > 0), in order, once
         unusual[act[~good]] = True
         act, fld = act[good], fld[good]
         pp = p[act] + 1

@@ -18,8 +18,19 @@ from gpuload.format.slices import Box
 __all__ = ["encode_tensor_name_slice", "decode_tensor_name_slice", "is_slice_key", "extents_of"]
 
 # kLengthToHeaderBits[len] for WriteSignedNumIncreasing
-_HEADER = [(0, 0), (0x80, 0), (0xC0, 0), (0xE0, 0), (0xF0, 0), (0xF8, 0), (0xFC, 0), (0xFE, 0),
-           (0xFF, 0), (0xFF, 0x80), (0xFF, 0xC0)]
+_HEADER = [
+    (0, 0),
+    (0x80, 0),
+    (0xC0, 0),
+    (0xE0, 0),
+    (0xF0, 0),
+    (0xF8, 0),
+    (0xFC, 0),
+    (0xFE, 0),
+    (0xFF, 0),
+    (0xFF, 0x80),
+    (0xFF, 0xC0),
+]
 # kBitsToLength[bit_length] for bit lengths 0..63
 _BITS_TO_LENGTH = [1] * 7 + [2] * 7 + [3] * 7 + [4] * 7 + [5] * 7 + [6] * 7 + [7] * 7 + [8] * 7 + [9] * 7 + [10]
 
@@ -57,7 +68,7 @@ def _signed_increasing(v: int) -> bytes:
     if x < 64:
         return bytes([(0x80 ^ v) & 0xFF])
     n = _BITS_TO_LENGTH[x.bit_length()]
-    buf = bytearray((v & ((1 << 80) - 1)).to_bytes(10, "big")[10 - n:])  # sign-extended to 10 bytes
+    buf = bytearray((v & ((1 << 80) - 1)).to_bytes(10, "big")[10 - n :])  # sign-extended to 10 bytes
     buf[0] ^= _HEADER[n][0]
     buf[1] ^= _HEADER[n][1]
     return bytes(buf)
@@ -124,13 +135,13 @@ def _read_signed(key: bytes, pos: int) -> tuple[int, int]:
     n = ones
     if not 1 <= n <= 10 or pos + n > len(key):
         raise ValueError("bad signed number")
-    raw = bytearray(b ^ flip for b in key[pos:pos + n])
+    raw = bytearray(b ^ flip for b in key[pos : pos + n])
     raw[0] ^= _HEADER[n][0]
     if n > 1:
         raw[1] ^= _HEADER[n][1]
     x = int.from_bytes(raw, "big")
     v = ~x if neg else x
-    if _signed_increasing(v) != key[pos:pos + n]:
+    if _signed_increasing(v) != key[pos : pos + n]:
         raise ValueError("non-canonical signed number")
     return v, pos + n
 
@@ -175,7 +186,7 @@ def decode_tensor_name_slice(key: bytes) -> tuple[str, list[tuple[int, int]]]:
         nlen = key[pos]
         if nlen > 8 or pos + 1 + nlen > len(key):
             raise ValueError("bad rank")
-        rank = int.from_bytes(key[pos + 1:pos + 1 + nlen], "big")
+        rank = int.from_bytes(key[pos + 1 : pos + 1 + nlen], "big")
         pos += 1 + nlen
         if rank == 0 or rank > 254:
             raise ValueError(f"rank {rank} out of range")

@@ -31,6 +31,7 @@ def close_matches(word: str, names, n: int = 3) -> list[str]:
     tail = "/" + leaf
     slack = max(3, len(word) // 3)
     lo, hi = len(word) - slack, len(word) + slack
-    pick = (x for x in names
-            if lo <= len(x) <= hi and ((scope and x.startswith(scope)) or x.endswith(tail) or x == leaf))
+    pick = (
+        x for x in names if lo <= len(x) <= hi and ((scope and x.startswith(scope)) or x.endswith(tail) or x == leaf)
+    )
     return difflib.get_close_matches(word, list(itertools.islice(pick, CANDIDATE_LIMIT)), n=n)

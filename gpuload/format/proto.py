@@ -18,9 +18,20 @@ import dataclasses
 from gpuload.errors import CheckpointFormatError
 
 __all__ = [
-    "Context", "VersionDef", "BundleHeader", "TensorShape", "TensorSlice", "BundleEntry",
-    "decode_varint", "encode_varint", "decode_header", "decode_entry",
-    "encode_header", "encode_entry", "encode_shape", "encode_slice",
+    "Context",
+    "VersionDef",
+    "BundleHeader",
+    "TensorShape",
+    "TensorSlice",
+    "BundleEntry",
+    "decode_varint",
+    "encode_varint",
+    "decode_header",
+    "decode_entry",
+    "encode_header",
+    "encode_entry",
+    "encode_shape",
+    "encode_slice",
 ]
 
 _U64 = (1 << 64) - 1
@@ -44,8 +55,9 @@ class Context:
 _NO_CONTEXT = Context()
 
 
-def decode_varint(buf, pos: int, end: int, ctx: Context = _NO_CONTEXT, what: str = "varint",
-                  max_bytes: int = 10) -> tuple[int, int]:
+def decode_varint(
+    buf, pos: int, end: int, ctx: Context = _NO_CONTEXT, what: str = "varint", max_bytes: int = 10
+) -> tuple[int, int]:
     """Decode an unsigned LEB128 varint at ``buf[pos:end]``; returns ``(value, next_pos)``.
 
     At most ``max_bytes`` bytes are consumed (10 for 64-bit values, 5 for varint32), so a
@@ -68,8 +80,11 @@ def decode_varint(buf, pos: int, end: int, ctx: Context = _NO_CONTEXT, what: str
             return result, pos
         shift += 7
     if limit < start + max_bytes:
-        raise ctx.error(f"{what}: truncated varint (the {end - start} byte(s) left all have the "
-                        f"continuation bit set; expected a final byte < 0x80)", start)
+        raise ctx.error(
+            f"{what}: truncated varint (the {end - start} byte(s) left all have the "
+            f"continuation bit set; expected a final byte < 0x80)",
+            start,
+        )
     raise ctx.error(f"{what}: varint longer than {max_bytes} bytes", start)
 
 
@@ -122,12 +137,12 @@ def _iter_fields(buf, pos: int, end: int, ctx: Context, msg: str):
         elif wt == WT_I64:
             if pos + 8 > end:
                 raise ctx.error(f"{msg} field {field}: truncated fixed64 (need 8 bytes, {end - pos} left)", pos)
-            yield field, wt, int.from_bytes(buf[pos:pos + 8], "little"), tag_pos
+            yield field, wt, int.from_bytes(buf[pos : pos + 8], "little"), tag_pos
             pos += 8
         elif wt == WT_I32:
             if pos + 4 > end:
                 raise ctx.error(f"{msg} field {field}: truncated fixed32 (need 4 bytes, {end - pos} left)", pos)
-            yield field, wt, int.from_bytes(buf[pos:pos + 4], "little"), tag_pos
+            yield field, wt, int.from_bytes(buf[pos : pos + 4], "little"), tag_pos
             pos += 4
         elif wt == WT_LEN:
             if pos < end and buf[pos] < 0x80:
@@ -136,8 +151,9 @@ def _iter_fields(buf, pos: int, end: int, ctx: Context, msg: str):
             else:
                 n, pos = decode_varint(buf, pos, end, ctx, f"{msg} field {field} length")
             if n > end - pos:
-                raise ctx.error(f"{msg} field {field}: length {n} runs past the end of the message "
-                                f"({end - pos} bytes left)", pos)
+                raise ctx.error(
+                    f"{msg} field {field}: length {n} runs past the end of the message ({end - pos} bytes left)", pos
+                )
             yield field, wt, (pos, pos + n), tag_pos
             pos += n
         elif wt == WT_SGROUP:
@@ -259,7 +275,7 @@ def decode_header(buf, ctx: Context = _NO_CONTEXT) -> BundleHeader:
         elif field == 2 and wt == WT_VARINT:
             endianness = _int32(value)
         elif field == 3 and wt == WT_LEN:
-            version_parts.append(bytes(buf[value[0]:value[1]]))
+            version_parts.append(bytes(buf[value[0] : value[1]]))
     # repeated occurrences of a message field merge: parse their concatenation
     vbuf = b"".join(version_parts)
     version = _decode_version(vbuf, 0, len(vbuf), Context(ctx.path, None, ctx.key))
@@ -311,7 +327,7 @@ def decode_entry(buf, ctx: Context = _NO_CONTEXT) -> BundleEntry:
             else:
                 size = _int64(value)
         elif field == 2 and wt == WT_LEN:
-            shape_parts.append(bytes(buf[value[0]:value[1]]))
+            shape_parts.append(bytes(buf[value[0] : value[1]]))
         elif field == 6 and wt == WT_I32:
             crc = value
         elif field == 7 and wt == WT_LEN:
@@ -336,8 +352,9 @@ def _int_field(field: int, value: int) -> bytes:
     return _tag(field, WT_VARINT) + encode_varint(value) if value else b""
 
 
-def encode_header(num_shards: int = 1, endianness: int = 0, producer: int = 1,
-                  min_consumer: int = 0, bad_consumers=()) -> bytes:
+def encode_header(
+    num_shards: int = 1, endianness: int = 0, producer: int = 1, min_consumer: int = 0, bad_consumers=()
+) -> bytes:
     """Serialize a ``BundleHeaderProto`` (TF's writer: ``08 01 1a 02 08 01``)."""
     version = _int_field(1, producer) + _int_field(2, min_consumer)
     if bad_consumers:
@@ -363,11 +380,17 @@ def encode_slice(extents) -> bytes:
     return b"".join(out)
 
 
-def encode_entry(dtype: int, shape, shard_id: int = 0, offset: int = 0, size: int = 0,
-                 crc32c: int = 0, slices=()) -> bytes:
+def encode_entry(
+    dtype: int, shape, shard_id: int = 0, offset: int = 0, size: int = 0, crc32c: int = 0, slices=()
+) -> bytes:
     """Serialize a ``BundleEntryProto``. ``slices`` is a list of extent lists."""
-    out = [_int_field(1, dtype), _len_field(2, encode_shape(shape)),
-           _int_field(3, shard_id), _int_field(4, offset), _int_field(5, size)]
+    out = [
+        _int_field(1, dtype),
+        _len_field(2, encode_shape(shape)),
+        _int_field(3, shard_id),
+        _int_field(4, offset),
+        _int_field(5, size),
+    ]
     if crc32c:
         out.append(_tag(6, WT_I32) + (crc32c & 0xFFFFFFFF).to_bytes(4, "little"))
     for extents in slices:

@@ -25,8 +25,14 @@ from gpuload.format.bundle import Bundle
 from gpuload.format.slices import Box
 from gpuload.format.state import latest_checkpoint
 
-__all__ = ["CheckpointReader", "load_checkpoint", "list_variables", "load_variable", "latest_checkpoint",
-           "parse_slice_spec"]
+__all__ = [
+    "CheckpointReader",
+    "load_checkpoint",
+    "list_variables",
+    "load_variable",
+    "latest_checkpoint",
+    "parse_slice_spec",
+]
 
 
 class CheckpointReader:
@@ -170,8 +176,10 @@ def parse_slice_spec(spec, shape, name="tensor") -> tuple[Box, tuple[int, ...]]:
             except ValueError:
                 raise ValueError(f"bad shape_and_slice {spec!r}") from None
             if full != shape:
-                raise ValueError(f"shape in shape_and_slice spec {list(full)} does not match the shape stored in "
-                                 f"checkpoint: {list(shape)} (tensor {name!r})")
+                raise ValueError(
+                    f"shape in shape_and_slice spec {list(full)} does not match the shape stored in "
+                    f"checkpoint: {list(shape)} (tensor {name!r})"
+                )
             spec = tokens[-1]
         items = [t for t in spec.split(":") if t != ""]
         if not items and not shape:
@@ -241,4 +249,3 @@ def load_variable(ckpt_dir_or_file, name: str) -> np.ndarray:
         name = name[:-2]
     with CheckpointReader(ckpt_dir_or_file) as reader:
         return reader.get_tensor(name)
-

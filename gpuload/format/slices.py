@@ -30,7 +30,7 @@ class Box:
             raise ValueError(f"box with negative start or size: start {self.start}, shape {self.shape}")
 
     @classmethod
-    def full(cls, shape) -> "Box":
+    def full(cls, shape) -> Box:
         """The box covering a whole tensor of ``shape``."""
         shape = tuple(shape)
         return cls((0,) * len(shape), shape)
@@ -56,7 +56,7 @@ class Box:
         """Whether this box lies inside a tensor of ``shape``."""
         return len(shape) == self.rank and all(e <= n for e, n in zip(self.stop, shape))
 
-    def intersect(self, other: "Box") -> "Box | None":
+    def intersect(self, other: Box) -> Box | None:
         """The common box, or ``None`` when the boxes share no element."""
         if other.rank != self.rank:
             raise ValueError(f"cannot intersect boxes of rank {self.rank} and {other.rank}")
@@ -66,7 +66,7 @@ class Box:
             return None
         return Box(lo, tuple(h - l for l, h in zip(lo, hi)))
 
-    def relative_to(self, outer: "Box") -> "Box":
+    def relative_to(self, outer: Box) -> Box:
         """This box in the coordinates of ``outer`` (which must contain it)."""
         return Box(tuple(s - o for s, o in zip(self.start, outer.start)), self.shape)
 
@@ -86,7 +86,7 @@ class Box:
 _PAIRWISE = 8
 
 
-def find_overlap(boxes) -> "tuple[Box, Box] | None":
+def find_overlap(boxes) -> tuple[Box, Box] | None:
     """Two of ``boxes`` that share an element, or ``None``; empty boxes overlap nothing.
 
     Divide and conquer instead of comparing every pair: a group is split at the median
@@ -135,7 +135,7 @@ def _pairwise(group):
     group = sorted(group, key=lambda b: b.start[d])
     for i, a in enumerate(group):
         a_stop = a.start[d] + a.shape[d]
-        for b in group[i + 1:]:
+        for b in group[i + 1 :]:
             if b.start[d] >= a_stop:
                 break  # sorted by start: no later box reaches back into a along axis d
             if a.intersect(b) is not None:

@@ -24,8 +24,7 @@ from gpuload.errors import CheckpointFormatError, UnsupportedCheckpointError
 from gpuload.format.crc import crc32c, mask, unmask
 from gpuload.format.proto import Context, decode_varint, encode_varint
 
-__all__ = ["read_table", "read_table_file", "TableWriter", "TABLE_MAGIC", "FOOTER_SIZE",
-           "BLOCK_TRAILER_SIZE"]
+__all__ = ["read_table", "read_table_file", "TableWriter", "TABLE_MAGIC", "FOOTER_SIZE", "BLOCK_TRAILER_SIZE"]
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # 2 * BlockHandle::kMaxEncodedLength (20) + 8
@@ -61,15 +60,23 @@ def _read_block(data, offset, size, path, what) -> bytes:
     """Block contents at ``(offset, size)`` after checking the handle, trailer and CRC."""
     limit = len(data) - FOOTER_SIZE
     if offset > limit or size > limit - offset or size + BLOCK_TRAILER_SIZE > limit - offset:
-        raise _err(f"{what} handle (offset {offset}, size {size}) + {BLOCK_TRAILER_SIZE}-byte trailer runs past "
-                   f"the blocks area, which ends at byte {limit} of a {len(data)}-byte file", path, offset)
+        raise _err(
+            f"{what} handle (offset {offset}, size {size}) + {BLOCK_TRAILER_SIZE}-byte trailer runs past "
+            f"the blocks area, which ends at byte {limit} of a {len(data)}-byte file",
+            path,
+            offset,
+        )
     end = offset + size
     block_type = data[end]
-    stored = int.from_bytes(data[end + 1:end + 5], "little")
-    actual = crc32c(memoryview(data)[offset:end + 1])
+    stored = int.from_bytes(data[end + 1 : end + 5], "little")
+    actual = crc32c(memoryview(data)[offset : end + 1])
     if unmask(stored) != actual:
-        raise _err(f"{what}: block checksum mismatch: stored crc32c 0x{unmask(stored):08x} (masked 0x{stored:08x}), "
-                   f"computed 0x{actual:08x} over {size} bytes + type byte", path, offset)
+        raise _err(
+            f"{what}: block checksum mismatch: stored crc32c 0x{unmask(stored):08x} (masked 0x{stored:08x}), "
+            f"computed 0x{actual:08x} over {size} bytes + type byte",
+            path,
+            offset,
+        )
     raw = data[offset:end]
     if block_type == _NO_COMPRESSION:
         return raw
@@ -79,7 +86,9 @@ def _read_block(data, offset, size, path, what) -> bytes:
         except ImportError:
             raise UnsupportedCheckpointError(
                 f"{what}: snappy-compressed index block; install cramjam (pip install cramjam)",
-                path=path, offset=offset) from None
+                path=path,
+                offset=offset,
+            ) from None
         try:
             return bytes(cramjam.snappy.decompress_raw(raw))
         except Exception as e:  # cramjam raises its own DecompressionError
@@ -93,14 +102,18 @@ def _parse_block(block: bytes, path, base: int, what: str):
     ctx = Context(path, base)
     if n < 4:
         raise _err(f"{what}: block of {n} bytes is too short for its restart count (need >= 4)", path, base)
-    num_restarts = int.from_bytes(block[n - 4:], "little")
+    num_restarts = int.from_bytes(block[n - 4 :], "little")
     max_restarts = (n - 4) // 4
     if num_restarts > max_restarts:
-        raise _err(f"{what}: restart count {num_restarts} does not fit in a {n}-byte block "
-                   f"(at most {max_restarts})", path, base + n - 4)
+        raise _err(
+            f"{what}: restart count {num_restarts} does not fit in a {n}-byte block (at most {max_restarts})",
+            path,
+            base + n - 4,
+        )
     restarts_at = n - 4 * (num_restarts + 1)
-    restarts = [int.from_bytes(block[restarts_at + 4 * i:restarts_at + 4 * i + 4], "little")
-                for i in range(num_restarts)]
+    restarts = [
+        int.from_bytes(block[restarts_at + 4 * i : restarts_at + 4 * i + 4], "little") for i in range(num_restarts)
+    ]
     if num_restarts == 0:
         if restarts_at:
             raise _err(f"{what}: block has {restarts_at} bytes of entries but no restart points", path, base)
@@ -111,8 +124,11 @@ def _parse_block(block: bytes, path, base: int, what: str):
         if b <= a:
             raise _err(f"{what}: restart points not increasing ({a} then {b})", path, base + restarts_at)
     if restarts[-1] >= restarts_at and restarts_at:
-        raise _err(f"{what}: restart point {restarts[-1]} is past the entries (which end at {restarts_at})",
-                   path, base + restarts_at)
+        raise _err(
+            f"{what}: restart point {restarts[-1]} is past the entries (which end at {restarts_at})",
+            path,
+            base + restarts_at,
+        )
     entries = []
     pos = 0
     key = b""
@@ -123,26 +139,38 @@ def _parse_block(block: bytes, path, base: int, what: str):
         non_shared, pos = decode_varint(block, pos, restarts_at, ctx, f"{what} entry key length", 5)
         value_len, pos = decode_varint(block, pos, restarts_at, ctx, f"{what} entry value length", 5)
         if shared > len(key):
-            raise _err(f"{what}: entry shares {shared} key bytes with a previous key of {len(key)} bytes",
-                       path, base + entry_pos)
+            raise _err(
+                f"{what}: entry shares {shared} key bytes with a previous key of {len(key)} bytes",
+                path,
+                base + entry_pos,
+            )
         if non_shared > restarts_at - pos or value_len > restarts_at - pos - non_shared:
-            raise _err(f"{what}: entry key ({non_shared} bytes) + value ({value_len} bytes) run past the "
-                       f"entries area ({restarts_at - pos} bytes left)", path, base + entry_pos)
+            raise _err(
+                f"{what}: entry key ({non_shared} bytes) + value ({value_len} bytes) run past the "
+                f"entries area ({restarts_at - pos} bytes left)",
+                path,
+                base + entry_pos,
+            )
         if next_restart < num_restarts and entry_pos == restarts[next_restart]:
             if shared != 0:
-                raise _err(f"{what}: entry at restart point shares {shared} key bytes (expected 0)",
-                           path, base + entry_pos)
+                raise _err(
+                    f"{what}: entry at restart point shares {shared} key bytes (expected 0)", path, base + entry_pos
+                )
             next_restart += 1
         elif next_restart < num_restarts and entry_pos > restarts[next_restart]:
-            raise _err(f"{what}: restart point {restarts[next_restart]} is not at an entry boundary",
-                       path, base + restarts[next_restart])
-        key = key[:shared] + block[pos:pos + non_shared]
+            raise _err(
+                f"{what}: restart point {restarts[next_restart]} is not at an entry boundary",
+                path,
+                base + restarts[next_restart],
+            )
+        key = key[:shared] + block[pos : pos + non_shared]
         pos += non_shared
-        entries.append((key, block[pos:pos + value_len], base + pos))
+        entries.append((key, block[pos : pos + value_len], base + pos))
         pos += value_len
     if next_restart != num_restarts:
-        raise _err(f"{what}: restart point {restarts[next_restart]} is not at an entry boundary",
-                   path, base + restarts_at)
+        raise _err(
+            f"{what}: restart point {restarts[next_restart]} is not at an entry boundary", path, base + restarts_at
+        )
     return entries
 
 
@@ -175,13 +203,15 @@ def read_table(data: bytes, path=None, *, with_offsets: bool = False) -> list:
     data = bytes(data)
     n = len(data)
     if n < FOOTER_SIZE:
-        raise _err(f"file is too short to be an sstable: {n} bytes, expected at least {FOOTER_SIZE} (the footer)",
-                   path, 0)
+        raise _err(
+            f"file is too short to be an sstable: {n} bytes, expected at least {FOOTER_SIZE} (the footer)", path, 0
+        )
     footer_at = n - FOOTER_SIZE
-    magic = data[n - 8:]
+    magic = data[n - 8 :]
     if magic != _MAGIC_BYTES:
-        raise _err(f"not an sstable (bad magic number): expected {_MAGIC_BYTES.hex(' ')}, found {magic.hex(' ')}",
-                   path, n - 8)
+        raise _err(
+            f"not an sstable (bad magic number): expected {_MAGIC_BYTES.hex(' ')}, found {magic.hex(' ')}", path, n - 8
+        )
     ctx = Context(path, 0)
     pos = footer_at
     meta_off, meta_size, pos = _read_handle(data, pos, n - 8, ctx, "footer metaindex handle")

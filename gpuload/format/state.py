@@ -31,8 +31,13 @@ from gpuload.format.commit import JOURNAL_SUFFIX, prefix_lock, recover
 from gpuload.format.files import NotRegularFileError, read_regular
 
 __all__ = [
-    "CheckpointState", "parse_checkpoint_state", "get_checkpoint_state", "latest_checkpoint",
-    "resolve_prefix", "update_checkpoint_state", "format_checkpoint_state",
+    "CheckpointState",
+    "parse_checkpoint_state",
+    "get_checkpoint_state",
+    "latest_checkpoint",
+    "resolve_prefix",
+    "update_checkpoint_state",
+    "format_checkpoint_state",
 ]
 
 STATE_FILENAME = "checkpoint"
@@ -59,8 +64,7 @@ _TOKEN = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 
-_SIMPLE_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11,
-                   "\\": 92, "'": 39, '"': 34, "?": 63}
+_SIMPLE_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 92, "'": 39, '"': 34, "?": 63}
 
 
 def _unescape(body: str, fail) -> bytes:
@@ -95,11 +99,11 @@ def _unescape(body: str, fail) -> bytes:
                 j += 1
             if j == i + 1:
                 raise fail("\\x escape without hex digits")
-            out.append(int(body[i + 1:j], 16))
+            out.append(int(body[i + 1 : j], 16))
             i = j
         elif c in "uU":
             k = 4 if c == "u" else 8
-            digits = body[i + 1:i + 1 + k]
+            digits = body[i + 1 : i + 1 + k]
             if len(digits) != k or any(d not in "0123456789abcdefABCDEF" for d in digits):
                 raise fail(f"\\{c} escape needs {k} hex digits")
             try:
@@ -127,15 +131,19 @@ def parse_checkpoint_state(text, path=None) -> CheckpointState:
     CheckpointFormatError
         When the text is not a well-formed ``CheckpointState`` text proto.
     """
-    raw = text.decode("latin-1") if isinstance(text, (bytes, bytearray)) else \
-        text.encode("utf-8", "surrogateescape").decode("latin-1")
+    raw = (
+        text.decode("latin-1")
+        if isinstance(text, (bytes, bytearray))
+        else text.encode("utf-8", "surrogateescape").decode("latin-1")
+    )
     tokens = []  # (kind, value, line)
     pos, line = 0, 1
     while pos < len(raw):
         m = _TOKEN.match(raw, pos)
         if m is None:
-            raise CheckpointFormatError(f"malformed checkpoint state file: unexpected character {raw[pos]!r} "
-                                        f"at line {line}", path=path)
+            raise CheckpointFormatError(
+                f"malformed checkpoint state file: unexpected character {raw[pos]!r} at line {line}", path=path
+            )
         kind = m.lastgroup
         if kind != "ws":
             tokens.append((kind, m.group(), line))
@@ -301,7 +309,9 @@ def _v1_error(prefix: str) -> UnsupportedCheckpointError:
     return UnsupportedCheckpointError(
         f"legacy V1 checkpoint at {prefix!r} (table file(s) without a '.index'); gpuload reads only "
         "TensorBundle V2 checkpoints (TF >= 1.0 default). Re-save it with TensorFlow using "
-        "tf.compat.v1.train.Saver(write_version=tf.compat.v1.train.SaverDef.V2)", path=prefix)
+        "tf.compat.v1.train.Saver(write_version=tf.compat.v1.train.SaverDef.V2)",
+        path=prefix,
+    )
 
 
 def _recover_if_needed(prefix: str) -> None:
@@ -312,7 +322,9 @@ def _recover_if_needed(prefix: str) -> None:
         except OSError as e:
             raise CheckpointFormatError(
                 f"a save of this checkpoint was interrupted after it committed, and finishing it failed: {e}. "
-                f"Open it once with write access to its directory", path=prefix + JOURNAL_SUFFIX) from None
+                f"Open it once with write access to its directory",
+                path=prefix + JOURNAL_SUFFIX,
+            ) from None
 
 
 def resolve_prefix(ckpt_dir_or_file) -> str:
@@ -344,7 +356,8 @@ def resolve_prefix(ckpt_dir_or_file) -> str:
     except TypeError:
         raise ArgumentTypeError(
             f"ckpt_dir_or_file must be a checkpoint directory or prefix (str, bytes or os.PathLike), got "
-            f"{type(ckpt_dir_or_file).__name__}: {ckpt_dir_or_file!r}") from None
+            f"{type(ckpt_dir_or_file).__name__}: {ckpt_dir_or_file!r}"
+        ) from None
     if not path:
         raise CheckpointNotFoundError("empty checkpoint path")
     if os.path.isdir(path):
@@ -356,15 +369,16 @@ def resolve_prefix(ckpt_dir_or_file) -> str:
                 named = get_checkpoint_state(path).model_checkpoint_path
                 raise CheckpointNotFoundError(
                     f"checkpoint directory {path!r}: the 'checkpoint' state file names {named!r}, but neither "
-                    f"{named + '.index'!r} nor {os.path.join(path, os.path.basename(named)) + '.index'!r} exists")
+                    f"{named + '.index'!r} nor {os.path.join(path, os.path.basename(named)) + '.index'!r} exists"
+                )
             found = sorted(glob.glob(os.path.join(glob.escape(path), "*.index")))
             hint = ""
             if found:
                 names = ", ".join(repr(f[: -len(".index")]) for f in found[:5])
                 hint = f"; it holds checkpoint(s) {names}{' ...' if len(found) > 5 else ''}: pass a prefix"
             raise CheckpointNotFoundError(
-                f"no checkpoint in directory {path!r}: no 'checkpoint' state file and no "
-                f"{path + '.index'!r}{hint}")
+                f"no checkpoint in directory {path!r}: no 'checkpoint' state file and no {path + '.index'!r}{hint}"
+            )
         _recover_if_needed(prefix)
         if not _is_v2(prefix):
             raise _v1_error(prefix)
@@ -377,7 +391,8 @@ def resolve_prefix(ckpt_dir_or_file) -> str:
         raise _v1_error(prefix)
     raise CheckpointNotFoundError(
         f"no checkpoint at {path!r}: it is not a directory (with a 'checkpoint' state file) and "
-        f"{prefix + '.index'!r} does not exist")
+        f"{prefix + '.index'!r} does not exist"
+    )
 
 
 # --- writing ----------------------------------------------------------------------------

@@ -112,8 +112,12 @@ def _item_for(key: bytes, label: str, arr: np.ndarray) -> _Item:
 
 def _parse_sliced(name, spec):
     """``[(Box, array), ...]`` or ``(full_shape, [(Box, array), ...])`` -> (shape, pairs)."""
-    if (isinstance(spec, tuple) and len(spec) == 2 and not isinstance(spec[0], Box)
-            and isinstance(spec[1], (list, tuple))):
+    if (
+        isinstance(spec, tuple)
+        and len(spec) == 2
+        and not isinstance(spec[0], Box)
+        and isinstance(spec[1], (list, tuple))
+    ):
         full_shape, pairs = tuple(int(d) for d in spec[0]), list(spec[1])
     else:
         pairs = list(spec)
@@ -130,8 +134,7 @@ def _parse_sliced(name, spec):
             raise TypeError(f"sliced tensor {name!r}: slice {i}: expected a Box, got {type(box).__name__}")
         arr = _as_array(value, name)
         if arr.shape != box.shape:
-            raise ValueError(f"sliced tensor {name!r}: slice {box} has data of shape {arr.shape}, "
-                             f"expected {box.shape}")
+            raise ValueError(f"sliced tensor {name!r}: slice {box} has data of shape {arr.shape}, expected {box.shape}")
         out.append((box, arr))
     if full_shape is None:
         rank = out[0][0].rank
@@ -141,8 +144,15 @@ def _parse_sliced(name, spec):
     return full_shape, out
 
 
-def save_checkpoint(prefix, tensors=None, *, update_state: bool = True, max_shard_bytes: int | None = None,
-                    slices=None, global_step=None) -> str:
+def save_checkpoint(
+    prefix,
+    tensors=None,
+    *,
+    update_state: bool = True,
+    max_shard_bytes: int | None = None,
+    slices=None,
+    global_step=None,
+) -> str:
     """Write ``tensors`` as the checkpoint ``prefix`` (``prefix.index`` + data files).
 
     Parameters
@@ -211,8 +221,10 @@ def save_checkpoint(prefix, tensors=None, *, update_state: bool = True, max_shar
     for arg, value in (("tensors", tensors), ("slices", slices)):
         if not isinstance(value, Mapping):
             hint = " (a list of (name, array) pairs: pass dict(pairs))" if isinstance(value, (list, tuple)) else ""
-            raise ArgumentTypeError(f"save_checkpoint: {arg} must be a mapping of tensor name -> "
-                                    f"{'array' if arg == 'tensors' else 'slices'}, got {type(value).__name__}{hint}")
+            raise ArgumentTypeError(
+                f"save_checkpoint: {arg} must be a mapping of tensor name -> "
+                f"{'array' if arg == 'tensors' else 'slices'}, got {type(value).__name__}{hint}"
+            )
     if max_shard_bytes is not None:
         max_shard_bytes = _int_arg(max_shard_bytes, "max_shard_bytes")
         if max_shard_bytes < 1:
@@ -233,8 +245,9 @@ def save_checkpoint(prefix, tensors=None, *, update_state: bool = True, max_shar
         full_shape, pairs = _parse_sliced(name, spec)
         codes = {_dt.tf_code(a.dtype) for _, a in pairs}
         if len(codes) != 1:
-            raise ValueError(f"sliced tensor {name!r}: slices have different dtypes "
-                             f"{sorted(_dt.tf_name(c) for c in codes)}")
+            raise ValueError(
+                f"sliced tensor {name!r}: slices have different dtypes {sorted(_dt.tf_name(c) for c in codes)}"
+            )
         code = codes.pop()
         boxes = [b for b, _ in pairs]
         for b in boxes:
@@ -267,13 +280,13 @@ def save_checkpoint(prefix, tensors=None, *, update_state: bool = True, max_shar
     # Built before any file is touched: a bad input fails with nothing written.
     table = TableWriter()
     table.add(b"", encode_header(num_shards=num_shards))
-    owner: dict[bytes, str] = {k: f"partitioned tensor {k.decode('utf-8', 'surrogateescape')!r}"
-                               for k in full_entries}
+    owner: dict[bytes, str] = {k: f"partitioned tensor {k.decode('utf-8', 'surrogateescape')!r}" for k in full_entries}
     for it in items:
         if it.key in owner:
             raise InvalidArgumentError(
                 f"{it.label!r} and {owner[it.key]!r} would be stored under the same table key {it.key!r} "
-                f"(a slice given twice, or a tensor name that equals a slice key)")
+                f"(a slice given twice, or a tensor name that equals a slice key)"
+            )
         owner[it.key] = it.label
     with _commit.prefix_lock(prefix):  # one save of this prefix at a time, across threads and processes
         _commit.recover_locked(prefix)  # finish or undo a save that was interrupted
@@ -291,8 +304,7 @@ def save_checkpoint(prefix, tensors=None, *, update_state: bool = True, max_shar
                             it.crc = _write_item(f, it)
                     f.flush()
                     os.fsync(f.fileno())
-            entries = {it.key: encode_entry(it.code, it.shape, it.shard, it.offset, it.size, it.crc)
-                       for it in items}
+            entries = {it.key: encode_entry(it.code, it.shape, it.shard, it.offset, it.size, it.crc) for it in items}
             entries.update(full_entries)
             for key in sorted(entries):
                 table.add(key, entries[key])
@@ -326,8 +338,9 @@ def _path_arg(value, arg: str) -> str:
     try:
         return os.fsdecode(os.fspath(value))
     except TypeError:
-        raise ArgumentTypeError(f"{arg} must be a path (str, bytes or os.PathLike), got "
-                                f"{type(value).__name__}: {value!r}") from None
+        raise ArgumentTypeError(
+            f"{arg} must be a path (str, bytes or os.PathLike), got {type(value).__name__}: {value!r}"
+        ) from None
 
 
 def _int_arg(value, arg: str) -> int:
@@ -357,7 +370,7 @@ def _write_item(f, it: _Item) -> int:
     flat = it.array.reshape(-1).view(np.uint8)
     crc = 0
     for start in range(0, flat.size, WRITE_PIECE_BYTES):
-        piece = flat[start:start + WRITE_PIECE_BYTES]
+        piece = flat[start : start + WRITE_PIECE_BYTES]
         f.write(piece)
         crc = crc32c(piece, crc)
     return mask(crc)

@@ -101,10 +101,12 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool =
     from gpuload.graph import store as store_mod
 
     if not isinstance(assignment_map, Mapping) and (
-            isinstance(assignment_map, (str, bytes)) or not isinstance(assignment_map, Iterable)):
+        isinstance(assignment_map, (str, bytes)) or not isinstance(assignment_map, Iterable)
+    ):
         raise ArgumentTypeError(
             f"init_from_checkpoint: assignment_map must be a dict or a list of (checkpoint_key, target) pairs, "
-            f"got {type(assignment_map).__name__}: {assignment_map!r}")
+            f"got {type(assignment_map).__name__}: {assignment_map!r}"
+        )
     prefix = resolve_prefix(ckpt_dir_or_file)
     bundle = Bundle.open(prefix)
     ckpt = _Checkpoint(str(ckpt_dir_or_file), prefix, bundle)
@@ -114,12 +116,14 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool =
     for item in pairs:
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
             raise AssignmentMapError(
-                f"assignment_map must be a dict or a list of (checkpoint_key, target) pairs; got item {item!r}")
+                f"assignment_map must be a dict or a list of (checkpoint_key, target) pairs; got item {item!r}"
+            )
     for ckpt_key, _ in pairs:
         if not isinstance(ckpt_key, str):
             raise ArgumentTypeError(
                 f"init_from_checkpoint: assignment_map keys must be checkpoint names (str), got "
-                f"{type(ckpt_key).__name__}: {ckpt_key!r}")
+                f"{type(ckpt_key).__name__}: {ckpt_key!r}"
+            )
     pairs.sort(key=lambda p: p[0])
 
     plan: dict[int, tuple[Any, CheckpointSource]] = {}  # id(var) -> (var, source); later wins
@@ -166,8 +170,11 @@ class _Checkpoint:
         return (e.dtype, e.shape, e.slices), self.bundle.index_id
 
     def where(self) -> str:
-        return self.prefix if os.path.abspath(self.given) == os.path.abspath(self.prefix) \
+        return (
+            self.prefix
+            if os.path.abspath(self.given) == os.path.abspath(self.prefix)
             else f"{self.prefix} (from {self.given})"
+        )
 
     def _object_based_hint(self, key: str) -> str:
         """A TF2 object-based checkpoint (``tf.train.Checkpoint``, Keras) keys its variables
@@ -178,8 +185,10 @@ class _Checkpoint:
             return f"; this is a TF2 object-based checkpoint: did you mean {key + _OBJECT_SUFFIX!r}?"
         example = next((n for n in sorted(self.names) if n.endswith(_OBJECT_SUFFIX)), None)
         shown = f" (e.g. {example!r})" if example else ""
-        return (f"; this is a TF2 object-based checkpoint: its variables are stored under object paths "
-                f"ending in {_OBJECT_SUFFIX!r}{shown}; map those keys (gpuload inspect lists them)")
+        return (
+            f"; this is a TF2 object-based checkpoint: its variables are stored under object paths "
+            f"ending in {_OBJECT_SUFFIX!r}{shown}; map those keys (gpuload inspect lists them)"
+        )
 
     def missing(self, key: str, what: str) -> AssignmentMapError:
         names = self.names
@@ -187,8 +196,8 @@ class _Checkpoint:
         hint = f"; close names in the checkpoint: {', '.join(map(repr, close))}" if close else ""
         hint += self._object_based_hint(key)
         return AssignmentMapError(
-            f"{what}: tensor {key!r} is not in checkpoint {self.where()} "
-            f"({len(names)} tensors){hint}")
+            f"{what}: tensor {key!r} is not in checkpoint {self.where()} ({len(names)} tensors){hint}"
+        )
 
 
 def _as_variable_or_parts(target, store, store_mod):
@@ -200,12 +209,12 @@ def _as_variable_or_parts(target, store, store_mod):
     if isinstance(target, (list, tuple)):
         if target and all(isinstance(v, store_mod.Variable) for v in target):
             return list(target)
-        raise AssignmentMapError(
-            f"assignment_map target {target!r} is a list but not a non-empty list of variables")
+        raise AssignmentMapError(f"assignment_map target {target!r} is a list but not a non-empty list of variables")
     if not isinstance(target, str):
         raise AssignmentMapError(
             f"assignment_map target must be a variable, a list of partition variables, or a "
-            f"name; got {type(target).__name__}")
+            f"name; got {type(target).__name__}"
+        )
     found = store.vars.get(target)
     if found is not None:
         return found
@@ -222,7 +231,8 @@ def _one_to_one(ckpt, key, var, target, allow_cast):
         if tuple(var.shape) != shape:
             raise AssignmentMapError(
                 f"shape of {label} {list(var.shape)} does not match tensor {key!r} "
-                f"{list(shape)} in checkpoint {ckpt.where()}")
+                f"{list(shape)} in checkpoint {ckpt.where()}"
+            )
         _check_dtype(ckpt, key, src_dtype, var, allow_cast)
         return [(var, CheckpointSource(ckpt.prefix, key, Box.full(shape), allow_cast, *ckpt.validated(key)))]
     infos = [v._save_slice_info for v in var]
@@ -230,16 +240,17 @@ def _one_to_one(ckpt, key, var, target, allow_cast):
         bad = [v.op.name for v, i in zip(var, infos) if i is None]
         raise AssignmentMapError(
             f"{label}: a list target must hold the parts of one partitioned variable, but "
-            f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a partition")
+            f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a partition"
+        )
     full_names = {i.full_name for i in infos}
     if len(full_names) != 1:
-        raise AssignmentMapError(
-            f"{label}: slices must all be from the same variable, got {sorted(full_names)}")
+        raise AssignmentMapError(f"{label}: slices must all be from the same variable, got {sorted(full_names)}")
     full_shape = tuple(infos[0].full_shape)
     if full_shape != shape:
         raise AssignmentMapError(
             f"shape of partitioned variable {infos[0].full_name} {list(full_shape)} does not match "
-            f"tensor {key!r} {list(shape)} in checkpoint {ckpt.where()}")
+            f"tensor {key!r} {list(shape)} in checkpoint {ckpt.where()}"
+        )
     out = []
     for v, info in zip(var, infos):
         _check_dtype(ckpt, key, src_dtype, v, allow_cast)
@@ -255,7 +266,8 @@ def _scope(ckpt, key, target, store, allow_cast):
         raise AssignmentMapError(
             f"no variable named {target!r} (the target of tensor {key!r} of checkpoint "
             f"{ckpt.where()}). To map a whole scope, end both names with '/': "
-            f"{{'scope/': 'other_scope/'}}.{hint}")
+            f"{{'scope/': 'other_scope/'}}.{hint}"
+        )
     if target == "/" or target == "":
         scope = ""
     elif "/" in target:
@@ -271,10 +283,11 @@ def _scope(ckpt, key, target, store, allow_cast):
     if not members:
         raise AssignmentMapError(
             f"scope {scope + '/' if scope else '/'!r} (the target of scope {key!r} of checkpoint "
-            f"{ckpt.where()}) holds no variables")
+            f"{ckpt.where()}) holds no variables"
+        )
     out = []
     for n in members:
-        rest = n[len(scope):]
+        rest = n[len(scope) :]
         if scope:
             rest = rest[1:]
         full = rest if key == "/" else key + rest
@@ -295,11 +308,15 @@ def _check_dtype(ckpt, key, src_dtype, var, allow_cast):
         return
     if allow_cast and dst.name in _FLOATING and src_dtype.name in _FLOATING:
         return
-    hint = " (pass allow_cast=True to convert between floating dtypes)" \
-        if dst.name in _FLOATING and src_dtype.name in _FLOATING else ""
+    hint = (
+        " (pass allow_cast=True to convert between floating dtypes)"
+        if dst.name in _FLOATING and src_dtype.name in _FLOATING
+        else ""
+    )
     raise AssignmentMapError(
         f"dtype of variable {var.op.name!r} ({dst.name}) does not match tensor {key!r} "
-        f"({src_dtype.name}) in checkpoint {ckpt.where()}{hint}")
+        f"({src_dtype.name}) in checkpoint {ckpt.where()}{hint}"
+    )
 
 
 def _label(var) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -68,9 +68,7 @@ class PartitionInfo:
         object.__setattr__(self, "full_shape", tuple(int(d) for d in self.full_shape))
         object.__setattr__(self, "var_offset", tuple(int(d) for d in self.var_offset))
         if len(self.full_shape) != len(self.var_offset):
-            raise ValueError(
-                f"full_shape {self.full_shape} and var_offset {self.var_offset} differ in rank"
-            )
+            raise ValueError(f"full_shape {self.full_shape} and var_offset {self.var_offset} differ in rank")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -315,11 +313,7 @@ class Constant(Initializer):
         if n == 0:
             # An empty target takes nothing from the value (TF's make_tensor_proto).
             host = np.empty(shape, dtype=flat.dtype)
-        elif (
-            partition_info is not None
-            and flat.size != n
-            and flat.size == math.prod(partition_info.full_shape)
-        ):
+        elif partition_info is not None and flat.size != n and flat.size == math.prod(partition_info.full_shape):
             full = flat.reshape(partition_info.full_shape)
             index = tuple(slice(o, o + d) for o, d in zip(partition_info.var_offset, shape))
             host = np.ascontiguousarray(full[index])

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -82,23 +82,16 @@ def validate_partitions(full_shape: Sequence[int], partitions) -> list[int]:
     """
     full_shape = tuple(full_shape)
     if len(full_shape) < 1:
-        raise ValueError(
-            f"A partitioned Variable must have rank at least 1, shape: {full_shape}"
-        )
-    if isinstance(partitions, (str, bytes)) or not isinstance(
-        partitions, (Sequence, np.ndarray)
-    ):
+        raise ValueError(f"A partitioned Variable must have rank at least 1, shape: {full_shape}")
+    if isinstance(partitions, (str, bytes)) or not isinstance(partitions, (Sequence, np.ndarray)):
         raise ValueError(f"Partitioner must return a sequence, but saw: {partitions!r}")
     try:
         parts = [operator.index(p) for p in partitions]
     except TypeError:
-        raise ValueError(
-            f"Partitioner must return a sequence of integers, but saw: {partitions!r}"
-        ) from None
+        raise ValueError(f"Partitioner must return a sequence of integers, but saw: {partitions!r}") from None
     if len(parts) != len(full_shape):
         raise ValueError(
-            "Partitioner returned a partition list that does not match the "
-            f"Variable's rank: {parts} vs. {full_shape}"
+            f"Partitioner returned a partition list that does not match the Variable's rank: {parts} vs. {full_shape}"
         )
     if any(p < 1 for p in parts):
         raise ValueError(f"Partitioner returned zero partitions for some axes: {parts}")
@@ -138,10 +131,7 @@ def part_boxes(full_shape: Sequence[int], partitions: Sequence[int]) -> list[Box
         offsets = itertools.accumulate([0] + sizes[:-1])
         per_axis.append(list(zip(offsets, sizes)))
     # itertools.product varies the last axis fastest: row-major, as ravel_multi_index.
-    return [
-        Box(tuple(o for o, _ in cell), tuple(n for _, n in cell))
-        for cell in itertools.product(*per_axis)
-    ]
+    return [Box(tuple(o for o, _ in cell), tuple(n for _, n in cell)) for cell in itertools.product(*per_axis)]
 
 
 def _element_size(dtype, bytes_per_string_element: int) -> int:
@@ -154,9 +144,7 @@ def _element_size(dtype, bytes_per_string_element: int) -> int:
 
 def _check_axis(shape, axis: int) -> None:
     if not -len(shape) <= axis < len(shape):
-        raise ValueError(
-            f"Cannot partition variable along axis {axis} when shape is only {tuple(shape)}"
-        )
+        raise ValueError(f"Cannot partition variable along axis {axis} when shape is only {tuple(shape)}")
 
 
 def fixed_size_partitioner(num_shards: int, axis: int = 0) -> Partitioner:
@@ -219,17 +207,13 @@ def min_max_variable_partitioner(
         shape = tuple(shape)
         # TensorFlow checks only the upper bound here (a negative axis indexes from the end).
         if axis >= len(shape):
-            raise ValueError(
-                f"Cannot partition variable along axis {axis} when shape is only {shape}"
-            )
+            raise ValueError(f"Cannot partition variable along axis {axis} when shape is only {shape}")
         bytes_per_element = _element_size(dtype, bytes_per_string_element)
         total_size_bytes = math.prod(int(d) for d in shape) * bytes_per_element
         partitions = total_size_bytes / min_slice_size
         partitions_list = [1] * len(shape)
         # Not beyond what the shape or max_partitions allows.
-        partitions_list[axis] = max(
-            1, min(int(shape[axis]), max_partitions, int(math.ceil(partitions)))
-        )
+        partitions_list[axis] = max(1, min(int(shape[axis]), max_partitions, int(math.ceil(partitions))))
         return partitions_list
 
     return _partitioner

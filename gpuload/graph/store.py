@@ -36,7 +36,7 @@ import re
 import threading
 import traceback
 import types
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -180,8 +180,7 @@ def _infer_value(value, dtype: np.dtype | None) -> np.ndarray:
             return _init.as_bytes_array(value)
         if is_numpy and np.asarray(value).dtype != dtype:
             raise ValueError(
-                f"Initializer type '{np.asarray(value).dtype.name}' and explicit dtype "
-                f"'{dtype.name}' don't match."
+                f"Initializer type '{np.asarray(value).dtype.name}' and explicit dtype '{dtype.name}' don't match."
             )
         return np.array(value, dtype=dtype)
     arr = np.array(value)
@@ -376,7 +375,7 @@ class Variable:
         return self._trainable
 
     @property
-    def initializer(self) -> "InitOp":
+    def initializer(self) -> InitOp:
         """An :class:`InitOp` initializing only this variable."""
         return InitOp([self], name=self._op.name + "/Assign")
 
@@ -440,9 +439,7 @@ class Variable:
                     f"{self.name!r} on {self._device}: a CuPy array is required"
                 )
             if array.device.id != index:
-                raise ValueError(
-                    f"cannot assign an array on GPU {array.device.id} to {self.name!r} on {self._device}"
-                )
+                raise ValueError(f"cannot assign an array on GPU {array.device.id} to {self.name!r} on {self._device}")
         elif not isinstance(array, np.ndarray):
             raise TypeError(
                 f"cannot assign {type(array).__module__}.{type(array).__name__} to "
@@ -820,8 +817,7 @@ class _VariableStore:
         full = f"{scope.name}/{name}" if scope.name else name
         if not _VALID_OP_NAME.match(full):
             raise ValueError(
-                f"{full!r} is not a valid variable name (letters, digits and '_.-/>' only; "
-                "no ':0' suffix)"
+                f"{full!r} is not a valid variable name (letters, digits and '_.-/>' only; no ':0' suffix)"
             )
         reuse = scope.reuse
         if initializer is None:
@@ -863,9 +859,7 @@ class _VariableStore:
             if found is not None:
                 return found
             if shape is None:
-                raise ValueError(
-                    f"Shape of a new variable ({full}) must be fully defined, but instead was <unknown>."
-                )
+                raise ValueError(f"Shape of a new variable ({full}) must be fully defined, but instead was <unknown>.")
             dev = self._resolve_devices(device, 1, dtype, full)[0]
             fn = self._init_fn(full, initializer, value, shape, dtype, dev, None)
             var = Variable(full, shape, dtype, dev, fn, trainable=trainable, _frames=_creation_frames())
@@ -1106,7 +1100,7 @@ class Graph:
                     del stack[i:]
                     break
 
-    def get_variables(self) -> list["Variable"]:
+    def get_variables(self) -> list[Variable]:
         """Every variable of this graph, in creation order (parts, not their wrappers)."""
         return self._store.snapshot_variables()
 
@@ -1156,7 +1150,8 @@ def reset_default_graph() -> None:
     if _graphs.stack:
         raise AssertionError(
             "Do not use tf.reset_default_graph() to clear nested graphs. If you need a cleared graph, "
-            "exit the nesting and create a new graph.")
+            "exit the nesting and create a new graph."
+        )
     _graphs.global_default = Graph()
 
 

@@ -101,7 +101,9 @@ def read_vocab(path, size: int, *, what: str) -> Vocab:
         if total < n:
             raise VocabFileError(
                 f"{what} has {total} line(s), fewer than the {n} tokens asked for "
-                f"(line {total + 1} would be the first missing one)", path=path)
+                f"(line {total + 1} would be the first missing one)",
+                path=path,
+            )
     if n == 0:
         raise VocabFileError(f"{what} has no tokens to use (empty file or size 0)", path=path)
     starts = np.empty(n, dtype=np.int64)
@@ -119,8 +121,7 @@ def read_vocab(path, size: int, *, what: str) -> Vocab:
     lens = ends - starts
     empty = np.flatnonzero(lens == 0)
     if len(empty):
-        raise VocabFileError(f"{what}: empty line (every line must hold one token)",
-                             path=path, line=int(empty[0]) + 1)
+        raise VocabFileError(f"{what}: empty line (every line must hold one token)", path=path, line=int(empty[0]) + 1)
     nwords = (int(lens.max()) + 1 + 7) // 8
     padded = np.zeros(len(buf) + 8 * nwords + 8, dtype=np.uint8)
     padded[: len(buf)] = buf
@@ -204,8 +205,10 @@ def _check_unique(vocab: Vocab, what: str) -> None:
         first, later = np.minimum(a[dup], b[dup]), np.maximum(a[dup], b[dup])
         i = int(np.argmin(later))
         raise VocabFileError(
-            f"{what}: token {vocab.token(int(later[i]))!r} repeats line {int(first[i]) + 1} "
-            f"(tokens must be unique)", path=vocab.path, line=int(later[i]) + 1)
+            f"{what}: token {vocab.token(int(later[i]))!r} repeats line {int(first[i]) + 1} (tokens must be unique)",
+            path=vocab.path,
+            line=int(later[i]) + 1,
+        )
 
 
 def vocab_mapping(new: Vocab, old: Vocab) -> np.ndarray:

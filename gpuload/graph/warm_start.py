@@ -67,9 +67,12 @@ __all__ = ["VocabInfo", "VocabRemap", "warm_start"]
 _FLOATING = {"float16", "bfloat16", "float32", "float64"}
 
 
-class VocabInfo(collections.namedtuple(
-        "VocabInfo", ["new_vocab", "new_vocab_size", "num_oov_buckets", "old_vocab", "old_vocab_size",
-                      "backup_initializer", "axis"])):
+class VocabInfo(
+    collections.namedtuple(
+        "VocabInfo",
+        ["new_vocab", "new_vocab_size", "num_oov_buckets", "old_vocab", "old_vocab_size", "backup_initializer", "axis"],
+    )
+):
     """Vocabulary of a warm-started variable (``tf.compat.v1.train.VocabInfo``).
 
     Parameters
@@ -100,13 +103,14 @@ class VocabInfo(collections.namedtuple(
 
     __slots__ = ()
 
-    def __new__(cls, new_vocab, new_vocab_size, num_oov_buckets, old_vocab, old_vocab_size=-1,
-                backup_initializer=None, axis=0):
+    def __new__(
+        cls, new_vocab, new_vocab_size, num_oov_buckets, old_vocab, old_vocab_size=-1, backup_initializer=None, axis=0
+    ):
         if axis != 0 and axis != 1:
-            raise WarmStartError(
-                f"The only supported values for the axis argument are 0 and 1.  Provided axis: {axis}")
-        return super().__new__(cls, new_vocab, new_vocab_size, num_oov_buckets, old_vocab, old_vocab_size,
-                               backup_initializer, axis)
+            raise WarmStartError(f"The only supported values for the axis argument are 0 and 1.  Provided axis: {axis}")
+        return super().__new__(
+            cls, new_vocab, new_vocab_size, num_oov_buckets, old_vocab, old_vocab_size, backup_initializer, axis
+        )
 
 
 @dataclasses.dataclass(eq=False)
@@ -149,13 +153,20 @@ class VocabRemap:
         """The backup initializer's value for part ``var``, computed on its device."""
         from gpuload.graph.store import _VariableStore
 
-        fn = _VariableStore._init_fn(var.op.name, self.backup, None, tuple(var.shape), var.dtype, var.device,
-                                     self.partition_info)
+        fn = _VariableStore._init_fn(
+            var.op.name, self.backup, None, tuple(var.shape), var.dtype, var.device, self.partition_info
+        )
         return fn()
 
 
-def warm_start(ckpt_to_initialize_from, vars_to_warm_start=".*", var_name_to_vocab_info=None,
-               var_name_to_prev_var_name=None, *, allow_cast: bool = False) -> None:
+def warm_start(
+    ckpt_to_initialize_from,
+    vars_to_warm_start=".*",
+    var_name_to_vocab_info=None,
+    var_name_to_prev_var_name=None,
+    *,
+    allow_cast: bool = False,
+) -> None:
     """Warm-start variables from a checkpoint (``tf.compat.v1.train.warm_start``).
 
     Nothing but the checkpoint's index and the vocabulary files is read here; the
@@ -198,8 +209,11 @@ def warm_start(ckpt_to_initialize_from, vars_to_warm_start=".*", var_name_to_voc
     prefix = resolve_prefix(ckpt_to_initialize_from)
     bundle = Bundle.open(prefix)
     names = frozenset(bundle.names())
-    where = prefix if os.path.abspath(str(ckpt_to_initialize_from)) == os.path.abspath(prefix) \
+    where = (
+        prefix
+        if os.path.abspath(str(ckpt_to_initialize_from)) == os.path.abspath(prefix)
         else f"{prefix} (from {ckpt_to_initialize_from})"
+    )
     grouped = _grouped_variables(vars_to_warm_start, store_mod)
     vocab_infos = _as_dict(var_name_to_vocab_info, "var_name_to_vocab_info")
     prev_names = _as_dict(var_name_to_prev_var_name, "var_name_to_prev_var_name")
@@ -211,8 +225,10 @@ def warm_start(ckpt_to_initialize_from, vars_to_warm_start=".*", var_name_to_voc
         if vocab_infos.get(var_name):
             vocab_used.add(var_name)
     viable = list(grouped)
-    for what, given, used in (("var_name_to_prev_var_name", prev_names, prev_used),
-                              ("var_name_to_vocab_info", vocab_infos, vocab_used)):
+    for what, given, used in (
+        ("var_name_to_prev_var_name", prev_names, prev_used),
+        ("var_name_to_vocab_info", vocab_infos, vocab_used),
+    ):
         unused = [n for n in given if n not in used]
         if unused:
             hints = [h for n in unused for h in difflib.get_close_matches(str(n), viable, n=1)]
@@ -220,7 +236,8 @@ def warm_start(ckpt_to_initialize_from, vars_to_warm_start=".*", var_name_to_voc
             raise WarmStartError(
                 f"{what} names variable(s) {', '.join(map(repr, unused))} that are not among the "
                 f"variables selected by vars_to_warm_start={vars_to_warm_start!r}. Perhaps you misspelled "
-                f"them?{hint} Selected: {_short_list(viable)}")
+                f"them?{hint} Selected: {_short_list(viable)}"
+            )
 
     vocab_sources = []  # (variable, CheckpointSource)
     plain = []  # (checkpoint key, variable or parts)
@@ -229,11 +246,11 @@ def warm_start(ckpt_to_initialize_from, vars_to_warm_start=".*", var_name_to_voc
         prev = prev_names.get(var_name) or var_name
         info = vocab_infos.get(var_name)
         if info:
-            vocab_sources.extend(_vocab_sources(var_name, variables, prev, info, bundle, names, prefix, where,
-                                                allow_cast, mappings))
+            vocab_sources.extend(
+                _vocab_sources(var_name, variables, prev, info, bundle, names, prefix, where, allow_cast, mappings)
+            )
         elif vars_to_warm_start:
-            target = variables[0] if len(variables) == 1 and variables[0]._save_slice_info is None \
-                else list(variables)
+            target = variables[0] if len(variables) == 1 and variables[0]._save_slice_info is None else list(variables)
             plain.append((prev, target))
     if plain:
         # Checks everything before it changes anything, like the vocabulary checks above.
@@ -275,11 +292,13 @@ def _grouped_variables(vars_to_warm_start, store_mod) -> dict:
         else:
             raise WarmStartError(
                 "If `vars_to_warm_start` is a list, it must be all `Variable` or all `str`.  Given types "
-                f"are {[type(x).__name__ for x in items]}")
+                f"are {[type(x).__name__ for x in items]}"
+            )
     else:
         raise WarmStartError(
             f"`vars_to_warm_start` must be a `list` or `str` (or None). Given type is "
-            f"{type(vars_to_warm_start).__name__}")
+            f"{type(vars_to_warm_start).__name__}"
+        )
     grouped: dict = {}
     for v in dict.fromkeys(chosen):  # a variable matched by two regexes counts once
         info = v._save_slice_info
@@ -296,8 +315,9 @@ def _compile(pattern: str):
 
 def _int(value, what: str, var_name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise WarmStartError(f"VocabInfo of variable {var_name!r}: {what} must be an integer >= {minimum}, "
-                             f"got {value!r}")
+        raise WarmStartError(
+            f"VocabInfo of variable {var_name!r}: {what} must be an integer >= {minimum}, got {value!r}"
+        )
     return int(value)
 
 
@@ -308,12 +328,17 @@ def _vocab_sources(var_name, variables, prev, info, bundle, names, prefix, where
     label = f"variable {var_name!r}"
     new_size = _int(info.new_vocab_size, "new_vocab_size", var_name, 1)
     oov = _int(info.num_oov_buckets, "num_oov_buckets", var_name, 0)
-    old_size = -1 if info.old_vocab_size is None or info.old_vocab_size == -1 \
+    old_size = (
+        -1
+        if info.old_vocab_size is None or info.old_vocab_size == -1
         else _int(info.old_vocab_size, "old_vocab_size (or -1)", var_name, 1)
+    )
     axis = info.axis
     if not info.new_vocab or not info.old_vocab:
-        raise WarmStartError(f"VocabInfo of {label}: new_vocab and old_vocab must be file paths, got "
-                             f"{info.new_vocab!r} and {info.old_vocab!r}")
+        raise WarmStartError(
+            f"VocabInfo of {label}: new_vocab and old_vocab must be file paths, got "
+            f"{info.new_vocab!r} and {info.old_vocab!r}"
+        )
     if prev not in names:
         close = difflib.get_close_matches(prev, sorted(names), n=3)
         hint = f"; close names in the checkpoint: {', '.join(map(repr, close))}" if close else ""
@@ -330,33 +355,45 @@ def _vocab_sources(var_name, variables, prev, info, bundle, names, prefix, where
     old_shape = tuple(bundle.shape(prev))
     rank = len(full_shape)
     if rank == 0 or axis >= rank:
-        raise WarmStartError(f"{label} of shape {list(full_shape)} has no axis {axis} for its vocabulary "
-                             f"(VocabInfo axis={axis})")
+        raise WarmStartError(
+            f"{label} of shape {list(full_shape)} has no axis {axis} for its vocabulary (VocabInfo axis={axis})"
+        )
     if len(old_shape) != rank:
-        raise WarmStartError(f"{label} of shape {list(full_shape)} has rank {rank} but tensor {prev!r} in "
-                             f"checkpoint {where} has shape {list(old_shape)}")
+        raise WarmStartError(
+            f"{label} of shape {list(full_shape)} has rank {rank} but tensor {prev!r} in "
+            f"checkpoint {where} has shape {list(old_shape)}"
+        )
     if full_shape[axis] != new_size + oov:
         raise WarmStartError(
             f"{label} has {full_shape[axis]} positions along axis {axis} (shape {list(full_shape)}), but "
-            f"new_vocab_size ({new_size}) + num_oov_buckets ({oov}) = {new_size + oov}")
+            f"new_vocab_size ({new_size}) + num_oov_buckets ({oov}) = {new_size + oov}"
+        )
     for k, (n, m) in enumerate(zip(full_shape, old_shape)):
         if k != axis and n != m:
             raise WarmStartError(
                 f"shape of {label} {list(full_shape)} does not match tensor {prev!r} {list(old_shape)} in "
-                f"checkpoint {where} on axis {k} (only the vocabulary axis {axis} may differ)")
+                f"checkpoint {where} on axis {k} (only the vocabulary axis {axis} may differ)"
+            )
     src_dtype = np.dtype(bundle.numpy_dtype(prev))
     for v in variables:
         dst = np.dtype(v.dtype)
         if dst == src_dtype:
             continue
         if not (allow_cast and dst.name in _FLOATING and src_dtype.name in _FLOATING):
-            hint = " (pass allow_cast=True to convert between floating dtypes)" \
-                if dst.name in _FLOATING and src_dtype.name in _FLOATING else ""
-            raise WarmStartError(f"dtype of {label} ({dst.name}) does not match tensor {prev!r} "
-                                 f"({src_dtype.name}) in checkpoint {where}{hint}")
+            hint = (
+                " (pass allow_cast=True to convert between floating dtypes)"
+                if dst.name in _FLOATING and src_dtype.name in _FLOATING
+                else ""
+            )
+            raise WarmStartError(
+                f"dtype of {label} ({dst.name}) does not match tensor {prev!r} "
+                f"({src_dtype.name}) in checkpoint {where}{hint}"
+            )
     if src_dtype.hasobject or not is_supported_cast(src_dtype, variables[0].dtype):
-        raise WarmStartError(f"{label}: tensor {prev!r} of dtype {src_dtype.name} cannot be remapped into "
-                             f"{np.dtype(variables[0].dtype).name} (strings and complex casts are not gathered)")
+        raise WarmStartError(
+            f"{label}: tensor {prev!r} of dtype {src_dtype.name} cannot be remapped into "
+            f"{np.dtype(variables[0].dtype).name} (strings and complex casts are not gathered)"
+        )
 
     key = (os.path.abspath(os.fspath(info.new_vocab)), new_size, os.path.abspath(os.fspath(info.old_vocab)), old_size)
     mapping = mappings.get(key)
@@ -366,11 +403,12 @@ def _vocab_sources(var_name, variables, prev, info, bundle, names, prefix, where
         if len(old) > old_shape[axis]:
             raise VocabFileError(
                 f"old_vocab of {label} has {len(old)} tokens but tensor {prev!r} in checkpoint {where} has only "
-                f"{old_shape[axis]} positions along axis {axis} (pass old_vocab_size)", path=info.old_vocab)
+                f"{old_shape[axis]} positions along axis {axis} (pass old_vocab_size)",
+                path=info.old_vocab,
+            )
         new = read_vocab(info.new_vocab, new_size, what=f"new_vocab of {label}")
         rows = vocab_mapping(new, old)
-        mapping = mappings[key] = _Mapping(rows, old.nbytes + new.nbytes + rows.nbytes,
-                                           time.perf_counter() - t0)
+        mapping = mappings[key] = _Mapping(rows, old.nbytes + new.nbytes + rows.nbytes, time.perf_counter() - t0)
     full_rows = np.concatenate([mapping.rows, np.full(oov, -1, dtype=np.int64)])
     backup = Zeros() if info.backup_initializer is None else info.backup_initializer
     # What was validated here, checked again at run() (loader.check_sources_unchanged): a
@@ -379,7 +417,7 @@ def _vocab_sources(var_name, variables, prev, info, bundle, names, prefix, where
     stored = ((e.dtype, e.shape, e.slices), bundle.index_id)
     out = []
     for v, box in zip(variables, boxes):
-        part_rows = full_rows[box.start[axis]: box.start[axis] + box.shape[axis]]
+        part_rows = full_rows[box.start[axis] : box.start[axis] + box.shape[axis]]
         pinfo = None if v._save_slice_info is None else PartitionInfo(full_shape, box.start)
         remap = VocabRemap(axis, part_rows, mapping, backup, pinfo)
         out.append((v, CheckpointSource(prefix, prev, box, allow_cast, *stored, remap=remap)))

@@ -48,11 +48,13 @@ class ShardFiles:
                     try:
                         fd = self._open(path, flags)
                     except NotRegularFileError as exc:
-                        raise CheckpointFileError(f"checkpoint data file {exc.strerror}", path=path,
-                                                  errno=exc.errno) from None
+                        raise CheckpointFileError(
+                            f"checkpoint data file {exc.strerror}", path=path, errno=exc.errno
+                        ) from None
                     except OSError as exc:
-                        raise ShardReadError(exc.errno, f"cannot open checkpoint data file: {exc.strerror}",
-                                             path) from exc
+                        raise ShardReadError(
+                            exc.errno, f"cannot open checkpoint data file: {exc.strerror}", path
+                        ) from exc
                     self._fds[index] = fd
         return fd
 
@@ -81,14 +83,14 @@ class ShardFiles:
             got = 0
             while start + got < stop:
                 n = min(DIRECT_REQUEST, stop - start - got)
-                piece = self._pread_full(fd, index, buf[got: got + n], start + got, allow_short=True)
+                piece = self._pread_full(fd, index, buf[got : got + n], start + got, allow_short=True)
                 got += piece
                 if piece < n:
                     break
             if got < offset + size - start:
                 self._short(index, offset, size, start + got)
             skip = offset - start
-            return buf[skip: skip + size]
+            return buf[skip : skip + size]
         self._pread_full(fd, index, buf[:size], offset)
         return buf[:size]
 
@@ -112,8 +114,9 @@ class ShardFiles:
             try:
                 n = os.preadv(fd, [view[done:]], offset + done)
             except OSError as exc:
-                raise ShardReadError(exc.errno, f"read of {total} bytes at offset {offset} failed: "
-                                     f"{exc.strerror}", self.paths[index]) from exc
+                raise ShardReadError(
+                    exc.errno, f"read of {total} bytes at offset {offset} failed: {exc.strerror}", self.paths[index]
+                ) from exc
             if n == 0:
                 if allow_short:
                     return done
@@ -124,7 +127,10 @@ class ShardFiles:
     def _short(self, index, offset, size, end):
         raise TruncatedCheckpointError(
             f"expected {size} bytes at offset {offset}, but the file ends at byte {end} "
-            f"(truncated or replaced during the load?)", path=self.paths[index], offset=offset)
+            f"(truncated or replaced during the load?)",
+            path=self.paths[index],
+            offset=offset,
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -16,6 +16,18 @@ from gpuload.plan.plan import (
 )
 
 __all__ = [
-    "BoxCopy", "GatherCopy", "normalize", "Remap", "Chunk", "CrcCheck", "CrcSpan", "Destination", "HostLoad", "Plan",
-    "Request", "build_plan", "row_major_blocks", "strides_of",
+    "BoxCopy",
+    "GatherCopy",
+    "normalize",
+    "Remap",
+    "Chunk",
+    "CrcCheck",
+    "CrcSpan",
+    "Destination",
+    "HostLoad",
+    "Plan",
+    "Request",
+    "build_plan",
+    "row_major_blocks",
+    "strides_of",
 ]

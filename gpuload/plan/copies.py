@@ -114,8 +114,10 @@ class GatherCopy:
         src = np.ascontiguousarray(self.src_offsets, dtype=np.int64)
         dst = np.ascontiguousarray(self.dst_offsets, dtype=np.int64)
         if src.ndim != 1 or src.shape != dst.shape:
-            raise ValueError(f"GatherCopy to destination {self.dest}: {src.shape} source and "
-                             f"{dst.shape} destination offsets; expected two 1-D arrays of one length")
+            raise ValueError(
+                f"GatherCopy to destination {self.dest}: {src.shape} source and "
+                f"{dst.shape} destination offsets; expected two 1-D arrays of one length"
+            )
         src.flags.writeable = False
         dst.flags.writeable = False
         object.__setattr__(self, "src_offsets", src)
@@ -146,20 +148,33 @@ class GatherCopy:
     def __eq__(self, other):
         if not isinstance(other, GatherCopy):
             return NotImplemented
-        return ((self.dest, self.src_strides, self.dst_strides, self.shape)
-                == (other.dest, other.src_strides, other.dst_strides, other.shape)
-                and np.array_equal(self.src_offsets, other.src_offsets)
-                and np.array_equal(self.dst_offsets, other.dst_offsets))
+        return (
+            (self.dest, self.src_strides, self.dst_strides, self.shape)
+            == (other.dest, other.src_strides, other.dst_strides, other.shape)
+            and np.array_equal(self.src_offsets, other.src_offsets)
+            and np.array_equal(self.dst_offsets, other.dst_offsets)
+        )
 
     def __hash__(self):
-        return hash((self.dest, self.src_strides, self.dst_strides, self.shape, self.boxes,
-                     self.src_offsets[:4].tobytes(), self.dst_offsets[:4].tobytes()))
+        return hash(
+            (
+                self.dest,
+                self.src_strides,
+                self.dst_strides,
+                self.shape,
+                self.boxes,
+                self.src_offsets[:4].tobytes(),
+                self.dst_offsets[:4].tobytes(),
+            )
+        )
 
     def __repr__(self):
         def head(a):
             items = ", ".join(str(int(x)) for x in a[:4])
             return f"[{items}{', ...' if len(a) > 4 else ''}]"
 
-        return (f"GatherCopy(dest={self.dest}, boxes={self.boxes}, src_offsets={head(self.src_offsets)}, "
-                f"dst_offsets={head(self.dst_offsets)}, src_strides={self.src_strides}, "
-                f"dst_strides={self.dst_strides}, shape={self.shape})")
+        return (
+            f"GatherCopy(dest={self.dest}, boxes={self.boxes}, src_offsets={head(self.src_offsets)}, "
+            f"dst_offsets={head(self.dst_offsets)}, src_strides={self.src_strides}, "
+            f"dst_strides={self.dst_strides}, shape={self.shape})"
+        )

@@ -32,8 +32,19 @@ from gpuload.errors import PlanError
 from gpuload.format.slices import Box
 from gpuload.plan.copies import BoxCopy, GatherCopy, normalize
 
-__all__ = ["Request", "Remap", "Destination", "Chunk", "CrcCheck", "CrcSpan", "HostLoad", "Plan", "build_plan",
-           "row_major_blocks", "strides_of"]
+__all__ = [
+    "Request",
+    "Remap",
+    "Destination",
+    "Chunk",
+    "CrcCheck",
+    "CrcSpan",
+    "HostLoad",
+    "Plan",
+    "build_plan",
+    "row_major_blocks",
+    "strides_of",
+]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -187,12 +198,15 @@ class Plan:
         for i, f in enumerate(self.files):
             lines.append(f"  file {i}: {f}")
         for i, d in enumerate(self.destinations):
-            remap = "" if d.remap is None else (
-                f", remapped along axis {d.remap.axis}: {d.remap.gathered} of {len(d.remap.rows)} "
-                f"gathered, the rest prefilled")
-            lines.append(
-                f"  dest {i}: {d.name} <- {d.source!r}{d.box} {d.src_dtype} -> {d.dtype} on {d.device}{remap}"
+            remap = (
+                ""
+                if d.remap is None
+                else (
+                    f", remapped along axis {d.remap.axis}: {d.remap.gathered} of {len(d.remap.rows)} "
+                    f"gathered, the rest prefilled"
+                )
             )
+            lines.append(f"  dest {i}: {d.name} <- {d.source!r}{d.box} {d.src_dtype} -> {d.dtype} on {d.device}{remap}")
         for i, c in enumerate(self.chunks):
             lines.append(f"  chunk {i}: file {c.file} [{c.offset}, {c.offset + c.size})")
             for cp in c.copies:
@@ -329,22 +343,31 @@ def _plan_gather(bundle, di, req, shape, pieces, src_dtype):
     remap = req.remap
     a = remap.axis
     if not 0 <= a < len(shape) or req.box.rank != len(shape):
-        raise PlanError(f"{req.name}: remap axis {a} does not fit tensor {req.source!r} of shape "
-                        f"{list(shape)} in {bundle.prefix} (destination rank {req.box.rank})")
+        raise PlanError(
+            f"{req.name}: remap axis {a} does not fit tensor {req.source!r} of shape "
+            f"{list(shape)} in {bundle.prefix} (destination rank {req.box.rank})"
+        )
     if len(remap.rows) != req.box.shape[a]:
-        raise PlanError(f"{req.name}: {len(remap.rows)} remap rows for a destination of extent "
-                        f"{req.box.shape[a]} along axis {a}")
-    other = Box(tuple(0 if k == a else s for k, s in enumerate(req.box.start)),
-                tuple(shape[a] if k == a else n for k, n in enumerate(req.box.shape)))
+        raise PlanError(
+            f"{req.name}: {len(remap.rows)} remap rows for a destination of extent {req.box.shape[a]} along axis {a}"
+        )
+    other = Box(
+        tuple(0 if k == a else s for k, s in enumerate(req.box.start)),
+        tuple(shape[a] if k == a else n for k, n in enumerate(req.box.shape)),
+    )
     if not other.within(shape):
-        raise PlanError(f"{req.name}: region {req.box} (off the remapped axis {a}) lies outside tensor "
-                        f"{req.source!r} of shape {list(shape)} in {bundle.prefix}")
+        raise PlanError(
+            f"{req.name}: region {req.box} (off the remapped axis {a}) lies outside tensor "
+            f"{req.source!r} of shape {list(shape)} in {bundle.prefix}"
+        )
     rows = remap.rows
     bad = (rows < -1) | (rows >= shape[a])
     if bad.any():
         j = int(np.flatnonzero(bad)[0])
-        raise PlanError(f"{req.name}: remap row {int(rows[j])} at position {j} is outside axis {a} "
-                        f"(extent {shape[a]}) of tensor {req.source!r} in {bundle.prefix}")
+        raise PlanError(
+            f"{req.name}: remap row {int(rows[j])} at position {j} is outside axis {a} "
+            f"(extent {shape[a]}) of tensor {req.source!r} in {bundle.prefix}"
+        )
     pos = np.flatnonzero(rows >= 0)
     old = rows[pos]
     order = np.argsort(old, kind="stable")
@@ -368,7 +391,7 @@ def _plan_gather(bundle, di, req, shape, pieces, src_dtype):
         raise PlanError(
             f"{req.name}: the stored slices of tensor {req.source!r} in {bundle.prefix} cover "
             f"{covered} of the {need} elements the remap needs (TensorFlow: "
-            f"\"Does not have sufficient slices for partitioned tensor\")"
+            f'"Does not have sufficient slices for partitioned tensor")'
         )
 
 
@@ -408,8 +431,9 @@ def _merge(ranges):
     return out
 
 
-def build_plan(bundle, requests, *, chunk_bytes: int, gap_bytes: int = 0, verify_crc: bool = True,
-               allow_cast: bool = False) -> Plan:
+def build_plan(
+    bundle, requests, *, chunk_bytes: int, gap_bytes: int = 0, verify_crc: bool = True, allow_cast: bool = False
+) -> Plan:
     """Plan the reads and copies that fill ``requests`` from ``bundle``.
 
     Parameters
@@ -457,12 +481,10 @@ def build_plan(bundle, requests, *, chunk_bytes: int, gap_bytes: int = 0, verify
                     f"{req.name}: dtype {dst_dtype} does not match {src_dtype} of tensor "
                     f"{req.source!r} in {bundle.prefix}"
                 )
-        destinations.append(Destination(req.name, req.source, req.box, src_dtype, dst_dtype, req.device,
-                                        req.remap))
+        destinations.append(Destination(req.name, req.source, req.box, src_dtype, dst_dtype, req.device, req.remap))
         if req.remap is not None:
             if src_dtype == object:
-                raise PlanError(f"{req.name}: tensor {req.source!r} holds strings; a remap gathers "
-                                f"fixed-size elements")
+                raise PlanError(f"{req.name}: tensor {req.source!r} holds strings; a remap gathers fixed-size elements")
             _plan_gather(bundle, di, req, shape, pieces, src_dtype)
             continue
         if src_dtype == object:
@@ -483,7 +505,7 @@ def build_plan(bundle, requests, *, chunk_bytes: int, gap_bytes: int = 0, verify
             raise PlanError(
                 f"{req.name}: the stored slices of tensor {req.source!r} in {bundle.prefix} cover "
                 f"{covered} of the {req.box.size} elements of region {req.box} (TensorFlow: "
-                f"\"Does not have sufficient slices for partitioned tensor\")"
+                f'"Does not have sufficient slices for partitioned tensor")'
             )
 
     checks: list[CrcCheck] = []
@@ -597,14 +619,18 @@ def _make_chunk(fi: int, cstart: int, cend: int, segs, destinations) -> Chunk:
                     continue
                 dest = destinations[di]
                 src_elem = _flat(sub.relative_to(piece.box).start, pstrides)
-                copies.append(normalize(BoxCopy(
-                    dest=di,
-                    src_offset=base + src_elem * isz - cstart,
-                    src_strides=pstrides,
-                    dst_offset=_flat(sub.relative_to(dest.box).start, strides_of(dest.box.shape)),
-                    dst_strides=strides_of(dest.box.shape),
-                    shape=sub.shape,
-                )))
+                copies.append(
+                    normalize(
+                        BoxCopy(
+                            dest=di,
+                            src_offset=base + src_elem * isz - cstart,
+                            src_strides=pstrides,
+                            dst_offset=_flat(sub.relative_to(dest.box).start, strides_of(dest.box.shape)),
+                            dst_strides=strides_of(dest.box.shape),
+                            shape=sub.shape,
+                        )
+                    )
+                )
             for g in piece.gathers:
                 gc = _gather_copy(g, gblock, piece, base, cstart, destinations[g.dest])
                 if gc is not None:
