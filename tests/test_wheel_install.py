@@ -5,7 +5,7 @@ checkout), installed with ``--no-deps`` into a fresh virtual environment outside
 checkout, whose other dependencies come from the environment running the tests. Inside it,
 ``gpuload.device.kernels`` must find the sources in the installed ``gpuload/_kernels``
 (through importlib.resources), and every kernel compiles from those files with nvcc: each
-``.cu`` standalone for sm_80 and sm_90, and every box-copy variant in the
+``.cu`` standalone for sm_80 and sm_90, and every box-copy and gather variant in the
 form CuPy gets it (inlined source, the loader's options, ``-ftz=true``).
 
 This is CI's one compile of the kernels (.ci/run has no separate nvcc loop, and
@@ -44,10 +44,11 @@ from gpuload.device import host, kernels
 out = sys.argv[1]
 variants = []
 for v in host.VARIANTS:
-    path = f"{out}/box_copy.{v}.cu"
-    with open(path, "w") as f:
-        f.write(kernels.source())
-    variants.append([v, path, list(kernels.options(v))])
+    for name in ("box_copy", "gather"):
+        path = f"{out}/{name}.{v}.cu"
+        with open(path, "w") as f:
+            f.write(kernels.source(f"{name}.cu"))
+        variants.append([f"{name}.{v}", path, list(kernels.options(v))])
 print(json.dumps({"gpuload": gpuload.__file__, "kernel_dir": str(kernels.kernel_dir()),
                   "sources": sorted(str(p) for p in kernels.kernel_dir().iterdir()),
                   "variants": variants}))
@@ -153,4 +154,4 @@ def test_installed_kernels_compile_with_nvcc(installed, tmp_path):
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         failures = [f for f in pool.map(compile_one, cmds) if f]
     assert not failures, "\n\n".join(failures)
-    assert len(info["variants"]) >= 17
+    assert len(info["variants"]) >= 2 * 17  # box copy and gather, every dtype pair
