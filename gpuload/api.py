@@ -127,10 +127,11 @@ def plan_load(checkpoint, requests, *, config=None, allow_cast: bool = False):
 
     Takes the same arguments as :func:`load` (targets are checked the same way) and
     returns a printable value: files, destinations, chunks, copies and CRC checks.
+    Nothing is allocated: a :class:`Spec` for a torch or JAX device gets no buffer.
     """
     cfg = config or config_mod.get()
     bundle = _open(checkpoint)
-    return _prepare(bundle, _normalize(requests), cfg, allow_cast)[0]
+    return _prepare(bundle, _normalize(requests), cfg, allow_cast, allocate=False)[0]
 
 
 def load(checkpoint, requests, *, config=None, allow_cast: bool = False) -> LoadResult:
@@ -322,8 +323,15 @@ def _describe(t) -> str:
     return f"{type(t).__module__}.{type(t).__name__}(shape={list(shape)}, dtype={dtype}{where})"
 
 
-def _prepare(bundle, items, cfg, allow_cast):
-    """Plan requests for ``items``, the names, the execute targets and the hand-over functions."""
+def _prepare(bundle, items, cfg, allow_cast, *, allocate: bool = True, spec_for_remap: bool = False):
+    """Plan requests for ``items``, the names, the execute targets and the hand-over functions.
+
+    ``allocate=False``: only the plan is wanted: a :class:`Spec` target gets no buffer
+    (a torch tensor, possibly on a GPU, or an aligned host buffer for JAX), and the
+    targets returned are not usable. ``spec_for_remap`` (only with it): a remap request's
+    :class:`Spec` stands for the array holding its starting values (same shape, dtype and
+    device), so that a plan needs no starting values computed.
+    """
     plan_requests, targets, finish, names = [], [], [], []
     for name, r in items:
         if not isinstance(r.key, str):
@@ -342,10 +350,10 @@ def _prepare(bundle, items, cfg, allow_cast):
         box = _box(name, r, shape)
         target = Spec() if r.target is None else r.target
         if isinstance(target, Spec):
-            device, dtype, tgt, fin = _from_spec(name, r, target, box, stored, canonical_device)
+            device, dtype, tgt, fin = _from_spec(name, r, target, box, stored, canonical_device, allocate)
         else:
             device, dtype, tgt, fin = _from_array(name, r, target, box)
-        if r.remap is not None and isinstance(target, Spec):
+        if r.remap is not None and isinstance(target, Spec) and not spec_for_remap:
             raise InvalidArgumentError(
                 f"request {name!r}: a remap request needs an array target holding the starting values, got {target!r}"
             )
@@ -386,17 +394,17 @@ def _check_shape(name, r, box, shape, target) -> None:
         )
 
 
-def _from_spec(name, r, spec, box, stored, canonical_device):
-    """(device, dtype, target, finish) of a :class:`Spec` target."""
+def _from_spec(name, r, spec, box, stored, canonical_device, allocate=True):
+    """(device, dtype, target, finish) of a :class:`Spec` target (target ``None``: no buffer yet)."""
     if spec.shape is not None:
         _check_shape(name, r, box, tuple(spec.shape), f"Spec(shape={tuple(spec.shape)})")
     dtype = stored if spec.dtype is None else _as_dtype(name, spec.dtype, spec)
     dev = spec.device
     mod = type(dev).__module__.split(".")[0]
     if mod == "torch":
-        return _torch_spec(name, r, box, dtype, dev)
+        return _torch_spec(name, r, box, dtype, dev, allocate)
     if mod.startswith("jax"):
-        return _jax_spec(name, dev, dtype, box)
+        return _jax_spec(name, dev, dtype, box, allocate)
     try:
         return canonical_device(dev), dtype, None, _same
     except (TypeError, ValueError) as e:
@@ -413,16 +421,23 @@ def _as_dtype(name, dtype, what):
         raise TargetError(f"request {name!r}: {what} has a bad dtype: {e}") from None
 
 
-def _torch_spec(name, r, box, dtype, dev):
+def _torch_spec(name, r, box, dtype, dev, allocate=True):
     import torch
 
     tdtype = _torch_dtype(name, dtype)
+    if not allocate:  # a plan only: the device the tensor would be on, no memory taken
+        if dev.type == "cpu":
+            return _CPU, dtype, None, _same
+        if dev.type == "cuda":
+            index = dev.index if dev.index is not None else torch.cuda.current_device()
+            return f"/device:GPU:{index}", dtype, None, _same
+        raise TargetError(f"request {name!r}: {dev} is not a device gpuload fills (CPU or CUDA)")
     tensor = torch.empty(box.shape, dtype=tdtype, device=dev)
     device, dtype, tgt, _ = _from_array(name, r, tensor, box)
     return device, dtype, tgt, lambda _a, t=tensor: t
 
 
-def _jax_spec(name, dev, dtype, box):
+def _jax_spec(name, dev, dtype, box, allocate=True):
     """JAX arrays are immutable: gpuload fills its own buffer, then hands it to JAX."""
     import jax
 
@@ -442,7 +457,8 @@ def _jax_spec(name, dev, dtype, box):
     # The CPU backend maps large arrays (page-aligned) but mallocs small ones (16-byte
     # aligned): allocate those here. GPU buffers come from CuPy's pool, 256-byte aligned.
     small = box.size * dtype.itemsize < _host.HUGE_BYTES
-    target = _aligned_empty(box.shape, dtype) if device == _CPU and small and dtype.kind not in "OSU" else None
+    aligned = allocate and device == _CPU and small and dtype.kind not in "OSU"
+    target = _aligned_empty(box.shape, dtype) if aligned else None
 
     def finish(a, _dev=dev):
         if device == _CPU:

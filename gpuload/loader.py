@@ -4,6 +4,8 @@ This is where the graph layer meets the data path, through the public API only: 
 variables' checkpoint sources become :class:`gpuload.Request` values, grouped by checkpoint
 (one plan per checkpoint, so a stored tensor feeding many parts is read once), and the
 arrays :func:`gpuload.load` returns are assigned only after every checkpoint loaded.
+(:func:`plan_for`, which only plans, uses the API's planning step directly, so that no
+warm start's starting values are computed for it.)
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import collections
 # Imported here, not inside run(): a load's clock starts at run() and imports are not load time.
 import gpuload.device.host  # noqa: F401  (the CPU backend, built by backend_for)
 from gpuload import config as config_mod
-from gpuload.api import load, plan_load
+from gpuload.api import _normalize, _prepare, load
 from gpuload.errors import CheckpointChangedError
 from gpuload.format.bundle import Bundle
 from gpuload.graph.store import _assign_all
@@ -29,21 +31,23 @@ def last_stats() -> list[LoadStats]:
     return list(_last_stats)
 
 
-def requests_for(variables) -> dict:
+def requests_for(variables, *, values: bool = True) -> dict:
     """The public :func:`gpuload.load` requests of ``variables``' checkpoint sources, by variable name.
 
     A plain source is a box of its tensor into a new buffer of the variable's dtype on its
     device; a warm start's vocabulary source is a remap request whose target holds the
-    backup initializer's values (computed now, on the variable's device).
+    backup initializer's values (computed now, on the variable's device). ``values=False``
+    (to plan only): that target is a :class:`~gpuload.Spec` of the variable instead.
     """
     from gpuload.api import Request, Spec
 
     out = {}
     for v in variables:
         src = v._init_source
-        if src.remap is None:
+        if src.remap is None or not values:
             target = Spec(tuple(v.shape), v.dtype, v.device)
-            out[v.op.name] = Request(src.tensor, box=src.box, target=target)
+            remap = None if src.remap is None else src.remap.plan_remap()
+            out[v.op.name] = Request(src.tensor, box=src.box, target=target, remap=remap)
         else:
             out[v.op.name] = Request(
                 src.tensor, box=src.box, target=src.remap.backup_value(v), remap=src.remap.plan_remap()
@@ -56,9 +60,10 @@ def plan_for(prefix, variables, *, cfg=None):
     cfg = cfg or config_mod.get()
     bundle = Bundle.open(prefix)
     check_sources_unchanged(bundle, variables)
-    plan = plan_load(
-        bundle, requests_for(variables), config=cfg, allow_cast=any(v._init_source.allow_cast for v in variables)
-    )
+    # Planned without computing any warm start's starting values (nor allocating anything).
+    items = _normalize(requests_for(variables, values=False))
+    allow_cast = any(v._init_source.allow_cast for v in variables)
+    plan = _prepare(bundle, items, cfg, allow_cast, allocate=False, spec_for_remap=True)[0]
     return bundle, plan
 
 

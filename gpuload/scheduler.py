@@ -14,7 +14,8 @@ Threads and hand-offs
 
 Host memory is the ring (``ring_bytes``) whatever the checkpoint's size. Destination
 buffers are allocated up front and handed back only when every chunk has landed and every
-CRC matched: a failed load leaves nothing half-written where a caller could see it.
+CRC matched: a failed load hands out no buffer it allocated. Caller-provided ``targets``
+are written in place, so after a failed load they may hold partial data.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import collections
 import dataclasses
 import errno
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -65,7 +67,7 @@ class LoadStats:
         return dataclasses.asdict(self)
 
 
-def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None = None, prefill=None, targets=None):
+def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None = None, targets=None):
     """Fill every destination of ``plan``; return the destination arrays, in plan order.
 
     Parameters
@@ -81,18 +83,15 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
         ``(source, box) -> np.ndarray`` for the plan's host loads (string tensors).
     stats:
         Filled in with byte counts and per-stage times when given.
-    prefill:
-        ``(dest index, destination) -> array`` for the plan's gather destinations
-        (``Destination.remap`` set): their starting values, already on the destination's
-        device (a warm start's backup initializer); the gathers then overwrite the rows
-        that come from the checkpoint.
     targets:
         Caller-provided destination buffers, one entry per destination (``None``: allocate
         one): a C-contiguous array of the destination's shape and dtype on its device
         (NumPy on the CPU, CuPy on a GPU), or an ``(array, stream)`` pair where ``stream`` is
         the raw ``cudaStream_t`` whose work so far must finish before the load writes the
         array (a framework's current stream; default CuPy's current stream). The array is
-        filled in place and returned; for a gather destination its values are the prefill.
+        filled in place and returned. A gather destination (``Destination.remap`` set) needs
+        one: its values are the starting values (a warm start's backup initializer), and the
+        gathers overwrite the rows that come from the checkpoint.
 
     Raises
     ------
@@ -103,16 +102,20 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
     """
     stats = stats if stats is not None else LoadStats()
     t0 = time.perf_counter()
-    # One session per backend and load: a CUDA backend gives each load its own streams
-    # and staging, so that concurrent loads (threads) share no buffer.
+    # The exception the caller is handling (a load inside an except block): its frames are
+    # the caller's, never cleared with this load's.
+    callers = _chain(sys.exc_info()[1])
     opened = {}
-    for b in backends.values():
-        if id(b) not in opened:
-            make = getattr(b, "session", None)
-            opened[id(b)] = (b, make() if callable(make) else b)
-    sessions = {dev: opened[id(b)][1] for dev, b in backends.items()}
     failed = False
     try:
+        # One session per backend and load: a CUDA backend gives each load its own streams
+        # and staging, so that concurrent loads (threads) share no buffer. Opened inside the
+        # try: a session that fails to open closes the ones opened before it.
+        for b in backends.values():
+            if id(b) not in opened:
+                make = getattr(b, "session", None)
+                opened[id(b)] = (b, make() if callable(make) else b)
+        sessions = {dev: opened[id(b)][1] for dev, b in backends.items()}
         dests = []
         for i, d in enumerate(plan.destinations):
             session = sessions[d.device]
@@ -120,31 +123,28 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
             if given is not None:
                 value, stream = given if isinstance(given, tuple) else (given, None)
                 _check_target(d, value, "target")
-                # Ordered after the caller's work on that memory, as a prefill is.
+                # Ordered after the caller's work on that memory (its starting values, if any).
                 dests.append(session.adopt(value) if stream is None else session.adopt(value, stream=stream))
                 continue
-            if d.remap is None:
-                dests.append(_allocate(session, d))
-                continue
-            if prefill is None:
-                raise ValueError(f"destination {i} ({d.name}) is a gather destination but no prefill was given")
-            value = prefill(i, d)
-            _check_target(d, value, "prefill")
-            # The session orders its own streams after the work that computed the value.
-            dests.append(session.adopt(value))
+            if d.remap is not None:
+                raise ValueError(
+                    f"destination {i} ({d.name}) is a gather destination but no target holding its starting "
+                    f"values was given"
+                )
+            dests.append(_allocate(session, d))
         dtypes = [(d.src_dtype, d.dtype) for d in plan.destinations]
         for h in plan.host_loads:
             value = host_loader(h.source, h.box)
             dests[h.dest][...] = value
         if plan.chunks:
-            _stream(plan, backends, sessions, dests, dtypes, config, stats)
+            _stream(plan, backends, sessions, dests, dtypes, config, stats, callers)
     except BaseException as exc:
         failed = True
         _close_sessions(opened, exc)
         # Finished frames of the failed load (slot views, tokens, destinations) are cleared,
         # so that a caller holding the exception holds no pinned or device memory.
         dests = None  # noqa: F841
-        _clear_frames(exc)
+        _clear_frames(exc, keep=callers)
         raise
     finally:
         if not failed:
@@ -196,9 +196,27 @@ def _close_sessions(opened, exc) -> None:
         raise first
 
 
-def _clear_frames(exc: BaseException) -> None:
-    """Clear the finished frames of ``exc`` and of every error chained or attached to it."""
+def _chain(exc: BaseException | None) -> set[int]:
+    """The ids of ``exc`` and of every error chained or attached to it."""
     seen = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        todo += [e.__cause__, e.__context__, *getattr(e, "cleanup_errors", ())]
+    return seen
+
+
+def _clear_frames(exc: BaseException, keep: set[int] = frozenset()) -> None:
+    """Clear the finished frames of ``exc`` and of every error chained or attached to it.
+
+    ``keep``: ids of errors that existed before the load (the one its caller was handling,
+    and its chain): neither they nor what they chain to are touched, so that the caller's
+    own debugging state (locals in its tracebacks) survives a failed load.
+    """
+    seen = set(keep)
     todo = [exc]
     while todo:
         e = todo.pop()
@@ -232,22 +250,12 @@ def _ring_backend(plan, backends):
     return backends[plan.destinations[0].device]
 
 
-def _stream(plan, backends, sessions, dests, dtypes, config, stats):
+def _stream(plan, backends, sessions, dests, dtypes, config, stats, keep=frozenset()):
     chunks = plan.chunks
     largest = max(c.size for c in chunks)
     nslots = max(1, min(config.ring_slots, len(chunks)))
     slot_bytes = largest + (2 * ALIGN if config.direct_io else 0)
     ring_backend = _ring_backend(plan, backends)
-    ring = Ring(ring_backend, nslots, slot_bytes)
-    if not getattr(ring_backend, "synchronous", False):
-        # Pinned slots are taken here, in the calling thread, before the readers start:
-        # pinning (first load of the process) must not count as read time, and a reader
-        # thread never makes CUDA calls.
-        try:
-            ring.allocate_all()
-        except BaseException:
-            ring.close()  # hands back the slots it got
-            raise
     files = ShardFiles(plan.files, direct=config.direct_io)
 
     # Each chunk's copies grouped by device, computed once.
@@ -284,17 +292,20 @@ def _stream(plan, backends, sessions, dests, dtypes, config, stats):
                     ring.release(slot)
                     return
                 c = chunks[idx]
+                # The slot's memory is taken (allocated on first use) outside the read's
+                # clock: that time is pin_s, not read_s.
+                buf = ring.buffer(slot) if direct[idx] is None else None
                 t = time.perf_counter()
                 if direct[idx] is not None:
                     crcs, tc = _read_crc(files, c, direct[idx])
                     view = None
                 elif config.direct_io:
-                    view = files.read(c.file, c.offset, c.size, ring.buffer(slot))
+                    view = files.read(c.file, c.offset, c.size, buf)
                     t1 = time.perf_counter()
                     crcs = [crcmod.crc32c(view[s.chunk_offset : s.chunk_offset + s.size]) for s in c.crc_spans]
                     tc = time.perf_counter() - t1
                 else:
-                    view = memoryview(ring.buffer(slot)).cast("B")[: c.size]
+                    view = memoryview(buf).cast("B")[: c.size]
                     crcs, tc = _read_crc(files, c, [view])
                 t2 = time.perf_counter()
                 if view is not None and inline[idx]:
@@ -328,14 +339,23 @@ def _stream(plan, backends, sessions, dests, dtypes, config, stats):
             if item is None:
                 return
             slot, tokens = item
-            try:
-                for tok in tokens:
+            # Every device's token is waited for, even after one failed: the slot is free
+            # only when no device reads it any more.
+            first = None
+            for tok in tokens:
+                try:
                     tok.wait()
-            except BaseException as exc:
+                except BaseException as exc:  # noqa: BLE001 - the first is handed to the consumer
+                    if first is None:
+                        first = exc
+            if first is None:
+                ring.release(slot)
+            else:
+                # A failed device may still read the slot: it is never lent again.
+                ring.retire(slot)
                 with cond:
-                    errors.append(exc)
+                    errors.append(first)
                     cond.notify_all()
-            ring.release(slot)
 
     threads = [
         threading.Thread(target=reader, name=f"gpuload-reader-{i}", daemon=True)
@@ -347,7 +367,16 @@ def _stream(plan, backends, sessions, dests, dtypes, config, stats):
     launched: list[threading.Thread] = []  # start() called: to be joined, whether or not it returned
     bar = None
     failure = None
+    failed_at = 0  # how many errors were in `errors` when the failure was caught
+    # Nothing is allocated until allocate_all() or a reader's first use, both inside the try
+    # whose finally frees the ring: an interrupt anywhere leaks no (pinned) slot.
+    ring = Ring(ring_backend, nslots, slot_bytes)
     try:
+        if not getattr(ring_backend, "synchronous", False):
+            # Pinned slots are taken here, in the calling thread, before the readers start:
+            # pinning (first load of the process) must not count as read time, and a reader
+            # thread never makes CUDA calls.
+            ring.allocate_all()
         bar = _progress(config, plan.bytes_read)
         for t in [*threads, rel_thread]:
             launched.append(t)
@@ -391,6 +420,8 @@ def _stream(plan, backends, sessions, dests, dtypes, config, stats):
             raise errors[0]
     except BaseException as exc:
         failure = exc
+        with cond:
+            failed_at = len(errors)
         raise
     finally:
         # First, and whatever happened: nothing may skip it.
@@ -404,9 +435,12 @@ def _stream(plan, backends, sessions, dests, dtypes, config, stats):
             for e in errors:
                 # Readers' and the releaser's frames hold slot views; clear them so that the
                 # exception (kept by the caller) pins no memory.
-                _clear_frames(e)
-            earlier = [e for e in errors if e is not failure]
-            if isinstance(failure, DeviceError) and earlier:
+                _clear_frames(e, keep)
+            # Only errors hit before the failure was caught: those added while _stop joined
+            # the threads are echoes of the failure itself.
+            before = errors[:failed_at]
+            earlier = [e for e in before if e is not failure]
+            if isinstance(failure, DeviceError) and earlier and not any(e is failure for e in before):
                 # A failed device fails every later call too: the consumer's error is then an
                 # echo of the one a reader or the releaser hit first, which is what surfaces.
                 first = earlier[0]
@@ -443,7 +477,7 @@ def _stop(ring, release_q, launched, files, bar, sessions, failure):
         for session in {id(x): x for x in sessions.values()}.values():
             try:
                 session.synchronize()
-            except BaseException as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - an interrupt goes to the retry loop below
                 reuse[0] = False
                 if e is not failure:
                     _attach_cleanup_error(failure, e)

@@ -434,6 +434,27 @@ def test_plan_prints_gathers(small):
     assert "gather -> dest 1: 1 boxes of shape (4,)" in text
 
 
+def test_plan_computes_no_starting_values(small, monkeypatch):
+    """A plan (nothing loaded) ran every remapped part's backup initializer."""
+    from gpuload.graph.warm_start import VocabRemap
+
+    prefix, old_v, new_v, old, _ = small
+    var = make_var("new/emb", [5, 4], "float32", partitions=[2, 1])
+    gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(new_v, 4, 1, old_v)}, {"new/emb": "old/emb"})
+
+    def backup_value(self, var):
+        raise AssertionError(f"planning computed the starting values of {var.op.name}")
+
+    with monkeypatch.context() as m:
+        m.setattr(VocabRemap, "backup_value", backup_value)
+        _, plan = loader.plan_for(prefix, var._get_variable_list())
+    assert "remapped along axis 0: 2 of 3 gathered" in str(plan)
+    gpuload.global_variables_initializer().run()  # and the load itself still prefills
+    value = var.numpy()
+    assert value[0].tolist() == old[5].tolist()  # "f" is old row 5
+    assert value[1].tolist() == [0.0] * 4  # "x" is not in the old vocabulary: the backup (zeros)
+
+
 def test_plan_is_a_value(small):
     """Two plans of the same load compare equal; a different remap does not."""
     prefix, old_v, new_v, _, tmp_path = small

@@ -44,7 +44,7 @@ from gpuload.io.reader import ShardFiles
 from gpuload.io.ring import ALIGN
 from gpuload.loader import check_sources_unchanged
 from gpuload.plan import GatherCopy, Request, build_plan
-from gpuload.scheduler import LoadStats, _verify
+from gpuload.scheduler import LoadStats, _check_target, _verify
 
 __all__ = ["CollectiveStats", "collective_load", "use_nccl_for"]
 
@@ -251,11 +251,7 @@ def _load_one(co, cfg, prefix, everyone, group):
             # A warm start's remapped part starts as its backup initializer's value
             # (computed on its device), as in the single-process load (scheduler.execute).
             value = group[j]._init_source.remap.backup_value(group[j])
-            if tuple(value.shape) != tuple(d.shape) or np.dtype(value.dtype) != d.dtype or not value.flags.c_contiguous:
-                raise ValueError(
-                    f"prefill of {d.name} is a {np.dtype(value.dtype).name}{tuple(value.shape)} "
-                    f"array; expected {d.dtype.name}{tuple(d.shape)}"
-                )
+            _check_target(d, value, "prefill")
             dests[i] = backends[d.device].adopt(value)
         reader = None
         try:
@@ -513,8 +509,32 @@ def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
         stats.ring_bytes = sum(slot_bytes for b in buffers if b is not None)
         live = [b for b in buffers if b is not None]
         if live:
-            slot_backend.free_host_slots(live)
+            _release_slots(slot_backend, live, backends, waited=ok)
     return crcs
+
+
+def _release_slots(slot_backend, slots, backends, waited: bool) -> None:
+    """Give the ring back; after a failure, only once no device reads it any more.
+
+    A failed load leaves copies in flight (their tokens were never waited for): every
+    device is waited for first. When one cannot be (a failed device), the slots are
+    dropped, never lent to another load, as ``Ring.close(reuse=False)`` drops them.
+    """
+    reuse = waited
+    try:
+        if not waited:
+            for b in {id(b): b for b in backends.values()}.values():
+                b.synchronize()
+            reuse = True
+    except Exception:  # noqa: BLE001 - a device that cannot be waited for: the slots are dropped
+        pass
+    finally:
+        if reuse:
+            slot_backend.free_host_slots(slots)
+        else:
+            forget = getattr(slot_backend, "forget_host_slots", None)
+            if forget is not None:
+                forget(slots)
 
 
 def _single_target(plan, t, dests, rank, owners):

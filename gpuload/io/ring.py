@@ -52,6 +52,7 @@ class Ring:
         for i in reversed(range(nslots)):
             self._free.put(i)
         self._closed = threading.Event()
+        self._retired: set[int] = set()
         #: Seconds spent in ``backend.alloc_host_slots`` (pinning, on CUDA).
         self.alloc_s = 0.0
 
@@ -90,6 +91,15 @@ class Ring:
     def release(self, index: int) -> None:
         self._free.put(index)
 
+    def retire(self, index: int) -> None:
+        """Never lend slot ``index`` again (a failed device may still read it).
+
+        It is not put back on the free list, and :meth:`close` drops it as
+        ``close(reuse=False)`` drops every slot.
+        """
+        with self._alloc_lock:
+            self._retired.add(index)
+
     def abort(self) -> None:
         """Wake every waiter with RingClosed (the load failed)."""
         self._closed.set()
@@ -98,17 +108,20 @@ class Ring:
         """Hand the slots back to the backend. Idempotent.
 
         ``reuse=False`` (a device failed and may still read them) only drops them, so
-        that a pooling backend never lends them to another load.
+        that a pooling backend never lends them to another load; so are the slots passed
+        to :meth:`retire`.
         """
         self._closed.set()
         with self._alloc_lock:
-            slots, self.slots = [s for s in self.slots if s is not None], []
-        if slots and reuse:
-            self.backend.free_host_slots(slots)
-        elif slots:
+            slots, self.slots = [(i, s) for i, s in enumerate(self.slots) if s is not None], []
+        freed = [s for i, s in slots if reuse and i not in self._retired]
+        dropped = [s for i, s in slots if not reuse or i in self._retired]
+        if dropped:
             forget = getattr(self.backend, "forget_host_slots", None)
             if forget is not None:
-                forget(slots)
+                forget(dropped)
+        if freed:
+            self.backend.free_host_slots(freed)
 
     def __enter__(self):
         return self
