@@ -175,13 +175,15 @@ def _resolve(layers: tuple) -> Config:
         return base
     top = layers[-1]
     cached = top.cache
-    if cached is not None and cached[0] is base:
-        return cached[1]
+    # Valid only for the same default AND the same outer blocks: one block object may be
+    # entered under different outer blocks (reused, nested, or in several threads).
+    if cached is not None and cached[0] is base and cached[1] == layers:
+        return cached[2]
     merged = {}
     for layer in layers:
         merged.update(layer.changes)
     cfg = dataclasses.replace(base, **merged)
-    top.cache = (base, cfg)  # one tuple: readers in other tasks see the old or the new pair
+    top.cache = (base, layers, cfg)  # one tuple: readers in other tasks see the old or the new triple
     return cfg
 
 
@@ -192,11 +194,12 @@ class _Setting:
         self.changes = changes
         self.cache = None
         self._applied = applied  # (previous default, new default) when the default was changed
-        self._token: contextvars.Token | None = None
+        # One token per active entry: the same object may be entered again, nested, or from
+        # several threads / tasks at once, each entry restoring what it replaced.
+        self._tokens: list[contextvars.Token] = []
+        self._tokens_lock = threading.Lock()
 
     def __enter__(self) -> Config:
-        if self._token is not None:
-            raise RuntimeError("a gpuload.config.set(...) block cannot be entered twice")
         global _global
         if self._applied is not None:
             # Used as ``with`` where the call could not be recognised as one (e.g. through
@@ -209,15 +212,28 @@ class _Setting:
             self._applied = None
         layers = _layers.get() + (self,)
         cfg = _resolve(layers)  # before the context changes: an interrupt cannot leave it half-entered
-        self._token = _layers.set(layers)
+        with self._tokens_lock:
+            self._tokens.append(_layers.set(layers))
         return cfg
 
     def __exit__(self, *exc):
-        token, self._token = self._token, None
-        try:
-            _layers.reset(token)  # type: ignore[arg-type]  # exactly the layers this block replaced
-        except ValueError:  # exited in another context than it was entered in
-            _layers.set(tuple(layer for layer in _layers.get() if layer is not self))
+        with self._tokens_lock:
+            # The newest entry made in this context is the innermost one here; a token made
+            # in another context (thread / task) refuses to reset with ValueError.
+            for i in range(len(self._tokens) - 1, -1, -1):
+                try:
+                    _layers.reset(self._tokens[i])  # exactly the layers this entry replaced
+                except ValueError:
+                    continue
+                del self._tokens[i]
+                return False
+            if self._tokens:
+                self._tokens.pop()  # exited in another context than it was entered in
+        layers = _layers.get()
+        for i in range(len(layers) - 1, -1, -1):
+            if layers[i] is self:
+                _layers.set(layers[:i] + layers[i + 1 :])
+                break
         return False
 
 

@@ -19,6 +19,10 @@ Scenarios (an embedding of ROWS x 64 float32, 1048576 rows = 256 MiB, saved whol
               (on /device:GPU:0 with GPULOAD_TEST_WS_DEVICE=gpu)
   warm_start_changed  the checkpoint is saved again after warm_start: every rank raises
               CheckpointChangedError at run(), nothing assigned
+  plan_interrupted  a KeyboardInterrupt in rank 1's planning: rank 1 raises it, the others raise
+              CollectiveError naming rank 1 at once (the error travels in the first exchange)
+  own_init_fails  rank 1's own initializer (a variable without a checkpoint source) raises: the
+              others raise CollectiveError naming rank 1 at once, nothing assigned anywhere
   gpu_replicated, gpu_sharded  the first two on /device:GPU:0 of each rank (NCCL when every rank
               has its own GPU, else MPI through pinned host memory); GPULOAD_TEST_EXPECT_TRANSPORT
               checks which one ran
@@ -232,6 +236,52 @@ def reader_fails(comm, workdir, rows, timeout=60.0):
             "timeout": timeout,
             "assigned": [p.is_initialized() for p in emb._get_variable_list()],
         }
+
+
+def _raised(e, t, timeout, emb=None):
+    out = {"raised": type(e).__name__, "message": str(e)[:300], "elapsed_s": time.perf_counter() - t}
+    out["timeout"] = timeout
+    if emb is not None:
+        out["assigned"] = [p.is_initialized() for p in emb._get_variable_list()]
+    return out
+
+
+def plan_interrupted(comm, workdir, rows, timeout=30.0):
+    """A KeyboardInterrupt while rank 1 plans: it reaches the others through the first exchange."""
+    prefix = write(comm, workdir, rows)
+    emb = make_emb(rows, "/device:CPU:0")
+    tf1.init_from_checkpoint(prefix, {"emb": "emb"})
+    if comm.rank == 1:
+        from gpuload.distributed import load as dload
+
+        def interrupted(bundle, group):
+            raise KeyboardInterrupt("injected interrupt while planning")
+
+        dload.check_sources_unchanged = interrupted
+    t = time.perf_counter()
+    try:
+        run_load(comm, timeout=timeout)
+        return {"raised": None, "elapsed_s": time.perf_counter() - t, "timeout": timeout}
+    except BaseException as e:  # noqa: BLE001 - the scenario records what each rank raised
+        return _raised(e, t, timeout, emb)
+
+
+def own_init_fails(comm, workdir, rows, timeout=30.0):
+    """Rank 1's own initializer raises before the load: the others learn it at once."""
+    prefix = write(comm, workdir, rows)
+    emb = make_emb(rows, "/device:CPU:0")
+    tf1.init_from_checkpoint(prefix, {"emb": "emb"})
+
+    def broken(shape, dtype=None, partition_info=None):
+        raise ValueError("injected initializer failure")
+
+    tf1.get_variable("own", shape=[5], initializer=broken if comm.rank == 1 else tf1.ones_initializer())
+    t = time.perf_counter()
+    try:
+        run_load(comm, timeout=timeout)
+        return {"raised": None, "elapsed_s": time.perf_counter() - t, "timeout": timeout}
+    except Exception as e:  # noqa: BLE001 - the scenario records what each rank raised
+        return _raised(e, t, timeout, emb)
 
 
 def gpu_replicated(comm, workdir, rows):
@@ -480,6 +530,22 @@ def check(name, results, rows):
             and all(
                 r["raised"] == "CollectiveError"
                 and "rank 2" in r["message"]
+                and "injected" in r["message"]
+                and r["elapsed_s"] < 10
+                for r in others
+            )
+        )
+        return ok, {"max_elapsed_s": max(r["elapsed_s"] for r in others)}
+    if name in ("plan_interrupted", "own_init_fails"):
+        want = {"plan_interrupted": "KeyboardInterrupt", "own_init_fails": "ValueError"}[name]
+        others = [r for i, r in enumerate(results) if i != 1]
+        ok = (
+            results[1]["raised"] == want
+            and "injected" in results[1]["message"]
+            and not any(any(r.get("assigned", ())) for r in results)
+            and all(
+                r["raised"] == "CollectiveError"
+                and "rank 1" in r["message"]
                 and "injected" in r["message"]
                 and r["elapsed_s"] < 10
                 for r in others

@@ -88,6 +88,18 @@ def test_rank_failing_during_the_load_aborts_the_others_at_once(tmp_path):
     assert r["max_elapsed_s"] < 5  # the timeout is 60 s: the abort message, not the deadline
 
 
+@pytest.mark.parametrize("scenario", ["plan_interrupted", "own_init_fails"])
+def test_rank_failing_before_the_exchange_tells_the_others_at_once(tmp_path, scenario):
+    """A KeyboardInterrupt while planning, or an own initializer raising before the load:
+    the error travels in the first exchange, so no rank waits for the timeout (30 s)."""
+    r = run_scenario(scenario, tmp_path, rows=1 << 16)
+    assert r["ranks"][1]["raised"] == ("KeyboardInterrupt" if scenario == "plan_interrupted" else "ValueError")
+    assert all(
+        x["raised"] == "CollectiveError" and "rank 1" in x["message"] for k, x in enumerate(r["ranks"]) if k != 1
+    )
+    assert r["max_elapsed_s"] < 10
+
+
 def test_ranks_with_different_checkpoints_strings_and_nothing_to_load(tmp_path):
     r = run_scenario("mixed", tmp_path, rows=1 << 14)
     assert [x["loaded"] for x in r["ranks"]] == [["emb"], ["emb", "w", "words"], [], ["w", "words"]]

@@ -187,3 +187,73 @@ def test_bad_value_raises_at_the_call():
             pass
     with pytest.raises(TypeError):
         config.set(no_such_setting=1)
+
+
+def test_reused_block_object_follows_the_outer_blocks_of_each_entry():
+    """One block object entered under different outer blocks: its cached result must not
+    carry an earlier entry's outer settings (the cache is keyed by the whole stack)."""
+    base = config.get()
+    cm = config.override(verify_crc=not base.verify_crc)
+    with config.override(gap_bytes=base.gap_bytes + 4096):
+        with cm:
+            assert config.get().gap_bytes == base.gap_bytes + 4096
+    with cm:
+        assert config.get().gap_bytes == base.gap_bytes  # not the earlier outer block's
+        assert config.get().verify_crc is not base.verify_crc
+    with config.override(chunk_bytes=base.chunk_bytes * 2, ring_bytes=base.chunk_bytes * 8):
+        with cm as inside:
+            assert inside.chunk_bytes == base.chunk_bytes * 2 and inside.gap_bytes == base.gap_bytes
+    assert config.get() == base
+
+
+def test_block_object_entered_again_inside_itself_restores_each_level():
+    base = config.get()
+    cm = config.override(gap_bytes=base.gap_bytes + 4096)
+    with cm:
+        with config.override(verify_crc=not base.verify_crc):
+            with cm:
+                assert config.get().gap_bytes == base.gap_bytes + 4096
+                assert config.get().verify_crc is not base.verify_crc
+            assert config.get().verify_crc is not base.verify_crc
+        assert config.get().verify_crc is base.verify_crc and config.get().gap_bytes == base.gap_bytes + 4096
+    assert config.get() == base
+
+
+def test_one_block_object_entered_from_two_threads_at_once():
+    base = config.get()
+    cm = config.override(gap_bytes=base.gap_bytes + 4096)
+    both_inside = threading.Barrier(2, timeout=5)
+    first_out = threading.Event()
+    seen, errors = {}, []
+
+    def worker(name, extra):
+        try:
+            with config.override(**extra):
+                with cm:
+                    both_inside.wait()
+                    if name == "b":
+                        first_out.wait(5)  # exit after "a": out of order across threads
+                    seen[name + "_inside"] = config.get()
+                seen[name + "_after"] = config.get()
+            if name == "a":
+                first_out.set()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+            first_out.set()
+
+    ts = [
+        threading.Thread(target=worker, args=("a", {"verify_crc": not base.verify_crc})),
+        threading.Thread(target=worker, args=("b", {"progress": not base.progress})),
+    ]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(10)
+    assert not errors
+    a, b = seen["a_inside"], seen["b_inside"]
+    assert a.gap_bytes == b.gap_bytes == base.gap_bytes + 4096
+    assert a.verify_crc is not base.verify_crc and a.progress is base.progress
+    assert b.progress is not base.progress and b.verify_crc is base.verify_crc
+    assert seen["a_after"].gap_bytes == base.gap_bytes and seen["a_after"].verify_crc is not base.verify_crc
+    assert seen["b_after"].gap_bytes == base.gap_bytes and seen["b_after"].progress is not base.progress
+    assert config.get() == base

@@ -96,6 +96,8 @@ def scenarios(draw):
     new_tokens = draw(st.permutations(old_tokens[:n_keep] + fresh))
     oov = draw(st.integers(0, 3))
     axis = draw(st.sampled_from([0, 1]))
+    if axis == 1 and old_size is not None:
+        old_size = n_old  # axis 1: only the file's length is accepted (TensorFlow ignores the size there)
     rank = draw(st.sampled_from([1, 2])) if axis == 0 else 2
     # Wide rows too, so that 4 KiB chunks cut between and inside rows.
     width = draw(st.integers(1, 6)) * draw(st.sampled_from([1, 1, 130, 700]))
@@ -509,3 +511,59 @@ def test_checkpoint_saved_again_before_run_is_refused(small):
     with pytest.raises(CheckpointChangedError, match="index was replaced"):
         gpuload.global_variables_initializer().run()
     assert not var.is_initialized()
+
+
+def test_axis_1_old_vocab_size_shorter_than_the_file_is_refused(tmp_path):
+    """TensorFlow's _warm_start_var_with_vocab passes no old_vocab_size to the column remap
+    (axis=1): it matches against the whole old file, where VocabInfo documents the first
+    old_vocab_size lines. Where the two differ gpuload refuses; where they agree it loads."""
+    gpuload.reset_default_graph()
+    old = np.arange(12, dtype=np.float32).reshape(3, 4)  # 4 classes (columns) used
+    prefix = save_old(tmp_path, old)
+    long_old = write_vocab(tmp_path / "old5.txt", [b"a", b"b", b"c", b"d", b"e"])
+    exact_old = write_vocab(tmp_path / "old4.txt", [b"a", b"b", b"c", b"d"])
+    new_v = write_vocab(tmp_path / "new.txt", [b"d", b"x", b"a"])
+    var = make_var("new/w", [3, 3], "float32")
+    with pytest.raises(WarmStartError, match=r"old_vocab_size=4 with axis=1.*old5\.txt.*5 lines") as info:
+        gpuload.warm_start(
+            prefix, ".*", {"new/w": gpuload.VocabInfo(new_v, 3, 0, long_old, 4, axis=1)}, {"new/w": "old/emb"}
+        )
+    assert "new/w" in str(info.value) and isinstance(info.value, ValueError)
+    assert var._init_source is None  # nothing scheduled
+    want = np.stack([old[:, 3], np.zeros(3, np.float32), old[:, 0]], axis=1)
+    for vi in (gpuload.VocabInfo(new_v, 3, 0, exact_old, 4, axis=1), gpuload.VocabInfo(new_v, 3, 0, exact_old, axis=1)):
+        gpuload.warm_start(prefix, ".*", {"new/w": vi}, {"new/w": "old/emb"})
+        gpuload.global_variables_initializer().run()
+        np.testing.assert_array_equal(var.numpy(), want)
+
+
+def test_plain_variables_load_from_the_checkpoint_the_vocab_ones_were_checked_against(tmp_path, monkeypatch):
+    """warm_start(directory): the directory's latest checkpoint is resolved once. A checkpoint
+    saved there in between (simulated right after that resolution) must not feed the plain
+    variables while the vocabulary ones come from the first: one warm start, one step."""
+    from gpuload.format import state
+
+    gpuload.reset_default_graph()
+    d = tmp_path / "run"
+    old = np.arange(24, dtype=np.float32).reshape(6, 4)
+    gpuload.save_checkpoint(str(d / "model.ckpt-1"), {"old/emb": old, "bias": np.ones(4, np.float32)})
+    old_v = write_vocab(tmp_path / "old.txt", [b"a", b"b", b"c", b"d", b"e", b"f"])
+    new_v = write_vocab(tmp_path / "new.txt", [b"f", b"x", b"a", b"c"])
+    emb = make_var("new/emb", [4, 4], "float32")
+    bias = make_var("bias", [4], "float32")
+    real = state.resolve_prefix
+    calls = []
+
+    def resolve_then_a_trainer_saves(ckpt):
+        got = real(ckpt)
+        if not calls:  # step 2 lands in the directory just after warm_start resolved step 1
+            gpuload.save_checkpoint(str(d / "model.ckpt-2"), {"old/emb": old + 100, "bias": np.full(4, 2, np.float32)})
+        calls.append((str(ckpt), got))
+        return got
+
+    monkeypatch.setattr(state, "resolve_prefix", resolve_then_a_trainer_saves)
+    gpuload.warm_start(str(d), ".*", {"new/emb": gpuload.VocabInfo(new_v, 4, 0, old_v)}, {"new/emb": "old/emb"})
+    gpuload.global_variables_initializer().run()
+    assert calls[0][1].endswith("model.ckpt-1")
+    np.testing.assert_array_equal(emb.numpy(), np.stack([old[5], np.zeros(4, np.float32), old[0], old[2]]))
+    np.testing.assert_array_equal(bias.numpy(), np.ones(4, np.float32))  # step 1, as the vocabulary variable

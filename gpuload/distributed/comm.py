@@ -57,7 +57,7 @@ class Coordinator:
         self.size = pc.Get_size()
         self.broken: str | None = None
         self._keep: list = []  # buffers that abandoned MPI operations may still touch
-        self._abort_reqs: list = []
+        self._abort_reqs: list = []  # non-empty once this rank told the others it failed
         self.timeout = 300.0
         self._last = time.monotonic()
         self._nap = 0.0
@@ -105,8 +105,11 @@ class Coordinator:
             raise CollectiveError(f"collective load failed on rank {status.Get_source()}: {text}")
 
     def abort(self, text: str) -> None:
-        """Tell every other rank this one failed (non-blocking; best effort)."""
-        if self.broken is None:
+        """Tell every other rank this one failed (non-blocking; best effort; once).
+
+        Sent even when the communicator is already retired by this rank's own failure
+        (an abandoned NCCL transfer): the caller does not abort for the others' errors."""
+        if not self._abort_reqs:
             for r in range(self.size):
                 if r != self.rank:
                     self._abort_reqs.append(self.pc.isend(text, dest=r, tag=ABORT_TAG))

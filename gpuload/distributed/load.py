@@ -84,11 +84,13 @@ def _requests(variables):
     ]
 
 
-def collective_load(variables, cfg) -> list[CollectiveStats]:
+def collective_load(variables, cfg, failed: BaseException | None = None) -> list[CollectiveStats]:
     """Load ``variables`` (this rank's checkpoint-sourced ones) collectively; assign all or nothing.
 
     Every rank of ``cfg.communicator`` must call this, each with its own variables (an
-    empty list is fine: the rank may still read chunks for others).
+    empty list is fine: the rank may still read chunks for others). ``failed``: an error
+    this rank hit before the load (e.g. in an own initializer); it is sent as this rank's
+    answer in the first exchange, so every rank raises at once, this one ``failed``.
 
     Returns
     -------
@@ -110,6 +112,8 @@ def collective_load(variables, cfg) -> list[CollectiveStats]:
         groups[v._init_source.prefix].append(v)
     local_error = None
     try:
+        if failed is not None:
+            raise failed  # handled below as a planning error of this rank
         needs = {}
         for prefix, group in groups.items():
             reqs = _requests(group)
@@ -134,7 +138,7 @@ def collective_load(variables, cfg) -> list[CollectiveStats]:
             if any(v.device != CPU for v in variables) or not variables
             else None,
         }
-    except Exception as exc:  # noqa: BLE001 - every error must reach the other ranks
+    except BaseException as exc:  # also KeyboardInterrupt: every error must reach the other ranks
         local_error = exc
         payload = {"error": f"{type(exc).__name__}: {exc}"}
     everyone = co.allgather(payload, "exchanging what each rank needs")
@@ -155,7 +159,10 @@ def collective_load(variables, cfg) -> list[CollectiveStats]:
             cplan, arrays, stats, crcs = _load_one(co, cfg, prefix, everyone, groups.get(prefix, []))
             payload = {"crcs": crcs}
         except BaseException as exc:  # also KeyboardInterrupt: the others must not wait for the timeout
-            if co.broken is None:
+            # A CollectiveError came from the others (their abort, or the deadline): nothing to
+            # tell. Anything else failed here, even if the communicator is already retired (an
+            # abandoned NCCL transfer retires it): tell the others at once.
+            if not isinstance(exc, CollectiveError):
                 co.abort(f"{type(exc).__name__}: {exc}")
             raise
         # Doubles as the last barrier: a rank that failed sent an abort instead of joining.

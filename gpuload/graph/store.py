@@ -1278,14 +1278,25 @@ def _run_initializers(variables: Sequence[Variable]) -> None:
     variables = list(dict.fromkeys(variables))  # keep order, drop duplicates
     from gpuload import config
 
-    collective = config.get().communicator is not None
-    if collective:
-        from gpuload.distributed import local_variables
+    cfg = config.get()
+    collective = cfg.communicator is not None
+    try:
+        if collective:
+            from gpuload.distributed import local_variables
 
-        variables = local_variables(variables)  # the others' parts hold no buffer on this rank
-    sourced = [v for v in variables if v._init_source is not None]
-    own = [v for v in variables if v._init_source is None]
-    values = [v._initializer_fn() for v in own]
+            variables = local_variables(variables)  # the others' parts hold no buffer on this rank
+        sourced = [v for v in variables if v._init_source is not None]
+        own = [v for v in variables if v._init_source is None]
+        values = [v._initializer_fn() for v in own]
+    except BaseException as exc:
+        if collective:  # the other ranks wait in the load's first exchange: answer with the error
+            from gpuload.distributed.load import collective_load
+
+            try:
+                collective_load([], cfg, failed=exc)
+            except Exception:  # noqa: BLE001 - it raises exc, or the exchange failed: exc is raised
+                pass
+        raise
     before = [(v, v._value) for v in sourced]
     try:
         if sourced or collective:  # with a communicator every rank joins, even with nothing to load

@@ -36,6 +36,10 @@ something else):
   ``partition_info`` (TensorFlow calls it with the 1-D shape ``[number of missing
   values]``); constants give the same values, random initializers draw from the variable's
   shape (fans of the full variable, as for its own initializer).
+* ``axis=1`` with an ``old_vocab_size`` smaller than the old vocabulary file is refused:
+  TensorFlow ignores ``old_vocab_size`` there (its column remap uses the whole file),
+  contrary to ``VocabInfo``'s documentation. ``-1``, or a file of exactly that many lines,
+  means the same under both readings and loads.
 * Object-based (TF2) checkpoints' name mapping is not applied: names are looked up as they
   are (use ``var_name_to_prev_var_name``).
 
@@ -86,7 +90,8 @@ class VocabInfo(
     old_vocab:
         Path of the vocabulary file the checkpoint's tensor was trained with.
     old_vocab_size:
-        How many of its first lines the old tensor used; ``-1``: every line.
+        How many of its first lines the old tensor used; ``-1``: every line. With
+        ``axis=1`` it must be ``-1`` or the file's length (TensorFlow ignores it there).
     backup_initializer:
         Initializer of the positions not found in the old vocabulary (default: zeros).
         Any gpuload initializer (``constant_initializer(0.25)``, ``truncated_normal_initializer``,
@@ -254,7 +259,9 @@ def warm_start(
             plain.append((prev, target))
     if plain:
         # Checks everything before it changes anything, like the vocabulary checks above.
-        init_from_checkpoint(ckpt_to_initialize_from, plain, allow_cast=allow_cast)
+        # The prefix resolved above, not the directory again: a checkpoint saved there in
+        # between must not mix its step into this warm start.
+        init_from_checkpoint(prefix, plain, allow_cast=allow_cast)
     for v, src in vocab_sources:
         v._init_source = src
 
@@ -339,6 +346,21 @@ def _vocab_sources(var_name, variables, prev, info, bundle, names, prefix, where
             f"VocabInfo of {label}: new_vocab and old_vocab must be file paths, got "
             f"{info.new_vocab!r} and {info.old_vocab!r}"
         )
+    if axis == 1 and old_size != -1:
+        # TensorFlow's _warm_start_var_with_vocab drops old_vocab_size for axis=1: its column
+        # remap reads the whole old vocabulary file, although VocabInfo documents the size
+        # as limiting it (and its own axis=1 example passes one). Where the two meanings
+        # differ, neither is silently picked.
+        lines = len(read_vocab(info.old_vocab, -1, what=f"old_vocab of {label}"))
+        if lines > old_size:
+            raise WarmStartError(
+                f"VocabInfo of {label}: old_vocab_size={old_size} with axis=1, but old_vocab "
+                f"{os.fspath(info.old_vocab)!r} has {lines} lines. TensorFlow's warm start ignores "
+                f"old_vocab_size for axis=1 (it remaps columns against the whole old vocabulary "
+                f"file), contrary to VocabInfo's documentation, so the two give different values: "
+                f"pass old_vocab_size=-1 (TensorFlow's behaviour) or an old_vocab file of exactly "
+                f"{old_size} lines"
+            )
     if prev not in names:
         close = difflib.get_close_matches(prev, sorted(names), n=3)
         hint = f"; close names in the checkpoint: {', '.join(map(repr, close))}" if close else ""
