@@ -190,18 +190,10 @@ def kernel_name(src_dtype: Any, dst_dtype: Any) -> str:
 
 
 _lock = threading.Lock()
-_modules: dict[str, Any] = {}  # variant -> cupy.RawModule (CuPy compiles it per device)
-_functions: dict[tuple[int, str], Any] = {}  # (device id, variant) -> compiled kernel
-
-
-def _module(variant: str):
-    """The RawModule of one variant (CuPy compiles it lazily, once per device)."""
-    import cupy
-
-    mod = _modules.get(variant)
-    if mod is None:
-        mod = _modules[variant] = cupy.RawModule(code=source(), options=options(variant))
-    return mod
+#: The kernel kinds and their sources: ``gpuload_<kind>_<variant>`` lives in ``kernels/<source>``.
+_SOURCES = {"box_copy": _MAIN_SOURCE, "gather": "gather.cu"}
+_modules: dict[tuple[str, str], Any] = {}  # (kind, variant) -> cupy.RawModule (CuPy compiles it per device)
+_functions: dict[tuple[int, str, str], Any] = {}  # (device id, kind, variant) -> compiled kernel
 
 
 def get_kernel(src_dtype: Any, dst_dtype: Any):
@@ -216,13 +208,18 @@ def get_kernel(src_dtype: Any, dst_dtype: Any):
     KernelCompileError
         The source does not compile; the message names the file and options.
     """
-    return _variant_kernel(cast_code(src_dtype, dst_dtype))
+    return _compiled("box_copy", cast_code(src_dtype, dst_dtype))
 
 
-def _variant_kernel(variant: str):
+def _compiled(kind: str, variant: str):
+    """``gpuload_<kind>_<variant>`` compiled for the current device (once per device and process).
+
+    One module per (kind, variant): each variant compiles alone (``-DGPULOAD_ONLY``), so a
+    load compiles only the dtype pairs it uses.
+    """
     import cupy
 
-    key = (cupy.cuda.Device().id, variant)
+    key = (cupy.cuda.Device().id, kind, variant)
     fn = _functions.get(key)
     if fn is not None:
         return fn
@@ -231,10 +228,13 @@ def _variant_kernel(variant: str):
         if fn is None:
             opts = options(variant)
             try:
-                fn = _module(variant).get_function(f"gpuload_box_copy_{variant}")
+                mod = _modules.get((kind, variant))
+                if mod is None:
+                    mod = _modules[(kind, variant)] = cupy.RawModule(code=source(_SOURCES[kind]), options=opts)
+                fn = mod.get_function(f"gpuload_{kind}_{variant}")
                 fn.attributes  # noqa: B018 - forces the compile and load now, inside the try
             except cupy.cuda.compiler.CompileException as e:
-                path = kernel_dir() / _MAIN_SOURCE
+                path = kernel_dir() / _SOURCES[kind]
                 raise KernelCompileError(
                     f"{path}: variant {variant!r} failed to compile with options {opts}:\n{e}",
                     path=path,
@@ -277,7 +277,7 @@ def warmup(variants: Iterable[str] | None = None, devices: Iterable[int] | None 
     for dev in devices:
         with cupy.cuda.Device(dev):
             for v in variants:
-                _variant_kernel(v)
+                _compiled("box_copy", v)
     return time.perf_counter() - t
 
 
@@ -358,10 +358,6 @@ def launch_geometry(counts: Iterable[int], sm_count: int) -> tuple[tuple[int, in
 #: Host image of ``struct gpuload_gather_desc`` (gather.cuh); a test checks the layout.
 GATHER_DESC_DTYPE = np.dtype([("box", DESC_DTYPE), ("boxes", "<i8"), ("index_offset", "<i8")])
 
-_GATHER_SOURCE = "gather.cu"
-_gather_modules: dict[str, Any] = {}
-_gather_functions: dict[tuple[int, str], Any] = {}
-
 
 def gather_kernel_name(src_dtype: Any, dst_dtype: Any) -> str:
     """``gpuload_gather_<variant>`` for a dtype pair (raises PlanError if unsupported)."""
@@ -381,33 +377,7 @@ def get_gather_kernel(src_dtype: Any, dst_dtype: Any):
     KernelCompileError
         The source does not compile.
     """
-    import cupy
-
-    variant = cast_code(src_dtype, dst_dtype)
-    key = (cupy.cuda.Device().id, variant)
-    fn = _gather_functions.get(key)
-    if fn is not None:
-        return fn
-    with _lock:
-        fn = _gather_functions.get(key)
-        if fn is None:
-            opts = options(variant)
-            try:
-                mod = _gather_modules.get(variant)
-                if mod is None:
-                    mod = _gather_modules[variant] = cupy.RawModule(code=source(_GATHER_SOURCE), options=opts)
-                fn = mod.get_function(f"gpuload_gather_{variant}")
-                fn.attributes  # noqa: B018 - forces the compile and load now, inside the try
-            except cupy.cuda.compiler.CompileException as e:
-                path = kernel_dir() / _GATHER_SOURCE
-                raise KernelCompileError(
-                    f"{path}: variant {variant!r} failed to compile with options {opts}:\n{e}",
-                    path=path,
-                    options=opts,
-                    cause=e,
-                ) from e
-            _gather_functions[key] = fn
-    return fn
+    return _compiled("gather", cast_code(src_dtype, dst_dtype))
 
 
 def pack_gather(
