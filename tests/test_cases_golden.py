@@ -33,6 +33,8 @@ def constant_for(dtype: str):
 
 
 def build_variables(case):
+    """The case's variables, made as TensorFlow users make them (also warm_start cases,
+    whose variables may carry ``trainable``)."""
     gpuload.reset_default_graph()
     made = {}
     for spec in case["variables"]:
@@ -51,6 +53,7 @@ def build_variables(case):
                 initializer=gpuload.constant_initializer(constant_for(spec["dtype"])),
                 partitioner=partitioner,
                 device="/cpu:0",
+                trainable=spec.get("trainable", True),
             )
 
         made[spec["name"]] = make()

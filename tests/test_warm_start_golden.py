@@ -15,39 +15,12 @@ import json
 import numpy as np
 import pytest
 from conftest import golden_dir
+from test_cases_golden import build_variables  # the same variable recipe (README of the golden data)
 
 import gpuload
 
 _JSON = golden_dir() / "warm_start_cases.json"
 CASES = json.loads(_JSON.read_text()) if _JSON.exists() else []
-
-CONSTANTS = {"f": -3.5, "i": -3, "u": -3}
-
-
-def build_variables(case):
-    gpuload.reset_default_graph()
-    made = {}
-    for spec in case["variables"]:
-        *scopes, leaf = spec["name"].split("/")
-        parts = spec["partitions"]
-        partitioner = (lambda shape, dtype, p=parts: list(p)) if parts else None
-
-        def make(level=0):
-            if level < len(scopes):
-                with gpuload.variable_scope(scopes[level]):
-                    return make(level + 1)
-            return gpuload.get_variable(
-                leaf,
-                shape=spec["shape"],
-                dtype=spec["dtype"],
-                initializer=gpuload.constant_initializer(CONSTANTS[np.dtype(spec["dtype"]).kind]),
-                partitioner=partitioner,
-                device="/cpu:0",
-                trainable=spec.get("trainable", True),
-            )
-
-        made[spec["name"]] = make()
-    return made
 
 
 def call_args(case, made, golden):
