@@ -2,7 +2,7 @@
 
 The CUDA sources stay in ``kernels/`` at the top of the repository (where nvcc, CI and the
 host-harness tests use them) and install as ``gpuload/_kernels/*.cu`` / ``*.cuh``, where
-``gpuload.device.kernels`` finds them through ``importlib.resources``. The globs take every
+``gpuload.backend.kernels`` finds them through ``importlib.resources``. The globs take every
 kernel file, including ones added later. Everything else is in pyproject.toml.
 """
 

@@ -131,7 +131,7 @@ def run_gpuload_ws(spec) -> dict:
     info = gpuload.VocabInfo(meta["new_vocab"], meta["new_vocab_size"], meta["oov"], meta["old_vocab"])
     res = {"kind": "ws_gpuload", "config": spec["config"], "device": device, "plain": plain}
     if device != "/cpu:0":
-        from gpuload.device import kernels
+        from gpuload.backend import kernels
 
         kernels.warmup(["b4_b4"], [0])  # compiling is not load time
         kernels.get_gather_kernel(np.float32, np.float32)

@@ -254,13 +254,13 @@ def run_gpuload(spec) -> dict:
     if gpus:
         import cupy as cp
 
-        from gpuload.device import host, kernels
+        from gpuload.backend import host, kernels
 
         # NVRTC compiles (or CuPy cache loads) happen here, reported apart, not in the load.
         res["kernel_warmup_s"] = kernels.warmup(variants=[host.cast_code(spec["dtype"], spec["dtype"])], devices=gpus)
         # Likewise pinning the ring: a process pins it once and keeps it (LoadStats.pin_s
         # of the measured load shows what was left).
-        from gpuload.device.placement import backend_for
+        from gpuload.backend.placement import backend_for
 
         c = gpuload.config.get()
         t = time.perf_counter()
@@ -714,7 +714,7 @@ def gpu_limits(gpus, n, repeat, L, errors) -> None:
 def _gpuload_kernel(cp, d, n, s, timed, k) -> dict:
     """gpuload's own box-copy kernel, kernel only: a [rows, 64] float32 buffer already on
     the device cut into 4 column parts (the cols:4 layout) in one batched launch."""
-    from gpuload.device import kernels
+    from gpuload.backend import kernels
     from gpuload.plan.copies import BoxCopy
 
     cols, parts = 64, 4

@@ -16,9 +16,10 @@ Loading into any framework's arrays (NumPy, CuPy, PyTorch, JAX): :func:`load`
 Settings: :mod:`gpuload.config`. Errors: :mod:`gpuload.errors`.
 """
 
-from gpuload import config, device, errors, loader  # device: a subpackage, callable as tf.device
+from gpuload import config, errors, loader
 from gpuload.api import LoadResult, Request, Spec, last_load, load, plan_load
-from gpuload.device.placement import is_gpu_available
+from gpuload.backend import release_pinned_memory
+from gpuload.backend.placement import is_gpu_available
 from gpuload.format.reader import (
     CheckpointReader,
     latest_checkpoint,
@@ -46,6 +47,7 @@ from gpuload.graph.store import (
     Graph,
     PartitionedVariable,
     Variable,
+    device,
     get_default_graph,
     get_variable,
     global_variables,
@@ -64,6 +66,7 @@ __all__ = [
     "errors",
     "loader",
     "is_gpu_available",
+    "release_pinned_memory",
     "load",
     "plan_load",
     "last_load",

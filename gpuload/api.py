@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 # Imported here, not inside load(): a load's clock starts at the call and imports are not load time.
-import gpuload.device.host as _host  # the CPU backend, built by backend_for
+import gpuload.backend.host as _host  # the CPU backend, built by backend_for
 from gpuload import config as config_mod
-from gpuload.device.placement import backend_for, canonical_device
+from gpuload.backend.placement import backend_for, canonical_device
 from gpuload.errors import ArgumentTypeError, DeviceUnavailableError, InvalidArgumentError, TargetError
 from gpuload.format import dtypes as _dt
 from gpuload.format.reader import CheckpointReader

@@ -38,7 +38,7 @@ def _fail(message: str) -> int:
 def run(args) -> int:
     """Write, load and check; returns the exit status (2, with one line on stderr, for bad input)."""
     import gpuload
-    from gpuload.device.placement import check_device
+    from gpuload.backend.placement import check_device
 
     for flag, value in (("--rows", args.rows), ("--cols", args.cols), ("--parts", args.parts)):
         if value < 1:
@@ -77,7 +77,7 @@ def run(args) -> int:
         where = emb._get_variable_list()[0].device
         if where.startswith("/device:GPU:"):
             # Compile (or load from CuPy's cache) the kernels now: NVRTC time is not load time.
-            from gpuload.device import kernels
+            from gpuload.backend import kernels
 
             secs = kernels.warmup(variants=["b4_b4"], devices=[int(where.rsplit(":", 1)[1])])
             print(f"box-copy kernels ready on {where} in {secs:.2f} s (compiled before the timed loads)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 
 # Imported here, not inside run(): a load's clock starts at run() and imports are not load time.
-import gpuload.device.host  # noqa: F401  (the CPU backend, built by backend_for)
+import gpuload.backend.host  # noqa: F401  (the CPU backend, built by backend_for)
 from gpuload import config as config_mod
 from gpuload.api import _normalize, _prepare, load
 from gpuload.errors import CheckpointChangedError

@@ -56,7 +56,7 @@ class LoadStats:
     ring_bytes: int = 0
     #: Seconds spent getting the ring's slots: pinning them on the first GPU load of the
     #: process, ~0 on later ones (the pinned ring is kept; see
-    #: :func:`gpuload.device.release_pinned_memory`). Not part of ``read_s``.
+    #: :func:`gpuload.backend.release_pinned_memory`). Not part of ``read_s``.
     pin_s: float = 0.0
     #: Host memory of the warm-start vocabularies and index mappings behind the plan's gathers.
     vocab_bytes: int = 0
@@ -75,7 +75,7 @@ def execute(plan, backends, *, config, host_loader=None, stats: LoadStats | None
     plan:
         The :class:`~gpuload.plan.Plan` to run.
     backends:
-        Mapping from device string to backend (see :mod:`gpuload.device`); must have an
+        Mapping from device string to backend (see :mod:`gpuload.backend`); must have an
         entry for every destination's device.
     config:
         The :class:`~gpuload.config.Config` (ring size, readers, O_DIRECT, progress).

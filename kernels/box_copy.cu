@@ -9,7 +9,7 @@
 // file alone instantiates and checks every variant (an uninstantiated template compiles
 // to nothing), and the variant list lives in one X-macro that the host harness shares.
 //
-// Launch (gpuload/device/kernels.py, launch_geometry):
+// Launch (gpuload/backend/kernels.py, launch_geometry):
 //   grid  = (blocks per descriptor, min(n_desc, 65535)), block = GPULOAD_BLOCK_THREADS
 //   args  = (src: staged chunk base, descs: device array of gpuload_box_desc, n_desc)
 // blockIdx.y picks a descriptor (looping when there are more than gridDim.y); the

@@ -3,7 +3,7 @@
 // Everything here is __host__ __device__ so that one definition serves the CUDA kernels
 // (kernels/box_copy.cu, compiled by NVRTC through CuPy) and the host harness
 // (tests/kernel_host_harness.cpp, compiled by g++), which the tests compare bit for bit
-// against NumPy / ml_dtypes. The Python twin is gpuload/device/host.py.
+// against NumPy / ml_dtypes. The Python twin is gpuload/backend/host.py.
 //
 // The contract (gpuload/plan/copies.py, BoxCopy): element i (a multi-index, row-major,
 // last axis fastest) is read at byte  src_offset + SRC_SIZE * sum(i[k] * src_strides[k])
@@ -29,7 +29,7 @@
 #define GPULOAD_UNROLL
 #endif
 
-// Compile-time constants. gpuload/device/kernels.py passes each one as -D so that the
+// Compile-time constants. gpuload/backend/kernels.py passes each one as -D so that the
 // Python side (descriptor layout, launch geometry) and the kernels always agree.
 #ifndef GPULOAD_MAX_RANK
 #define GPULOAD_MAX_RANK 8
@@ -253,7 +253,7 @@ typedef gl_conv_float<gl_u16, gl_u64, gl_fmt_bf16, gl_fmt_f64, GL_NAN_QUIET> gl_
 typedef gl_conv_float<gl_u16, gl_u64, gl_fmt_f16, gl_fmt_f64, GL_NAN_KEEP> gl_conv_f16_f64;
 
 // Every variant: X(name, conversion). box_copy.cu defines gpuload_box_copy_<name> for
-// each, the host harness dispatches on the same list, and gpuload/device/host.py's
+// each, the host harness dispatches on the same list, and gpuload/backend/host.py's
 // cast table must name exactly these (a test checks it).
 #define GPULOAD_BOX_COPY_VARIANTS(X) \
     X(b1_b1, gl_conv_b1_b1)          \

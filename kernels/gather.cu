@@ -4,7 +4,7 @@
 // variants as the box copies (GPULOAD_BOX_COPY_VARIANTS in box_copy.cuh): a warm start
 // gathers the old rows (or columns) its new vocabulary needs into each part.
 //
-// Launch (gpuload/device/kernels.py, launch_geometry, as for box copies):
+// Launch (gpuload/backend/kernels.py, launch_geometry, as for box copies):
 //   grid  = (blocks per descriptor, min(n_desc, 65535)), block = GPULOAD_BLOCK_THREADS
 //   args  = (src: staged chunk base, descs: gpuload_gather_desc[n_desc], n_desc,
 //            offsets: (source byte, destination element) pairs of every descriptor's boxes)

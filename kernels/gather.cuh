@@ -13,7 +13,7 @@
 //
 // Like box_copy.cuh, everything is __host__ __device__ so that the kernel
 // (kernels/gather.cu) and the host harness (tests/kernel_host_harness.cpp) run the same
-// code; the NumPy twin is gpuload.device.host.gather_copy. No #include beyond box_copy.cuh:
+// code; the NumPy twin is gpuload.backend.host.gather_copy. No #include beyond box_copy.cuh:
 // NVRTC compiles this without the C++ standard library.
 
 #ifndef GPULOAD_GATHER_CUH

@@ -96,7 +96,7 @@ import numpy as np
 
 import gpuload
 from gpuload import loader
-from gpuload.device import kernels
+from gpuload.backend import kernels
 
 n = int(sys.argv[1])
 print("## full loads (256 MiB float32 [1048576, 64])\n")

@@ -81,7 +81,7 @@ def pytest_collection_modifyitems(config, items):
             if "hardware" in item.keywords:
                 item.add_marker(skip_hw)
         return
-    from gpuload.device.placement import is_gpu_available
+    from gpuload.backend.placement import is_gpu_available
 
     if is_gpu_available():
         return
@@ -94,7 +94,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_runtest_setup(item):
     if "gpu" in item.keywords and os.environ.get("GPULOAD_REQUIRE_GPU") == "1":
-        from gpuload.device.placement import is_gpu_available
+        from gpuload.backend.placement import is_gpu_available
 
         if not is_gpu_available():
             pytest.fail(

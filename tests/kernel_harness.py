@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuload.device import host, kernels
+from gpuload.backend import host, kernels
 
 HARNESS_SRC = Path(__file__).resolve().parent / "kernel_host_harness.cpp"
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}

@@ -17,7 +17,7 @@ import pytest
 
 @pytest.fixture
 def sim(monkeypatch):
-    from gpuload.device import cuda, kernels, placement
+    from gpuload.backend import cuda, kernels, placement
 
     if sys.modules.get("cupy") is not cuda_sim:
         monkeypatch.setitem(sys.modules, "cupy", cuda_sim)

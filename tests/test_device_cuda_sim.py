@@ -24,7 +24,7 @@ from box_cases import BF16, F32, edge_cases, raw
 
 import gpuload
 from gpuload import config
-from gpuload.device import kernels
+from gpuload.backend import kernels
 from gpuload.errors import DeviceError, DeviceMemoryError, DeviceUnavailableError
 from gpuload.plan.copies import BoxCopy
 
@@ -43,7 +43,7 @@ def mode_sim(request, sim):  # noqa: F811
 
 
 def _backend(index=0):
-    from gpuload.device.placement import backend_for
+    from gpuload.backend.placement import backend_for
 
     return backend_for(f"/device:GPU:{index}")
 
@@ -169,7 +169,7 @@ def _break_backend(monkeypatch, what):
     staging copy. ``token-wait``: ``CudaToken.wait`` returns at once, so the releaser hands
     a ring slot back while the copies out of it have not run.
     """
-    from gpuload.device import cuda
+    from gpuload.backend import cuda
 
     skipped = {"n": 0}
     if what == "kernel-wait":
@@ -290,7 +290,7 @@ def test_empty_load_launches_nothing_harmful(sim):  # noqa: F811
 
 def test_cupy_13_is_refused_with_its_version(sim, monkeypatch):  # noqa: F811
     """Item 4 of the issue (CuPy 13 has no bfloat16): gpuload requires CuPy >= 14, clearly."""
-    from gpuload.device import placement
+    from gpuload.backend import placement
 
     sim.set_version("13.6.0")
     with pytest.raises(ValueError):
@@ -319,7 +319,7 @@ def test_gpu_probe_ignores_warning_filters(tmp_path):
         cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=_count))
     """)
     )
-    code = "from gpuload.device import placement; print(placement._probe())"
+    code = "from gpuload.backend import placement; print(placement._probe())"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])]))
     env.pop("GPULOAD_SIMULATE_CUDA", None)
     out = subprocess.run(
@@ -376,7 +376,7 @@ def test_load_on_gpu1_only_touches_gpu1(tmp_path, mode_sim):
 def test_pinned_ring_is_kept_for_the_process(tmp_path, sim):  # noqa: F811
     """Item 6: the ring was pinned in reader threads and unpinned after every load."""
     from gpuload import loader
-    from gpuload.device.cuda import pinned_pool_bytes
+    from gpuload.backend.cuda import pinned_pool_bytes
 
     table = np.random.default_rng(3).standard_normal((512, 16)).astype(np.float32)
     prefix = _ckpt(tmp_path, {"t": table})
@@ -412,7 +412,7 @@ def test_pinned_ring_is_kept_for_the_process(tmp_path, sim):  # noqa: F811
     del v
     gc.collect()
     assert sim.live_pinned_bytes() > base
-    assert gpuload.device.release_pinned_memory() == kept["idle"]
+    assert gpuload.backend.release_pinned_memory() == kept["idle"]
     gc.collect()
     assert sim.live_pinned_bytes() == base
 
@@ -433,7 +433,7 @@ def test_fatal_cuda_error_surfaces_first_and_frees_pinned_memory(tmp_path, mode_
     assert all(isinstance(e, DeviceError) for e in getattr(err, "cleanup_errors", []))
     gc.collect()
     assert mode_sim.live_pinned_bytes() == base, "pinned memory kept alive after the failed load"
-    from gpuload.device.cuda import pinned_pool_bytes
+    from gpuload.backend.cuda import pinned_pool_bytes
 
     assert pinned_pool_bytes() == {"idle": 0, "lent": 0}
 
@@ -532,7 +532,7 @@ def test_simulator_catches_wrong_current_device_and_freed_memory(sim):  # noqa: 
 def test_pinning_failure_gives_back_the_slots_it_got(tmp_path, sim, monkeypatch):  # noqa: F811
     """Pinning the ring fails half-way (host memory exhausted): the error surfaces as a
     DeviceMemoryError and the pool lends nothing afterwards."""
-    from gpuload.device.cuda import pinned_pool_bytes
+    from gpuload.backend.cuda import pinned_pool_bytes
 
     table = np.random.default_rng(7).standard_normal((512, 16)).astype(np.float32)
     prefix = _ckpt(tmp_path, {"t": table})

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from box_cases import BF16, F32, edge_cases, make_case, raw
 
-from gpuload.device import host, kernels
+from gpuload.backend import host, kernels
 from gpuload.errors import PlanError
 from gpuload.plan.copies import BoxCopy
 
@@ -79,7 +79,7 @@ def test_large_random_cast_matches_numpy():
 
 
 def _backend():
-    from gpuload.device.placement import backend_for
+    from gpuload.backend.placement import backend_for
 
     return backend_for("/device:GPU:0")
 
@@ -163,7 +163,7 @@ def test_cuda_backend_rejects_bad_copies():
 def test_every_gpu_gets_its_own_backend():
     import cupy
 
-    from gpuload.device.placement import backend_for
+    from gpuload.backend.placement import backend_for
 
     n = cupy.cuda.runtime.getDeviceCount()
     backends = [backend_for(f"gpu:{i}") for i in range(n)]

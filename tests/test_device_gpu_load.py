@@ -27,7 +27,7 @@ SMALL = {"chunk_bytes": 8192, "ring_bytes": 3 * 8192}
 
 @pytest.fixture(autouse=True)
 def fresh_graph():
-    from gpuload.device.cuda import pinned_pool_bytes
+    from gpuload.backend.cuda import pinned_pool_bytes
 
     gpuload.reset_default_graph()
     lent = pinned_pool_bytes()["lent"]
@@ -108,7 +108,7 @@ def test_default_config_single_chunk(tmp_path):
 
 
 def test_parts_over_two_gpus(tmp_path):
-    from gpuload.device.placement import gpu_count
+    from gpuload.backend.placement import gpu_count
 
     if gpu_count() < 2:
         pytest.skip(f"needs 2 GPUs, {gpu_count()} visible")

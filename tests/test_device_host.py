@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from box_cases import BF16, F32, edge_cases, raw
 
-from gpuload.device import host, placement
-from gpuload.device.host import HostBackend, box_copy
+from gpuload.backend import host, placement
+from gpuload.backend.host import HostBackend, box_copy
 from gpuload.errors import DeviceUnavailableError, PlanError
 from gpuload.plan.copies import BoxCopy
 
@@ -226,7 +226,7 @@ def _run_python(code: str, env_extra: dict | None = None) -> str:
 def test_imports_and_cpu_path_work_without_cupy():
     out = _run_python(
         "import sys; sys.modules['cupy'] = None\n"
-        "from gpuload.device import host, placement, kernels\n"
+        "from gpuload.backend import host, placement, kernels\n"
         "import gpuload.plan.copies\n"
         "assert not placement.is_gpu_available()\n"
         "assert placement.default_device() == '/device:CPU:0'\n"
@@ -246,7 +246,7 @@ def test_imports_and_cpu_path_work_without_cupy():
 
 def test_empty_cuda_visible_devices_means_no_gpu():
     out = _run_python(
-        "from gpuload.device import placement\n"
+        "from gpuload.backend import placement\n"
         "print(placement.is_gpu_available(), placement.gpu_count(), placement.default_device())\n",
         {"CUDA_VISIBLE_DEVICES": ""},
     )
@@ -256,7 +256,7 @@ def test_empty_cuda_visible_devices_means_no_gpu():
 def test_empty_large_destinations_are_their_own_mappings():
     import mmap
 
-    from gpuload.device.host import HostBackend
+    from gpuload.backend.host import HostBackend
 
     b = HostBackend()
     big = b.empty((1024, 1024), np.float32)  # 4 MiB: anonymous mapping with huge pages asked for

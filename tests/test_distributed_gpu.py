@@ -22,7 +22,7 @@ ROWS = 1 << 14 if os.environ.get("GPULOAD_SIMULATE_CUDA", "").strip().lower() no
 
 
 def _gpus() -> int:
-    from gpuload.device.placement import gpu_count
+    from gpuload.backend.placement import gpu_count
 
     return gpu_count()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpuload.device import host
+from gpuload.backend import host
 from gpuload.distributed.assign import collective_plan
 from gpuload.format.bundle import Bundle
 from gpuload.format.slices import Box
@@ -67,7 +67,7 @@ class _Co:
 
 
 def _run_load(sim, tmp_path, nranks, receivers_first=False):
-    from gpuload.device.cuda import CudaBackend
+    from gpuload.backend.cuda import CudaBackend
     from gpuload.distributed.nccl import NcclTransport
 
     prefix = str(tmp_path / "ck")
@@ -150,7 +150,7 @@ def test_chunks_move_and_land_through_the_nccl_transport(sim, tmp_path, nranks, 
 def test_simulator_catches_copies_that_do_not_wait_for_the_transfer(sim, tmp_path, monkeypatch, mode):
     """Planted bug: the backend's copies out of device staging ignore the NCCL transfer's
     event. The simulator must see the kernels and copies race with the receive."""
-    from gpuload.device import cuda
+    from gpuload.backend import cuda
 
     sim.set_mode(mode)
     real = cuda.CudaLoad.submit_device

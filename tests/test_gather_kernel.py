@@ -2,7 +2,7 @@
 its compile checks.
 
 The g++ host harness runs gather.cuh's per-thread loop and index arithmetic (the very code
-the kernel runs) for simulated launches; the NumPy twin (gpuload.device.host.gather_copy)
+the kernel runs) for simulated launches; the NumPy twin (gpuload.backend.host.gather_copy)
 and an independent per-element reference must agree with it bit for bit, for every
 dtype pair the box copies support, aligned and misaligned, with the 32- and 64-bit loops.
 """
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from kernel_harness import build_harness
 from test_kernels_nvcc import ARCHS, _nvcc, _run_all
 
-from gpuload.device import host, kernels
+from gpuload.backend import host, kernels
 from gpuload.errors import PlanError
 from gpuload.plan.copies import GatherCopy
 

@@ -426,7 +426,7 @@ def test_device_context_nesting_and_canonical_strings():
     with device(None):  # cleared: the default device
         x = get_variable("x", [1])
     assert v.device == CPU and w.device == CPU and v.op.device == CPU
-    from gpuload.device import placement
+    from gpuload.backend import placement
 
     assert x.device == placement.default_device()
 
@@ -442,7 +442,7 @@ def test_innermost_device_wins_and_availability_is_checked_late():
 
 
 def test_default_device_used_without_context(monkeypatch):
-    from gpuload.device import placement
+    from gpuload.backend import placement
 
     calls = []
 
@@ -694,10 +694,10 @@ def test_gpu_variables():
 
 def test_gpuload_device_is_both_tf_device_and_the_subpackage():
     import gpuload
-    import gpuload.device.host
+    import gpuload.backend.host
 
     with gpuload.device("/cpu:0") as dev:
         v = gpuload.get_variable("placed", [2])
     assert dev == "/device:CPU:0" and v.device == "/device:CPU:0"
-    assert gpuload.device.host.HostBackend.device == "/device:CPU:0"
-    assert gpuload.device.placement.canonical_device("gpu:1") == "/device:GPU:1"
+    assert gpuload.backend.host.HostBackend.device == "/device:CPU:0"
+    assert gpuload.backend.placement.canonical_device("gpu:1") == "/device:GPU:1"

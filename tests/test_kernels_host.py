@@ -3,7 +3,7 @@
 tests/kernel_host_harness.cpp is built with g++ into a temporary shared library and driven
 through ctypes. It runs the kernels' plan, per-thread loop, index arithmetic and
 conversions on the CPU; every result is compared bit for bit with the NumPy twin
-(gpuload.device.host.box_copy) and with an independent fancy-indexing reference
+(gpuload.backend.host.box_copy) and with an independent fancy-indexing reference
 (tests/box_cases.py). Missing g++ skips this file; any other build problem fails it.
 """
 
@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernel_harness import Harness, build_harness
 
-from gpuload.device import host, kernels
+from gpuload.backend import host, kernels
 from gpuload.errors import PlanError
 from gpuload.plan.copies import BoxCopy
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuload.device import host, kernels
+from gpuload.backend import host, kernels
 
 ARCHS = ("sm_80", "sm_90")
 

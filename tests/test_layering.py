@@ -32,7 +32,7 @@ ONLY_BELOW = {
 }
 # layer -> what it must not import
 NOT_ABOVE = {
-    "gpuload.device": (
+    "gpuload.backend": (
         "gpuload.scheduler",
         "gpuload.loader",
         "gpuload.distributed",
@@ -51,9 +51,6 @@ GRAPH_CLIENTS = ("gpuload", "gpuload.cli", "gpuload.demo", "gpuload.__main__", "
 # Today's known violations (importer, imported), each to be removed by issue 9's load API
 # refactor; keep this list shrinking, never growing.
 KNOWN = {
-    # gpuload.device swaps its module class to be callable (`gpuload.device(...)` as
-    # tf.device) and its __call__ lazily imports the variable store's device scope.
-    ("gpuload.device", "gpuload.graph.store"),
     # The loader reads the TF1 variables' private init sources (v._init_source, v._assign).
     ("gpuload.loader", "gpuload.graph.store"),
 }
@@ -138,7 +135,7 @@ def test_the_checker_sees_every_module():
         "gpuload.format.bundle",
         "gpuload.plan.plan",
         "gpuload.io.ring",
-        "gpuload.device.cuda",
+        "gpuload.backend.cuda",
         "gpuload.scheduler",
         "gpuload.graph.store",
     } <= names
@@ -173,9 +170,9 @@ PLANTED = [
     ("format/slices.py", "from ..plan import plan", ("gpuload.format.slices", "gpuload.plan.plan")),
     ("plan/copies.py", "from gpuload import scheduler", ("gpuload.plan.copies", "gpuload.scheduler")),
     ("plan/plan.py", "import cupy.cuda", ("gpuload.plan.plan", "cupy.cuda")),
-    ("io/ring.py", "from gpuload.device import host", ("gpuload.io.ring", "gpuload.device.host")),
-    ("device/host.py", "def f():\n    from .. import loader", ("gpuload.device.host", "gpuload.loader")),
-    ("device/placement.py", "from gpuload.graph import store", ("gpuload.device.placement", "gpuload.graph.store")),
+    ("io/ring.py", "from gpuload.backend import host", ("gpuload.io.ring", "gpuload.backend.host")),
+    ("backend/host.py", "def f():\n    from .. import loader", ("gpuload.backend.host", "gpuload.loader")),
+    ("backend/placement.py", "from gpuload.graph import store", ("gpuload.backend.placement", "gpuload.graph.store")),
     ("scheduler.py", "import gpuload.loader", ("gpuload.scheduler", "gpuload.loader")),
     ("errors.py", "from gpuload.format import crc", ("gpuload.errors", "gpuload.format.crc")),
     ("loader.py", "from gpuload.graph import partition", ("gpuload.loader", "gpuload.graph.partition")),
@@ -201,3 +198,17 @@ def test_a_new_module_importing_graph_fails(tree):
     (tree / "api.py").unlink()
     (tree / "cli.py").write_text((tree / "cli.py").read_text() + "\nimport gpuload.graph.store\n")
     assert violations(tree) == _today()
+
+
+def test_tf_device_is_a_plain_function_not_a_callable_module():
+    """``gpuload.device`` is TensorFlow's ``tf.device``; importing the backends does not shadow it."""
+    import inspect
+    import types
+
+    import gpuload
+    import gpuload.backend.host  # noqa: F401  (a submodule import must not rebind gpuload.device)
+
+    assert inspect.isfunction(gpuload.device) and not isinstance(gpuload.device, types.ModuleType)
+    assert type(gpuload.backend) is types.ModuleType  # no module-class swap anywhere
+    with gpuload.device("/cpu:0") as dev:
+        assert dev == "/device:CPU:0"

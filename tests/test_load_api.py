@@ -110,7 +110,7 @@ def test_wrong_targets_name_the_key_and_the_target(ckpt):
         gpuload.load(prefix, {"e": ("emb", np.empty((50, 8), np.int32))})
     with pytest.raises(TargetError, match=r"'e'.*bad device.*'tpu:0'"):
         gpuload.load(prefix, {"e": ("emb", gpuload.Spec(device="tpu:0"))})
-    from gpuload.device import placement
+    from gpuload.backend import placement
 
     if not placement.is_gpu_available():
         with pytest.raises(

@@ -131,7 +131,7 @@ def test_truncation_is_one_error_class_before_and_during_run(tmp_path, ckpt, mon
 
 
 def test_out_of_memory_names_tensor_and_size(tmp_path, ckpt, monkeypatch):
-    from gpuload.device.host import HostBackend
+    from gpuload.backend.host import HostBackend
 
     def no_memory(self, shape, dtype):
         raise MemoryError()

@@ -18,7 +18,7 @@ import pytest
 import gpuload
 from gpuload import config
 from gpuload import scheduler as sched_mod
-from gpuload.device import host as host_mod
+from gpuload.backend import host as host_mod
 from gpuload.format import crc as crc_mod
 from gpuload.graph import store as store_mod
 from gpuload.io import reader as reader_mod

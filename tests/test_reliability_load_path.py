@@ -19,8 +19,8 @@ import pytest
 import gpuload
 from gpuload import scheduler as sched_mod
 from gpuload.api import Request, Spec, plan_load
+from gpuload.backend.host import HostBackend
 from gpuload.config import Config
-from gpuload.device.host import HostBackend
 from gpuload.errors import ChecksumError, DeviceError
 from gpuload.io.ring import Ring
 from gpuload.scheduler import execute
@@ -163,7 +163,7 @@ def test_a_retired_slot_is_dropped_not_freed():
 
 @pytest.mark.parametrize("where", ["ShardFiles", "_direct_targets", "allocate_all"])
 def test_interrupt_while_setting_up_the_stream_leaks_no_pinned_slot(tmp_path, sim, monkeypatch, where):
-    from gpuload.device.cuda import pinned_pool_bytes
+    from gpuload.backend.cuda import pinned_pool_bytes
 
     prefix = _ckpt(tmp_path)
     pinned = []

@@ -12,14 +12,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpuload.device import host
+from gpuload.backend import host
 from gpuload.plan.copies import BoxCopy, GatherCopy
 
 
 @pytest.mark.parametrize("mode", ["late", "early"])
 @pytest.mark.parametrize("source", ["host", "device"])
 def test_gathers_and_box_copies_in_one_submit(sim, mode, source):
-    from gpuload.device.cuda import CudaBackend
+    from gpuload.backend.cuda import CudaBackend
 
     sim.set_mode(mode)
     backend = CudaBackend(1)

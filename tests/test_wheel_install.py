@@ -3,7 +3,7 @@
 The wheel is built from a copy of the package's files (so the build leaves nothing in the
 checkout), installed with ``--no-deps`` into a fresh virtual environment outside the
 checkout, whose other dependencies come from the environment running the tests. Inside it,
-``gpuload.device.kernels`` must find the sources in the installed ``gpuload/_kernels``
+``gpuload.backend.kernels`` must find the sources in the installed ``gpuload/_kernels``
 (through importlib.resources), and every kernel compiles from those files with nvcc: each
 ``.cu`` standalone for sm_80 and sm_90, and every box-copy and gather variant in the
 form CuPy gets it (inlined source, the loader's options, ``-ftz=true``).
@@ -40,7 +40,7 @@ BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "gpuload",
 PROBE = r"""
 import json, sys
 import gpuload
-from gpuload.device import host, kernels
+from gpuload.backend import host, kernels
 out = sys.argv[1]
 variants = []
 for v in host.VARIANTS:

@@ -34,7 +34,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from gpuload.device.placement import CPU, backend_for
+from gpuload.backend.placement import CPU, backend_for
 from gpuload.distributed.assign import collective_plan
 from gpuload.distributed.comm import ABORT_TAG, CollectiveError, coordinator_for
 from gpuload.format import crc as crcmod

@@ -9,7 +9,7 @@ one GPU. Per chunk, on one CUDA stream per rank, in the plan's chunk order:
   ``ncclSend`` to each receiver; receivers ``ncclBroadcast`` / ``ncclRecv`` straight into
   their device staging buffer, so the bytes never touch the receivers' host memory;
 * every rank that needs the chunk copies it from device staging into its destinations
-  through the CUDA backend (:meth:`gpuload.device.cuda.CudaLoad.submit_device`: the same
+  through the CUDA backend (:meth:`gpuload.backend.cuda.CudaLoad.submit_device`: the same
   box-copy, gather and cast kernels as a single-process load), on the backend's streams,
   which wait for the transfer's event.
 
@@ -108,7 +108,7 @@ class NcclTransport:
     def post(self, t, rank: int, slot: int, host_view, copies, dests, dtypes, backend) -> list:
         """Enqueue chunk ``t``'s H2D (reader) and NCCL transfer on this transport's stream, and
         its copies into ``dests`` through ``backend`` (the rank's
-        :class:`~gpuload.device.cuda.CudaBackend`: box copies, gathers and casts run exactly
+        :class:`~gpuload.backend.cuda.CudaBackend`: box copies, gathers and casts run exactly
         as in a single-process load, reading the device staging in place).
 
         Returns the tokens to wait on before the slot (host and device staging) is reused.

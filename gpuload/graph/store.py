@@ -98,7 +98,7 @@ def _task_of(spec):
 
 def _placement():
     # Imported late: the device layer may import CuPy, and the store must import without it.
-    from gpuload.device import placement
+    from gpuload.backend import placement
 
     return placement
 
@@ -720,7 +720,7 @@ def device(spec):
     Parameters
     ----------
     spec : str or None
-        Any spelling :func:`gpuload.device.placement.canonical_device` accepts
+        Any spelling :func:`gpuload.backend.placement.canonical_device` accepts
         (``"/gpu:0"``, ``"/device:CPU:0"``...). ``None`` clears the enclosing devices:
         variables then go to the default device.
 

@@ -330,7 +330,7 @@ def _int(value, what: str, var_name: str, minimum: int) -> int:
 
 def _vocab_sources(var_name, variables, prev, info, bundle, names, prefix, where, allow_cast, mappings):
     """Check one vocabulary variable against the checkpoint and its vocabularies; its sources."""
-    from gpuload.device.host import is_supported_cast
+    from gpuload.backend.host import is_supported_cast
 
     label = f"variable {var_name!r}"
     new_size = _int(info.new_vocab_size, "new_vocab_size", var_name, 1)

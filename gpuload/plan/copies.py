@@ -7,7 +7,7 @@ stepping ``dst_strides`` *destination elements*. The plan normalises copies (axe
 extent 1 dropped, contiguous axes merged) so most copies have rank 1 or 2.
 
 Every backend executes exactly this: the CUDA kernels in ``kernels/box_copy.cu`` and
-their NumPy twin :func:`gpuload.device.host.box_copy`.
+their NumPy twin :func:`gpuload.backend.host.box_copy`.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class GatherCopy:
     ``dst_strides``. A warm start's row gather is one of these per (chunk block, part):
     box ``k`` is one old row (or, for a vocabulary along axis 1, one old column) and
     the offsets come from the vocabulary mapping. Executed by ``kernels/gather.cu`` and
-    its NumPy twin :func:`gpuload.device.host.gather_copy`; element ``i`` of box ``k``
+    its NumPy twin :func:`gpuload.backend.host.gather_copy`; element ``i`` of box ``k``
     (``k`` slowest) is the work item ``k * prod(shape) + i``.
 
     Attributes

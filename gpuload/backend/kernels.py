@@ -7,7 +7,7 @@ them as package data, ``gpuload/_kernels`` (see setup.py), found through
 CuPy's kernel cache hashes the source string it is given but not headers found through
 ``-I``: an edited header would otherwise reuse a stale cubin.
 
-Each variant (:data:`gpuload.device.host.VARIANTS`, e.g. ``"f32_bf16"``) is compiled as its
+Each variant (:data:`gpuload.backend.host.VARIANTS`, e.g. ``"f32_bf16"``) is compiled as its
 own :class:`cupy.RawModule` with ``-DGPULOAD_ONLY="<variant>"``: the whole file takes
 about 7 s of NVRTC per GPU architecture, one variant about half a second, and a load
 usually needs one or two. CuPy caches cubins on disk (``CUPY_CACHE_DIR``), so this is paid
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuload.device.host import MAX_RANK, VARIANTS, cast_code
+from gpuload.backend.host import MAX_RANK, VARIANTS, cast_code
 from gpuload.errors import GpuloadError
 
 __all__ = [
@@ -254,7 +254,7 @@ def warmup(variants: Iterable[str] | None = None, devices: Iterable[int] | None 
     ----------
     variants:
         Variant names (``"f32_bf16"``, ``"b4_b4"``, ...; see
-        :data:`gpuload.device.host.VARIANTS`); all of them by default.
+        :data:`gpuload.backend.host.VARIANTS`); all of them by default.
     devices:
         CUDA device ids; all visible devices by default.
 
@@ -290,7 +290,7 @@ def pack_descriptors(
     ----------
     copies:
         :class:`~gpuload.plan.copies.BoxCopy` objects (already checked with
-        :func:`~gpuload.device.host.check_copy`).
+        :func:`~gpuload.backend.host.check_copy`).
     dst_ptrs:
         Address of each copy's destination buffer (element 0).
     src_base:
@@ -395,7 +395,7 @@ def pack_gather(
     ----------
     copies:
         :class:`~gpuload.plan.copies.GatherCopy` objects (already checked with
-        :func:`~gpuload.device.host.check_gather`).
+        :func:`~gpuload.backend.host.check_gather`).
     dst_ptrs:
         Address of each copy's destination buffer (element 0).
     src_base:

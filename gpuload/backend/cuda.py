@@ -39,7 +39,7 @@ Multi-GPU: each backend serves one device and runs every CUDA call under
 N never creates a context on GPU 0); a destination on another device is an error, never a
 peer write. CUDA errors are raised as :class:`~gpuload.errors.DeviceError` naming the device.
 
-Requires CuPy >= 14 (bfloat16 arrays); :mod:`gpuload.device.placement` checks it.
+Requires CuPy >= 14 (bfloat16 arrays); :mod:`gpuload.backend.placement` checks it.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from gpuload.device import kernels
-from gpuload.device.host import cast_code, check_copy, check_gather
+from gpuload.backend import kernels
+from gpuload.backend.host import cast_code, check_copy, check_gather
 from gpuload.errors import DeviceError, DeviceMemoryError
 from gpuload.plan.copies import BoxCopy, GatherCopy
 
@@ -242,9 +242,9 @@ class _Slot:
 
 class CudaBackend:
     """The ``/device:GPU:N`` backend (same interface as
-    :class:`~gpuload.device.host.HostBackend`).
+    :class:`~gpuload.backend.host.HostBackend`).
 
-    One per device and process (:func:`~gpuload.device.placement.backend_for`); each load
+    One per device and process (:func:`~gpuload.backend.placement.backend_for`); each load
     works through its own :meth:`session`. The methods ``empty``, ``submit``,
     ``synchronize`` and ``close`` here use a default session, for direct use.
 

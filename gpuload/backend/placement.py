@@ -222,8 +222,8 @@ def backend_for(device: str | None):
     Returns
     -------
     HostBackend or CudaBackend
-        :class:`~gpuload.device.host.HostBackend` for the CPU,
-        :class:`~gpuload.device.cuda.CudaBackend` for ``/device:GPU:N``.
+        :class:`~gpuload.backend.host.HostBackend` for the CPU,
+        :class:`~gpuload.backend.cuda.CudaBackend` for ``/device:GPU:N``.
 
     Raises
     ------
@@ -235,11 +235,11 @@ def backend_for(device: str | None):
         backend = _backends.get(canonical)
         if backend is None:
             if canonical == CPU:
-                from gpuload.device.host import HostBackend
+                from gpuload.backend.host import HostBackend
 
                 backend = HostBackend()
             else:
-                from gpuload.device.cuda import CudaBackend
+                from gpuload.backend.cuda import CudaBackend
 
                 backend = CudaBackend(_gpu_index(canonical))
             _backends[canonical] = backend

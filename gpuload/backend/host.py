@@ -412,7 +412,7 @@ def _copy_rows(chunk: np.ndarray, flat: np.ndarray, itemsize: int, copy: BoxCopy
 
 
 class CompletedToken:
-    """A :class:`~gpuload.device.Token` whose work is already done (host submits)."""
+    """A :class:`~gpuload.backend.Token` whose work is already done (host submits)."""
 
     __slots__ = ()
 

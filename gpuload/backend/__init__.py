@@ -2,28 +2,26 @@
 
 A backend executes :class:`gpuload.plan.copies.BoxCopy` operations for one device:
 
-- :class:`gpuload.device.host.HostBackend` (``"/device:CPU:0"``) runs the NumPy twin of
+- :class:`gpuload.backend.host.HostBackend` (``"/device:CPU:0"``) runs the NumPy twin of
   the kernels; it is the reference, and the explicit ``device="cpu"`` mode.
-- :class:`gpuload.device.cuda.CudaBackend` (``"/device:GPU:N"``) stages each chunk on the
+- :class:`gpuload.backend.cuda.CudaBackend` (``"/device:GPU:N"``) stages each chunk on the
   GPU and runs the kernels of ``kernels/box_copy.cu``.
 
 Use :func:`backend_for` to get the (cached) backend of a device string. Importing this
 package never imports CuPy.
 
-The package is also callable: ``gpuload.device("/gpu:1")`` is TensorFlow's ``tf.device``
-context manager (:func:`gpuload.graph.store.device`), so that name can be both the
-public API TensorFlow users expect and this subpackage.
+TensorFlow's ``tf.device`` context manager is :func:`gpuload.device`, a plain function of
+the TF1 surface (this package was ``gpuload.device`` before it had to give that name up).
 """
 
 from __future__ import annotations
 
 import sys
-import types
 from typing import Any, Protocol
 
 import numpy as np
 
-from gpuload.device.placement import (
+from gpuload.backend.placement import (
     backend_for,
     canonical_device,
     check_device,
@@ -52,7 +50,7 @@ def release_pinned_memory() -> int:
     (pinning costs 0.1-0.25 s per 256 MiB); this frees it. It also runs at exit. Returns
     the number of bytes unpinned (0 if no GPU load ran; CuPy is never imported here).
     """
-    cuda = sys.modules.get("gpuload.device.cuda")
+    cuda = sys.modules.get("gpuload.backend.cuda")
     return 0 if cuda is None else cuda.release_pinned_memory()
 
 
@@ -67,7 +65,7 @@ class Token(Protocol):
 
 
 class Backend(Protocol):
-    """What the scheduler calls; see :class:`gpuload.device.host.HostBackend` for the docs.
+    """What the scheduler calls; see :class:`gpuload.backend.host.HostBackend` for the docs.
 
     A backend may also have ``session()``, returning an object with ``empty``, ``submit``,
     ``synchronize`` and ``close`` for one load (the CUDA backend does: per-load streams and
@@ -90,14 +88,3 @@ class Backend(Protocol):
     def synchronize(self) -> None: ...
 
     def close(self) -> None: ...
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, spec):
-        """``with gpuload.device("/gpu:1"):`` places the variables created inside."""
-        from gpuload.graph.store import device  # late: the graph layer sits above this one
-
-        return device(spec)
-
-
-sys.modules[__name__].__class__ = _CallableModule
