@@ -77,7 +77,39 @@ class CheckpointFormatError(CheckpointError):
 
 
 class ChecksumError(CheckpointFormatError):
-    """A stored CRC32C does not match the bytes read."""
+    """A stored CRC32C does not match the bytes read.
+
+    Built by :meth:`mismatch` wherever an entry's CRC is checked (a load or a reader), so
+    one corrupt entry gives the same message and the same ``tensor`` either way.
+    """
+
+    @classmethod
+    def mismatch(
+        cls, *, path, tensor: str, part: str | None, offset: int, size: int, stored: int, computed: int
+    ) -> ChecksumError:
+        """The error for a stored entry whose bytes do not have the stored CRC.
+
+        Parameters
+        ----------
+        path:
+            The data file.
+        tensor:
+            The checkpoint's tensor name (for a stored slice, the partitioned tensor's name).
+        part:
+            The stored slice, e.g. ``"[0:2, 0:8]"``; ``None`` for a tensor stored whole.
+        offset, size:
+            Where the entry's bytes are in ``path``.
+        stored, computed:
+            The unmasked CRC32C in the index and the one of the bytes read.
+        """
+        where = f"tensor {tensor!r}" if part is None else f"tensor {tensor!r} slice {part}"
+        err = cls(
+            f"crc32c mismatch in {where} ({size} bytes at offset {offset}): stored 0x{stored:08x}, "
+            f"computed 0x{computed:08x}; the data file may be truncated or corrupt",
+            path=path,
+        )
+        err.tensor, err.offset = tensor, offset  # named in the message already, not in its prefix
+        return err
 
 
 class UnsupportedCheckpointError(CheckpointFormatError):
@@ -126,9 +158,35 @@ class CheckpointFileError(CheckpointFormatError, ShardReadError):
     def __str__(self):
         return self.args[0]
 
+    @classmethod
+    def not_regular(cls, what: str, path, exc: OSError, *, tensor=None) -> CheckpointFileError:
+        """``path`` is a FIFO, a device, a directory...: ``exc.strerror`` says which.
+
+        ``what`` names the file's role (``"checkpoint data file"``, ``"checkpoint index"``).
+        """
+        return cls(
+            f"{what} {exc.strerror}", path=path, tensor=tensor, errno=exc.errno or 22
+        )  # EINVAL, as open_regular reports it
+
 
 class TruncatedCheckpointError(CheckpointFileError):
-    """A data file ends before the bytes the index says it holds."""
+    """A data file ends before the bytes the index says it holds.
+
+    Built by :meth:`short_read`, whether the index is checked against the file's size when
+    the checkpoint is opened or a read comes back short during a load.
+    """
+
+    @classmethod
+    def short_read(cls, *, path, offset: int, expected: int, end: int, tensor=None) -> TruncatedCheckpointError:
+        """``expected`` bytes were needed at ``offset`` of ``path``, but the file ends at ``end``."""
+        err = cls(
+            f"expected {expected} bytes at offset {offset}, found {max(0, end - offset)}: the file ends at byte "
+            f"{end}; the data file is truncated, or is not the one the index describes",
+            path=path,
+            tensor=tensor,
+        )
+        err.offset = offset  # named in the message already, not in its prefix
+        return err
 
 
 class CheckpointChangedError(CheckpointFileError):

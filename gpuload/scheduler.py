@@ -31,7 +31,7 @@ import traceback
 
 import numpy as np
 
-from gpuload.errors import ChecksumError, DeviceError, DeviceMemoryError, OutOfMemoryError
+from gpuload.errors import DeviceError, DeviceMemoryError, OutOfMemoryError
 from gpuload.format import crc as crcmod
 from gpuload.io.reader import ShardFiles
 from gpuload.io.ring import ALIGN, Ring, RingClosed
@@ -593,15 +593,14 @@ def _read_crc(files, chunk, buffers):
 
 
 def _verify(plan, check, raw_crc: int) -> None:
-    stored = crcmod.unmask(check.masked_crc)
-    if raw_crc != stored:
-        raise ChecksumError(
-            f"crc32c mismatch in tensor {check.tensor!r} (entry {check.key!r}, {check.size} bytes): "
-            f"stored 0x{stored:08x}, computed 0x{raw_crc:08x}. The data file may be truncated or corrupt.",
-            path=plan.files[check.file],
-            tensor=check.tensor,
-            offset=check.offset,
-        )
+    crcmod.check_entry(
+        raw_crc,
+        masked_crc=check.masked_crc,
+        path=plan.files[check.file],
+        key=check.key,
+        offset=check.offset,
+        size=check.size,
+    )
 
 
 def _progress(config, total):

@@ -33,6 +33,7 @@ from gpuload.errors import (
     CheckpointNotFoundError,
     ChecksumError,
     GpuloadError,
+    TruncatedCheckpointError,
     UnsupportedCheckpointError,
 )
 from gpuload.format import Bundle, load_checkpoint, proto, save_checkpoint
@@ -110,8 +111,9 @@ def test_slice_data_corruption_names_the_slice(golden_ckpts, tmp_path):
     data = bytearray(Path(path).read_bytes())
     data[piece.entry.offset + 5] ^= 0x10
     overwrite(path, data)
-    with pytest.raises(ChecksumError, match=r"emb/uneven slice \[52:78, 0:8\]"):
+    with pytest.raises(ChecksumError, match=r"tensor 'emb/uneven' slice \[52:78, 0:8\] \(832 bytes at") as info:
         load_checkpoint(d).get_tensor("emb/uneven")
+    assert info.value.tensor == "emb/uneven" and info.value.offset == piece.entry.offset
     # reading rows of an intact piece still works, and a partial read of the bad one is unverified
     r = load_checkpoint(d)
     assert r.get_rows("emb/uneven", 0, 26).shape == (26, 8)
@@ -123,9 +125,12 @@ def test_truncated_data_file(golden_ckpts, tmp_path):
     shard = d / "model.ckpt.data-00000-of-00001"
     b = Bundle.open(d)  # opened while intact
     os.truncate(shard, 1000)
-    with pytest.raises(CheckpointFormatError, match="unexpected end of file"):
+    shape = r"data-00000-of-00001: tensor '{}': expected {} bytes at offset {}, found {}: the file ends at byte 1000;"
+    e = b.entry("old_scope_2/var3")
+    with pytest.raises(TruncatedCheckpointError, match=shape.format(e.key, e.size, e.offset, 1000 - e.offset)):
         b.read_tensor("old_scope_2/var3")
-    with pytest.raises(CheckpointFormatError, match=r"run past the end of model\.ckpt\.data-00000-of-00001"):
+    # found when opening: the same error, the same message shape
+    with pytest.raises(TruncatedCheckpointError, match=shape.format(".*", r"\d+", r"\d+", r"\d+")):
         Bundle.open(d)
 
 
@@ -269,7 +274,7 @@ BAD_EDITS = [
     ("old_scope_1/var2", dict(shape=(2**62, 2**62, 0)), "too many elements"),
     ("old_scope_1/var2", dict(shape=(-1, 4)), "negative dimension"),
     ("old_scope_1/var2", dict(size=801), "stored size 801, expected 800"),
-    ("old_scope_1/var2", dict(offset=40500), r"run past the end"),
+    ("old_scope_1/var2", dict(offset=40500), r"expected 800 bytes at offset 40500, found 460: the file ends at"),
     ("old_scope_1/var2", dict(offset=-5), "negative offset"),
     ("old_scope_1/var2", dict(shard_id=3), "shard_id 3 is out of range"),
     ("old_scope_1/var2", dict(shard_id=-1), "shard_id -1"),
@@ -296,7 +301,10 @@ def test_lying_entries_are_caught(golden_ckpts, tmp_path, name, changes, message
     finally:
         tracemalloc.stop()
     assert peak < 4 << 20, f"open allocated {peak} bytes before failing"
-    assert name in str(info.value) and "model.ckpt.index" in str(info.value)
+    # an entry past the end of its data file is reported as that file's truncation, the
+    # same error as a short read during a load; every other lie is the index's
+    culprit = "data-00000-of-00001" if isinstance(info.value, TruncatedCheckpointError) else "model.ckpt.index"
+    assert name in str(info.value) and culprit in str(info.value)
 
 
 def test_huge_partitioned_shape_fails_before_allocating(golden_ckpts, tmp_path):

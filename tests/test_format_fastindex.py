@@ -18,11 +18,11 @@ from format_helpers import block_ranges, copy_golden, fix_block_crcs, golden_che
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import gpuload.format.bundle as bundle_mod
+import gpuload.format.index as index_mod
 from gpuload.errors import CheckpointError
 from gpuload.format import Bundle, fastindex, proto
-from gpuload.format.bundle import data_filename
 from gpuload.format.crc import crc32c, mask
+from gpuload.format.index import data_filename
 from gpuload.format.proto import decode_varint, encode_varint
 from gpuload.format.sstable import _MAGIC_BYTES, FOOTER_SIZE, _BlockBuilder
 
@@ -42,16 +42,16 @@ def _snapshot(b: Bundle):
 
 def _outcome(prefix, reference: bool):
     """``("ok", snapshot, fast?)`` or ``("error", type, message)``."""
-    saved = bundle_mod.parse_table
+    saved = index_mod.parse_table
     if reference:
-        bundle_mod.parse_table = lambda *a, **k: None
+        index_mod.parse_table = lambda *a, **k: None
     try:
         b = Bundle.open(prefix)
         return ("ok", _snapshot(b), b._data is not None)
     except CheckpointError as e:
         return ("error", type(e), str(e))
     finally:
-        bundle_mod.parse_table = saved
+        index_mod.parse_table = saved
 
 
 def _same(prefix):
@@ -167,7 +167,7 @@ def test_partitioned_and_orphan_slice_entries(tmp_path):
     assert out[0] == "ok" and out[2]
     snap = out[1]
     assert snap["names"] == ["t", "v"] and snap["len"] == 2
-    assert [p[0] for p in snap["pieces"]["t"]] == [bundle_mod.Box((0,), (2,)), bundle_mod.Box((2,), (2,))]
+    assert [p[0] for p in snap["pieces"]["t"]] == [index_mod.Box((0,), (2,)), index_mod.Box((2,), (2,))]
     b = Bundle.open(tmp_path / "m")
     assert orphan.decode("utf-8", "surrogateescape") not in b and "t" in b and "v" in b
     assert b.tensor_of(b.pieces("t")[1].entry) == "t slice [2:4]"

@@ -138,7 +138,7 @@ def test_sharded_reads_three_files(golden_ckpts):
     _, arrays, _ = expected(d)
     for n in b.names():
         assert np.array_equal(bits(b.read_tensor(n)), bits(arrays[n]))
-    assert sorted(b._fds) == [0, 1, 2]  # every data file was opened
+    assert sorted(b._files._fds) == [0, 1, 2]  # every data file was opened
     assert [b.shard_size(i) for i in range(3)] == [os.path.getsize(b.shard_path(i)) for i in range(3)]
     assert b.shard_path(1).endswith("model.ckpt.data-00001-of-00003")
     b.close()

@@ -2,7 +2,10 @@
 
 Imports NumPy, ml_dtypes and google_crc32c only (never CuPy). Main names:
 
-- :class:`Bundle`, :class:`TensorEntry`, :class:`StoredPiece`: one opened checkpoint prefix.
+- :class:`Bundle`, :class:`TensorEntry`, :class:`StoredPiece`: one opened checkpoint prefix
+  (the index in :mod:`~gpuload.format.index`, the reads in :mod:`~gpuload.format.bundle`,
+  string tensors in :mod:`~gpuload.format.strings`, the one data-file reader
+  :class:`~gpuload.format.files.ShardFiles`).
 - :func:`resolve_prefix`, :func:`latest_checkpoint`: directories and state files.
 - :class:`CheckpointReader`, :func:`load_checkpoint`, :func:`list_variables`,
   :func:`load_variable`: the ``tf.train`` reading API.
@@ -10,9 +13,10 @@ Imports NumPy, ml_dtypes and google_crc32c only (never CuPy). Main names:
 - :func:`crc32c`, :func:`crc32c_combine`, :func:`mask`, :func:`unmask`.
 """
 
-from gpuload.format.bundle import Bundle, StoredPiece, TensorEntry, data_filename
+from gpuload.format.bundle import Bundle
 from gpuload.format.crc import crc32c, crc32c_combine, mask, unmask
 from gpuload.format.dtypes import as_numpy_dtype, numpy_dtype, tf_code, tf_name
+from gpuload.format.index import StoredPiece, TensorEntry, data_filename
 from gpuload.format.keys import decode_tensor_name_slice, encode_tensor_name_slice
 from gpuload.format.reader import (
     CheckpointReader,

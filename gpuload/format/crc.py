@@ -1,4 +1,7 @@
-"""CRC32C (Castagnoli) as TensorFlow uses it: plain, masked, and combined.
+"""CRC32C (Castagnoli) as TensorFlow uses it: plain, masked, combined, and checked.
+
+:func:`check_entry` is the one check of a stored entry's CRC: a load and a reader that
+find the same corrupt entry raise the same :class:`~gpuload.errors.ChecksumError`.
 
 :func:`crc32c` runs on any contiguous buffer (``bytes``, ``bytearray``, ``memoryview``,
 NumPy arrays) without copying it. Large buffers go straight to the native ``crc32c_extend``
@@ -16,7 +19,10 @@ import os
 import google_crc32c
 import numpy as np
 
-__all__ = ["crc32c", "mask", "unmask", "crc32c_combine", "MASK_DELTA"]
+from gpuload.errors import ChecksumError
+from gpuload.format.keys import describe_key
+
+__all__ = ["crc32c", "mask", "unmask", "crc32c_combine", "check_entry", "MASK_DELTA"]
 
 MASK_DELTA = 0xA282EAD8
 _U32 = 0xFFFFFFFF
@@ -159,3 +165,28 @@ def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
         raise ValueError(f"len2 must be >= 0, got {len2}")
     # x^(8*len2) shifts crc1 past B's bytes (k=3: 2^3 bits per byte)
     return (_multmodp(_x2nmodp(len2, 3), crc1 & _U32) ^ (crc2 & _U32)) & _U32
+
+
+def check_entry(computed: int, *, masked_crc: int, path, key: str, offset: int, size: int) -> None:
+    """Check a stored entry's bytes, whose unmasked CRC is ``computed``, against the index.
+
+    Parameters
+    ----------
+    masked_crc:
+        The masked CRC32C the index stores for the entry.
+    path, key, offset, size:
+        The data file, the entry's table key (a tensor name or a slice key) and where its
+        bytes are.
+
+    Raises
+    ------
+    ChecksumError
+        They differ; ``tensor`` is the checkpoint's tensor name (for a slice key, its
+        partitioned tensor), the message names the slice.
+    """
+    stored = unmask(masked_crc)
+    if computed != stored:
+        tensor, part = describe_key(key)
+        raise ChecksumError.mismatch(
+            path=path, tensor=tensor, part=part, offset=offset, size=size, stored=stored, computed=computed
+        )

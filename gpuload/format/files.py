@@ -1,4 +1,9 @@
-"""Opening checkpoint files: regular files only, never a FIFO, a device or a directory.
+"""Opening and reading checkpoint files: regular files only, never a FIFO, a device or a directory.
+
+:class:`ShardFiles` is the one reader of data files: the load's reader threads and
+:class:`~gpuload.format.bundle.Bundle`'s reads both go through it, so a file that is
+missing, not regular, unreadable or shorter than the index says fails the same way
+wherever it is read.
 
 A checkpoint path is data an attacker or an accident can point anywhere: a data shard
 replaced by a named pipe would block ``open`` (no writer) and then ``read`` forever, a
@@ -13,8 +18,27 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+import threading
+import weakref
+from collections.abc import Sequence
 
-__all__ = ["open_regular", "read_regular", "file_kind", "NotRegularFileError"]
+from gpuload.errors import CheckpointFileError, ShardReadError, TruncatedCheckpointError
+
+__all__ = [
+    "open_regular",
+    "read_regular",
+    "file_kind",
+    "NotRegularFileError",
+    "ShardFiles",
+    "ALIGN",
+    "DIRECT_REQUEST",
+]
+
+#: Alignment of ``O_DIRECT`` reads (offset, length and memory): the page size.
+ALIGN = 4096
+#: Largest single O_DIRECT request. Measured on a virtual disk (bench/results, 2026-11-25):
+#: 8-16 MiB requests were served about twice as fast as 32 MiB ones.
+DIRECT_REQUEST = 8 << 20
 
 
 class NotRegularFileError(OSError):
@@ -36,6 +60,11 @@ def file_kind(mode: int) -> str:
     return f"not a regular file (mode 0o{mode:o})"
 
 
+def not_regular(path, mode: int) -> NotRegularFileError:
+    """The :class:`NotRegularFileError` for ``path`` whose ``st_mode`` is ``mode``."""
+    return NotRegularFileError(22, f"is {file_kind(mode)}, not a regular file", os.fsdecode(path))
+
+
 def open_regular(path, flags: int = os.O_RDONLY) -> int:
     """``os.open(path, flags)`` that refuses anything but a regular file.
 
@@ -53,7 +82,7 @@ def open_regular(path, flags: int = os.O_RDONLY) -> int:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFileError(22, f"is {file_kind(st.st_mode)}, not a regular file", os.fsdecode(path))
+            raise not_regular(path, st.st_mode)
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     except BaseException:
         os.close(fd)
@@ -71,3 +100,157 @@ def read_regular(path) -> tuple[bytes, os.stat_result]:
     finally:
         os.close(fd)
     return data, st
+
+
+def _close_all(fds: dict) -> None:
+    for fd in list(fds.values()):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
+
+
+class ShardFiles:
+    """Open file descriptors for a checkpoint's data files, shared by reading threads.
+
+    ``os.preadv`` is positional, so threads share a descriptor without seeking, and it
+    fills the caller's buffer directly: no intermediate ``bytes`` objects. Files open on
+    first use; :meth:`close` closes them (they reopen if read again), as does garbage
+    collection.
+
+    Parameters
+    ----------
+    paths:
+        The files, by index (``Plan.files``, or a bundle's shard paths). A sequence is
+        used as given (it may compute its items), anything else is listed.
+    direct:
+        Open with ``O_DIRECT`` (bypass the page cache) where the OS has it; reads are
+        then widened to :data:`ALIGN`-byte alignment by :meth:`read`.
+
+    Raises
+    ------
+    CheckpointFileError
+        A file is not a regular file (a FIFO, a device...).
+    ShardReadError
+        A file cannot be opened or read (missing, I/O error).
+    TruncatedCheckpointError
+        A file ends before the bytes asked for.
+    """
+
+    def __init__(self, paths, *, direct: bool = False):
+        self.paths = paths if isinstance(paths, Sequence) else list(paths)
+        self.direct = bool(direct) and hasattr(os, "O_DIRECT")
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, _close_all, self._fds)
+
+    def _fd(self, index: int) -> int:
+        fd = self._fds.get(index)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(index)
+                if fd is None:
+                    path = self.paths[index]
+                    flags = os.O_RDONLY | (os.O_DIRECT if self.direct else 0)
+                    try:
+                        fd = self._open(path, flags)
+                    except NotRegularFileError as exc:
+                        raise CheckpointFileError.not_regular("checkpoint data file", path, exc) from None
+                    except OSError as exc:
+                        raise ShardReadError(
+                            exc.errno, f"cannot open checkpoint data file: {exc.strerror}", path
+                        ) from exc
+                    self._fds[index] = fd
+        return fd
+
+    def _open(self, path, flags) -> int:
+        # Regular files only: a FIFO or device put in place of a shard would block or never end.
+        try:
+            return open_regular(path, flags)
+        except NotRegularFileError:
+            raise
+        except OSError as exc:
+            if self.direct and exc.errno == 22:  # EINVAL: the filesystem has no O_DIRECT
+                return open_regular(path)
+            raise
+
+    def read(self, index: int, offset: int, size: int, slot) -> memoryview:
+        """Read ``size`` bytes at ``offset`` of file ``index`` into ``slot``; return their view.
+
+        With ``O_DIRECT`` the read covers the aligned superset and the returned view starts
+        inside the slot at the requested byte.
+        """
+        fd = self._fd(index)
+        buf = memoryview(slot).cast("B")
+        if self.direct:
+            start = offset - offset % ALIGN
+            stop = -(-(offset + size) // ALIGN) * ALIGN
+            got = 0
+            while start + got < stop:
+                n = min(DIRECT_REQUEST, stop - start - got)
+                piece = self._pread_full(fd, index, buf[got : got + n], start + got, allow_short=True)
+                got += piece
+                if piece < n:
+                    break
+            if got < offset + size - start:
+                raise TruncatedCheckpointError.short_read(
+                    path=self.paths[index], offset=offset, expected=size, end=start + got
+                )
+            skip = offset - start
+            return buf[skip : skip + size]
+        self._pread_full(fd, index, buf[:size], offset)
+        return buf[:size]
+
+    def read_into(self, index: int, offset: int, buffers) -> None:
+        """Read consecutive bytes at ``offset`` of file ``index`` into ``buffers``, in order.
+
+        The scatter form lets a chunk that lands whole in destination memory skip the ring
+        (the host backend's zero-copy path). Not used with ``O_DIRECT``, whose alignment
+        rules destination buffers do not meet.
+        """
+        fd = self._fd(index)
+        for buf in buffers:
+            view = memoryview(buf).cast("B")
+            self._pread_full(fd, index, view, offset)
+            offset += len(view)
+
+    def pread(self, index: int, offset: int, view, *, tensor: str | None = None) -> None:
+        """Fill the writable byte buffer ``view`` from ``offset`` of file ``index``.
+
+        ``tensor`` (the tensor whose bytes these are) is named by the errors.
+        """
+        self._pread_full(self._fd(index), index, memoryview(view).cast("B"), offset, tensor=tensor)
+
+    def _pread_full(self, fd, index, view, offset, allow_short=False, *, tensor=None) -> int:
+        done = 0
+        total = len(view)
+        while done < total:
+            try:
+                n = os.preadv(fd, [view[done:]], offset + done)
+            except OSError as exc:
+                who = "" if tensor is None else f" (tensor {tensor!r})"
+                raise ShardReadError(
+                    exc.errno,
+                    f"read of {total} bytes at offset {offset}{who} failed: {exc.strerror}",
+                    self.paths[index],
+                ) from exc
+            if n == 0:
+                if allow_short:
+                    return done
+                raise TruncatedCheckpointError.short_read(
+                    path=self.paths[index], offset=offset, expected=total, end=offset + done, tensor=tensor
+                )
+            done += n
+        return done
+
+    def close(self) -> None:
+        """Close the files (not while other threads read through this object)."""
+        with self._lock:
+            _close_all(self._fds)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from gpuload.errors import CheckpointFormatError
 from gpuload.format.slices import Box
 
-__all__ = ["encode_tensor_name_slice", "decode_tensor_name_slice", "is_slice_key", "extents_of"]
+__all__ = ["encode_tensor_name_slice", "decode_tensor_name_slice", "is_slice_key", "extents_of", "describe_key"]
 
 # kLengthToHeaderBits[len] for WriteSignedNumIncreasing
 _HEADER = [
@@ -200,3 +200,20 @@ def decode_tensor_name_slice(key: bytes) -> tuple[str, list[tuple[int, int]]]:
     except ValueError as e:
         raise CheckpointFormatError(f"malformed slice key {key!r}: {e}") from None
     return bytes(name).decode("utf-8", "surrogateescape"), extents
+
+
+def describe_key(key: str) -> tuple[str, str | None]:
+    """``(tensor, slice)`` that table key ``key`` holds, for messages.
+
+    ``slice`` is ``None`` for a tensor stored whole, else the stored slice as a box,
+    ``"[0:2, 0:8]"`` (``":"`` for a dimension stored whole).
+
+    Raises
+    ------
+    CheckpointFormatError
+        ``key`` starts with NUL but is not a well-formed slice key.
+    """
+    if not is_slice_key(key):
+        return key, None
+    name, extents = decode_tensor_name_slice(key.encode("utf-8", "surrogateescape"))
+    return name, "[" + ", ".join(":" if n == -1 else f"{s}:{s + n}" for s, n in extents) + "]"

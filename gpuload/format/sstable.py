@@ -46,7 +46,7 @@ def read_table_file(path) -> list[tuple[bytes, bytes]]:
     try:
         data, _ = read_regular(path)
     except NotRegularFileError as e:
-        raise CheckpointFileError(f"table file {e.strerror}", path=path, errno=e.errno) from None
+        raise CheckpointFileError.not_regular("table file", path, e) from None
     return read_table(data, path=path)
 
 

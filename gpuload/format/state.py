@@ -248,7 +248,7 @@ def get_checkpoint_state(checkpoint_dir, latest_filename: str | None = None) -> 
     try:
         text, _ = read_regular(path)
     except NotRegularFileError as e:
-        raise CheckpointFileError(f"checkpoint state file {e.strerror}", path=path, errno=e.errno) from None
+        raise CheckpointFileError.not_regular("checkpoint state file", path, e) from None
     except FileNotFoundError:
         return None
     state = parse_checkpoint_state(text, path)

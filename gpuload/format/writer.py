@@ -2,13 +2,7 @@
 
 Data files hold the tensors' bytes back to back in the order given (no padding, TF's
 default ``data_alignment`` of 1). Numeric tensors are their raw little-endian row-major
-buffers; ``DT_STRING`` tensors are::
-
-    varint64 len[0] ... len[n-1] | fixed32 mask(crc_L) | bytes[0] ... bytes[n-1]
-
-where ``crc_L`` is the CRC32C of the lengths written as 4-byte little-endian integers
-(8 bytes for lengths >= 2**32), and the entry CRC continues from ``crc_L`` over the 4
-checksum bytes and the string bytes (``WriteStringTensor``, ``tensor_bundle.cc``).
+buffers; ``DT_STRING`` tensors are encoded by :mod:`gpuload.format.strings`.
 
 The index is written with the same table layout and separator keys as TensorFlow's
 ``TableBuilder``, so for the same tensors in the same order every file is byte-identical
@@ -27,10 +21,11 @@ import numpy as np
 from gpuload.errors import ArgumentTypeError, InvalidArgumentError
 from gpuload.format import commit as _commit
 from gpuload.format import dtypes as _dt
-from gpuload.format.bundle import data_filename
+from gpuload.format import strings as _strings
 from gpuload.format.crc import crc32c, mask
+from gpuload.format.index import data_filename
 from gpuload.format.keys import encode_tensor_name_slice
-from gpuload.format.proto import encode_entry, encode_header, encode_varint
+from gpuload.format.proto import encode_entry, encode_header
 from gpuload.format.slices import Box, find_overlap
 from gpuload.format.sstable import TableWriter
 from gpuload.format.state import update_checkpoint_state
@@ -49,7 +44,7 @@ class _Item:
         self.key, self.label, self.code, self.shape = key, label, code, tuple(shape)
         self.array, self.strings = array, strings
         if strings is not None:
-            self.size = sum(len(encode_varint(len(s))) for s in strings) + 4 + sum(len(s) for s in strings)
+            self.size = _strings.encoded_size(strings)
         else:
             self.size = array.nbytes
         self.shard = self.offset = self.crc = 0
@@ -352,21 +347,7 @@ def _int_arg(value, arg: str) -> int:
 def _write_item(f, it: _Item) -> int:
     """Write one entry's bytes; return its masked CRC32C."""
     if it.strings is not None:
-        lengths = [len(s) for s in it.strings]
-        f.write(b"".join(encode_varint(n) for n in lengths))
-        if all(n <= 0xFFFFFFFF for n in lengths):
-            crc = crc32c(np.asarray(lengths, dtype="<u4").tobytes())
-        else:
-            crc = 0
-            for n in lengths:
-                crc = crc32c(n.to_bytes(4 if n <= 0xFFFFFFFF else 8, "little"), crc)
-        length_checksum = mask(crc).to_bytes(4, "little")
-        f.write(length_checksum)
-        crc = crc32c(length_checksum, crc)
-        for s in it.strings:
-            f.write(s)
-            crc = crc32c(s, crc)
-        return mask(crc)
+        return _strings.write(f, it.strings)
     flat = it.array.reshape(-1).view(np.uint8)
     crc = 0
     for start in range(0, flat.size, WRITE_PIECE_BYTES):
