@@ -20,7 +20,7 @@ import numpy as np
 from gpuload.errors import CheckpointFormatError, OutOfMemoryError, UnsupportedCheckpointError
 from gpuload.format import dtypes as _dt
 from gpuload.format import strings as _strings
-from gpuload.format.crc import check_entry, crc32c
+from gpuload.format.crc import check_entry, crc32c, unmask
 from gpuload.format.files import ShardFiles
 from gpuload.format.index import BundleIndex, IndexId, StoredPiece, TensorEntry, data_filename
 from gpuload.format.slices import Box
@@ -68,6 +68,8 @@ class Bundle(BundleIndex):
         self.close()
 
     def _check_crc(self, entry: TensorEntry, computed: int) -> None:
+        if computed == unmask(entry.crc32c):  # the usual case, without formatting the path
+            return
         check_entry(
             computed,
             masked_crc=entry.crc32c,
@@ -85,7 +87,9 @@ class Bundle(BundleIndex):
         pos = 0
         while pos < n:
             want = min(n - pos, READ_PIECE_BYTES)
-            self._files.pread(entry.shard_id, entry.offset + start + pos, mv[pos : pos + want], tensor=tensor)
+            self._files.pread(
+                entry.shard_id, entry.offset + start + pos, mv[pos : pos + want] if want < n else mv, tensor
+            )
             if crc is not None:
                 crc = crc32c(dest[pos : pos + want], crc)
             pos += want

@@ -215,19 +215,19 @@ class ShardFiles:
             self._pread_full(fd, index, view, offset)
             offset += len(view)
 
-    def pread(self, index: int, offset: int, view, *, tensor: str | None = None) -> None:
-        """Fill the writable byte buffer ``view`` from ``offset`` of file ``index``.
+    def pread(self, index: int, offset: int, view: memoryview, tensor: str | None = None) -> None:
+        """Fill ``view`` (a writable byte ``memoryview``) from ``offset`` of file ``index``.
 
         ``tensor`` (the tensor whose bytes these are) is named by the errors.
         """
-        self._pread_full(self._fd(index), index, memoryview(view).cast("B"), offset, tensor=tensor)
+        self._pread_full(self._fd(index), index, view, offset, tensor=tensor)
 
     def _pread_full(self, fd, index, view, offset, allow_short=False, *, tensor=None) -> int:
         done = 0
         total = len(view)
         while done < total:
             try:
-                n = os.preadv(fd, [view[done:]], offset + done)
+                n = os.preadv(fd, [view[done:] if done else view], offset + done)
             except OSError as exc:
                 who = "" if tensor is None else f" (tensor {tensor!r})"
                 raise ShardReadError(
