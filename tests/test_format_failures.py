@@ -149,3 +149,4 @@ def test_describe_key_names_the_tensor_and_slice():
     assert describe_key(key) == ("a/b", "[2:5, :]")
     key = encode_tensor_name_slice("a/b", Box((2, 0), (3, 8))).decode("utf-8", "surrogateescape")
     assert describe_key(key) == ("a/b", "[2:5, 0:8]")
+    assert describe_key("\x00not a slice key") == ("\x00not a slice key", None)

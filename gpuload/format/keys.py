@@ -206,14 +206,14 @@ def describe_key(key: str) -> tuple[str, str | None]:
     """``(tensor, slice)`` that table key ``key`` holds, for messages.
 
     ``slice`` is ``None`` for a tensor stored whole, else the stored slice as a box,
-    ``"[0:2, 0:8]"`` (``":"`` for a dimension stored whole).
-
-    Raises
-    ------
-    CheckpointFormatError
-        ``key`` starts with NUL but is not a well-formed slice key.
+    ``"[0:2, 0:8]"`` (``":"`` for a dimension stored whole). A NUL-led key that is not a
+    well-formed slice key (no partitioned tensor refers to it) is its own tensor: a message
+    about its bytes must not fail on its name.
     """
     if not is_slice_key(key):
         return key, None
-    name, extents = decode_tensor_name_slice(key.encode("utf-8", "surrogateescape"))
+    try:
+        name, extents = decode_tensor_name_slice(key.encode("utf-8", "surrogateescape"))
+    except CheckpointFormatError:
+        return key, None
     return name, "[" + ", ".join(":" if n == -1 else f"{s}:{s + n}" for s, n in extents) + "]"
