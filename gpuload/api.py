@@ -13,7 +13,8 @@ optionally a box of it (rows, columns, any N-D slice), and a target:
   GPU). JAX arrays are immutable: ask for them with a :class:`Spec` instead.
 
 Dtypes follow ``init_from_checkpoint``'s rules: the target's dtype must be the stored one
-unless ``allow_cast=True`` (then any non-string dtype; the copy converts).
+unless ``allow_cast=True`` (then floating dtypes convert into each other: the cast table
+of :mod:`gpuload.backend.contract`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 # Imported here, not inside load(): a load's clock starts at the call and imports are not load time.
 import gpuload.backend.host as _host  # the CPU backend, built by backend_for
 from gpuload import config as config_mod
+from gpuload.backend.contract import converts
 from gpuload.backend.placement import backend_for, canonical_device
 from gpuload.errors import ArgumentTypeError, DeviceUnavailableError, InvalidArgumentError, TargetError
 from gpuload.format import dtypes as _dt
@@ -42,8 +44,6 @@ from gpuload.scheduler import LoadStats, execute
 __all__ = ["Spec", "Request", "LoadResult", "load", "plan_load", "last_load"]
 
 _CPU = "/device:CPU:0"
-#: What ``allow_cast`` converts between, as ``init_from_checkpoint(..., allow_cast=True)``.
-_FLOATING = {"float16", "bfloat16", "float32", "float64"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,7 +362,7 @@ def _prepare(bundle, items, cfg, allow_cast, *, allocate: bool = True, spec_for_
                 f"request {name!r}: tensor {r.key!r} is {stored.name} but the target "
                 f"{_describe(target)} is {dtype.name}; pass allow_cast=True to convert"
             )
-        if dtype != stored and allow_cast and not (dtype.name in _FLOATING and stored.name in _FLOATING):
+        if dtype != stored and allow_cast and not converts(stored, dtype):
             raise TargetError(
                 f"request {name!r}: allow_cast converts between floating dtypes only; tensor "
                 f"{r.key!r} is {stored.name} and the target {_describe(target)} is {dtype.name}"

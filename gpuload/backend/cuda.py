@@ -53,7 +53,15 @@ from typing import Any
 import numpy as np
 
 from gpuload.backend import kernels
-from gpuload.backend.host import cast_code, check_copy, check_gather
+from gpuload.backend.contract import (
+    DESC_DTYPE,
+    GATHER_DESC_DTYPE,
+    cast_code,
+    check_copy,
+    check_gather,
+    pack_descriptors,
+    pack_gather,
+)
 from gpuload.errors import DeviceError, DeviceMemoryError
 from gpuload.plan.copies import BoxCopy, GatherCopy
 
@@ -445,13 +453,13 @@ class CudaLoad:
         cp = self._cupy
         if slot.desc_host is None or slot.desc_host.size < n:
             cap = max(64, 1 << (n - 1).bit_length())
-            nbytes = cap * kernels.DESC_DTYPE.itemsize
+            nbytes = cap * DESC_DTYPE.itemsize
             # Pinned, from the process pool too (the previous buffer is idle, see _slot).
             if slot.desc_host is not None:
                 _POOL.give_back([slot.desc_raw])
             slot.desc_raw, seconds = _POOL.take(cp, self.index, nbytes)
             self._backend._add_stats(pin_seconds=seconds)
-            slot.desc_host = slot.desc_raw.view(kernels.DESC_DTYPE)
+            slot.desc_host = slot.desc_raw.view(DESC_DTYPE)
             slot.desc_dev = None
             with self._copy_stream:
                 slot.desc_dev = cp.empty(nbytes, dtype=np.uint8)
@@ -632,17 +640,17 @@ class CudaLoad:
                     desc_host, desc_dev = self._descriptors(slot, n_total)
                     at = 0
                     for group in groups.values():
-                        kernels.pack_descriptors(
+                        pack_descriptors(
                             (c for c, _ in group), (p for _, p in group), src_base=base, out=desc_host[at:]
                         )
                         launches.append((group, at))
                         at += len(group)
-                    desc_bytes = n_total * kernels.DESC_DTYPE.itemsize
+                    desc_bytes = n_total * DESC_DTYPE.itemsize
                     cp.cuda.runtime.memcpyAsync(desc_dev.data.ptr, desc_host.ctypes.data, desc_bytes, h2d, cs.ptr)
                 if gathers:
                     # One pinned buffer per slot: every gather descriptor, then every box's
                     # (source byte, destination element) pair, copied up in one H2D.
-                    gd = kernels.GATHER_DESC_DTYPE
+                    gd = GATHER_DESC_DTYPE
                     n_desc = sum(len(g) for g in gathers.values())
                     n_pairs = sum(c.boxes for g in gathers.values() for c, _ in g)
                     pair_at = -(-n_desc * gd.itemsize // 16) * 16
@@ -653,7 +661,7 @@ class CudaLoad:
                     at = first = 0
                     for group in gathers.values():
                         nb = sum(c.boxes for c, _ in group)
-                        kernels.pack_gather(
+                        pack_gather(
                             (c for c, _ in group),
                             (p for _, p in group),
                             src_base=base,
@@ -688,7 +696,7 @@ class CudaLoad:
                         src_dt, dst_dt = dtypes[group[0][0].dest]
                         fn = kernels.get_kernel(src_dt, dst_dt)
                         grid, block = kernels.launch_geometry((c.size for c, _ in group), self._sm_count)
-                        descs = desc_dev[first * kernels.DESC_DTYPE.itemsize :]  # a view: pointer + offset
+                        descs = desc_dev[first * DESC_DTYPE.itemsize :]  # a view: pointer + offset
                         fn(grid, block, (staging, descs, np.int32(len(group))))
                         st["kernel_launches"] += 1
                         st["kernel_copies"] += len(group)
@@ -696,7 +704,7 @@ class CudaLoad:
                         src_dt, dst_dt = dtypes[group[0][0].dest]
                         fn = kernels.get_gather_kernel(src_dt, dst_dt)
                         grid, block = kernels.launch_geometry((c.size for c, _ in group), self._sm_count)
-                        descs = g_dev[first * kernels.GATHER_DESC_DTYPE.itemsize :]
+                        descs = g_dev[first * GATHER_DESC_DTYPE.itemsize :]
                         fn(grid, block, (staging, descs, np.int32(len(group)), g_dev[pair_at:]))
                         st["kernel_launches"] += 1
                         st["gather_copies"] += len(group)
