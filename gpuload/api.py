@@ -33,6 +33,7 @@ import gpuload.backend.host as _host  # the CPU backend, built by backend_for
 from gpuload import config as config_mod
 from gpuload.backend.contract import converts
 from gpuload.backend.placement import backend_for, canonical_device
+from gpuload.devices import CPU, Device
 from gpuload.errors import ArgumentTypeError, DeviceUnavailableError, InvalidArgumentError, TargetError
 from gpuload.format import dtypes as _dt
 from gpuload.format.reader import CheckpointReader
@@ -43,7 +44,7 @@ from gpuload.scheduler import LoadStats, execute
 
 __all__ = ["Spec", "Request", "LoadResult", "load", "plan_load", "last_load"]
 
-_CPU = "/device:CPU:0"
+_CPU = str(CPU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,7 +431,7 @@ def _torch_spec(name, r, box, dtype, dev, allocate=True):
             return _CPU, dtype, None, _same
         if dev.type == "cuda":
             index = dev.index if dev.index is not None else torch.cuda.current_device()
-            return f"/device:GPU:{index}", dtype, None, _same
+            return str(Device.gpu(index)), dtype, None, _same
         raise TargetError(f"request {name!r}: {dev} is not a device gpuload fills (CPU or CUDA)")
     tensor = torch.empty(box.shape, dtype=tdtype, device=dev)
     device, dtype, tgt, _ = _from_array(name, r, tensor, box)
@@ -445,9 +446,8 @@ def _jax_spec(name, dev, dtype, box, allocate=True):
     if platform == "cpu":
         device = _CPU
     elif platform in ("gpu", "cuda"):
-        device = (
-            f"/device:GPU:{dev.local_hardware_id if getattr(dev, 'local_hardware_id', None) is not None else dev.id}"
-        )
+        index = getattr(dev, "local_hardware_id", None)
+        device = str(Device.gpu(dev.id if index is None else index))
     else:
         raise TargetError(
             f"request {name!r}: JAX device {dev!r} (platform {platform!r}) is neither a CPU nor a CUDA GPU"
@@ -518,7 +518,7 @@ def _from_array(name, r, target, box):
         _check_shape(name, r, box, target.shape, _describe(target))
         if not target.flags.c_contiguous:
             raise TargetError(f"request {name!r}: the target {_describe(target)} is not C-contiguous")
-        return f"/device:GPU:{target.device.id}", np.dtype(target.dtype), target, lambda _a, t=target: t
+        return str(Device.gpu(target.device.id)), np.dtype(target.dtype), target, lambda _a, t=target: t
     if mod == "torch":
         return _torch_target(name, r, target, box)
     if mod.startswith("jax"):
@@ -578,5 +578,5 @@ def _torch_target(name, r, t, box):
             if t.dtype == torch.bfloat16:
                 view = view.view(np_dtype)
         stream = torch.cuda.current_stream(index).cuda_stream
-        return f"/device:GPU:{index}", np_dtype, (view, stream), lambda _a, tt=t: tt
+        return str(Device.gpu(index)), np_dtype, (view, stream), lambda _a, tt=t: tt
     raise TargetError(f"request {name!r}: the target {what} is on {t.device}; gpuload fills CPU and CUDA tensors")

@@ -62,6 +62,7 @@ from gpuload.backend.contract import (
     pack_descriptors,
     pack_gather,
 )
+from gpuload.devices import Device
 from gpuload.errors import DeviceError, DeviceMemoryError
 from gpuload.plan.copies import BoxCopy, GatherCopy
 
@@ -120,7 +121,7 @@ class CudaToken:
     def __init__(self, cupy, index: int, events: list, keep: tuple) -> None:
         self._cupy = cupy
         self._index = index
-        self._device = f"/device:GPU:{index}"
+        self._device = str(Device.gpu(index))
         self._events = events
         self._keep = keep
 
@@ -184,7 +185,7 @@ class _PinnedPool:
         # alignment is an observation, not a documented guarantee (a test misaligns it).
         with (
             cp.cuda.Device(index),
-            _device_errors(cp, f"/device:GPU:{index}", f"pinning {nbytes} bytes of host memory"),
+            _device_errors(cp, str(Device.gpu(index)), f"pinning {nbytes} bytes of host memory"),
         ):
             mem = cp.cuda.PinnedMemory(nbytes + _PAGE, cp.cuda.runtime.hostAllocPortable)
         whole = np.frombuffer(cp.cuda.PinnedMemoryPointer(mem, 0), dtype=np.uint8, count=nbytes + _PAGE)
@@ -277,7 +278,7 @@ class CudaBackend:
 
         self._cupy = cupy
         self.index = int(index)
-        self.device = f"/device:GPU:{self.index}"
+        self.device = str(Device.gpu(self.index))
         dev = cupy.cuda.Device(self.index)
         with dev, _device_errors(cupy, self.device, "opening the device"):
             self._sm_count = int(dev.attributes["MultiProcessorCount"])
@@ -500,7 +501,7 @@ class CudaLoad:
             )
         if dest.device.id != self.index:
             raise ValueError(
-                f"destination {copy.dest} lives on /device:GPU:{dest.device.id}, not on {self.device}: "
+                f"destination {copy.dest} lives on {Device.gpu(dest.device.id)}, not on {self.device}: "
                 f"group copies by device and submit each group to its own backend"
             )
         if not dest.flags.c_contiguous:
