@@ -254,10 +254,12 @@ def run_gpuload(spec) -> dict:
     if gpus:
         import cupy as cp
 
-        from gpuload.backend import host, kernels
+        from gpuload.backend import contract, kernels
 
         # NVRTC compiles (or CuPy cache loads) happen here, reported apart, not in the load.
-        res["kernel_warmup_s"] = kernels.warmup(variants=[host.cast_code(spec["dtype"], spec["dtype"])], devices=gpus)
+        res["kernel_warmup_s"] = kernels.warmup(
+            variants=[contract.cast_code(spec["dtype"], spec["dtype"])], devices=gpus
+        )
         # Likewise pinning the ring: a process pins it once and keeps it (LoadStats.pin_s
         # of the measured load shows what was left).
         from gpuload.backend.placement import backend_for
@@ -714,7 +716,7 @@ def gpu_limits(gpus, n, repeat, L, errors) -> None:
 def _gpuload_kernel(cp, d, n, s, timed, k) -> dict:
     """gpuload's own box-copy kernel, kernel only: a [rows, 64] float32 buffer already on
     the device cut into 4 column parts (the cols:4 layout) in one batched launch."""
-    from gpuload.backend import kernels
+    from gpuload.backend import contract, kernels
     from gpuload.plan.copies import BoxCopy
 
     cols, parts = 64, 4
@@ -725,7 +727,7 @@ def _gpuload_kernel(cp, d, n, s, timed, k) -> dict:
         BoxCopy(dest=i, src_offset=i * w * 4, src_strides=(cols, 1), dst_offset=0, dst_strides=(w, 1), shape=(rows, w))
         for i in range(parts)
     ]
-    desc = kernels.pack_descriptors(copies, [x.data.ptr for x in dests], src_base=0)
+    desc = contract.pack_descriptors(copies, [x.data.ptr for x in dests], src_base=0)
     desc_dev = cp.asarray(desc.view(np.uint8))
     fn = kernels.get_kernel(np.float32, np.float32)
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]

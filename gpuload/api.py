@@ -13,7 +13,8 @@ optionally a box of it (rows, columns, any N-D slice), and a target:
   GPU). JAX arrays are immutable: ask for them with a :class:`Spec` instead.
 
 Dtypes follow ``init_from_checkpoint``'s rules: the target's dtype must be the stored one
-unless ``allow_cast=True`` (then any non-string dtype; the copy converts).
+unless ``allow_cast=True`` (then floating dtypes convert into each other: the cast table
+of :mod:`gpuload.backend.contract`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import numpy as np
 # Imported here, not inside load(): a load's clock starts at the call and imports are not load time.
 import gpuload.backend.host as _host  # the CPU backend, built by backend_for
 from gpuload import config as config_mod
+from gpuload.backend.contract import converts
 from gpuload.backend.placement import backend_for, canonical_device
+from gpuload.devices import CPU, Device
 from gpuload.errors import ArgumentTypeError, DeviceUnavailableError, InvalidArgumentError, TargetError
 from gpuload.format import dtypes as _dt
 from gpuload.format.reader import CheckpointReader
@@ -41,9 +44,7 @@ from gpuload.scheduler import LoadStats, execute
 
 __all__ = ["Spec", "Request", "LoadResult", "load", "plan_load", "last_load"]
 
-_CPU = "/device:CPU:0"
-#: What ``allow_cast`` converts between, as ``init_from_checkpoint(..., allow_cast=True)``.
-_FLOATING = {"float16", "bfloat16", "float32", "float64"}
+_CPU = str(CPU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,7 +363,7 @@ def _prepare(bundle, items, cfg, allow_cast, *, allocate: bool = True, spec_for_
                 f"request {name!r}: tensor {r.key!r} is {stored.name} but the target "
                 f"{_describe(target)} is {dtype.name}; pass allow_cast=True to convert"
             )
-        if dtype != stored and allow_cast and not (dtype.name in _FLOATING and stored.name in _FLOATING):
+        if dtype != stored and allow_cast and not converts(stored, dtype):
             raise TargetError(
                 f"request {name!r}: allow_cast converts between floating dtypes only; tensor "
                 f"{r.key!r} is {stored.name} and the target {_describe(target)} is {dtype.name}"
@@ -430,7 +431,7 @@ def _torch_spec(name, r, box, dtype, dev, allocate=True):
             return _CPU, dtype, None, _same
         if dev.type == "cuda":
             index = dev.index if dev.index is not None else torch.cuda.current_device()
-            return f"/device:GPU:{index}", dtype, None, _same
+            return str(Device.gpu(index)), dtype, None, _same
         raise TargetError(f"request {name!r}: {dev} is not a device gpuload fills (CPU or CUDA)")
     tensor = torch.empty(box.shape, dtype=tdtype, device=dev)
     device, dtype, tgt, _ = _from_array(name, r, tensor, box)
@@ -445,9 +446,8 @@ def _jax_spec(name, dev, dtype, box, allocate=True):
     if platform == "cpu":
         device = _CPU
     elif platform in ("gpu", "cuda"):
-        device = (
-            f"/device:GPU:{dev.local_hardware_id if getattr(dev, 'local_hardware_id', None) is not None else dev.id}"
-        )
+        index = getattr(dev, "local_hardware_id", None)
+        device = str(Device.gpu(dev.id if index is None else index))
     else:
         raise TargetError(
             f"request {name!r}: JAX device {dev!r} (platform {platform!r}) is neither a CPU nor a CUDA GPU"
@@ -518,7 +518,7 @@ def _from_array(name, r, target, box):
         _check_shape(name, r, box, target.shape, _describe(target))
         if not target.flags.c_contiguous:
             raise TargetError(f"request {name!r}: the target {_describe(target)} is not C-contiguous")
-        return f"/device:GPU:{target.device.id}", np.dtype(target.dtype), target, lambda _a, t=target: t
+        return str(Device.gpu(target.device.id)), np.dtype(target.dtype), target, lambda _a, t=target: t
     if mod == "torch":
         return _torch_target(name, r, target, box)
     if mod.startswith("jax"):
@@ -578,5 +578,5 @@ def _torch_target(name, r, t, box):
             if t.dtype == torch.bfloat16:
                 view = view.view(np_dtype)
         stream = torch.cuda.current_stream(index).cuda_stream
-        return f"/device:GPU:{index}", np_dtype, (view, stream), lambda _a, tt=t: tt
+        return str(Device.gpu(index)), np_dtype, (view, stream), lambda _a, tt=t: tt
     raise TargetError(f"request {name!r}: the target {what} is on {t.device}; gpuload fills CPU and CUDA tensors")

@@ -39,6 +39,7 @@ def run(args) -> int:
     """Write, load and check; returns the exit status (2, with one line on stderr, for bad input)."""
     import gpuload
     from gpuload.backend.placement import check_device
+    from gpuload.devices import Device
 
     for flag, value in (("--rows", args.rows), ("--cols", args.cols), ("--parts", args.parts)):
         if value < 1:
@@ -75,11 +76,12 @@ def run(args) -> int:
         gpuload.init_from_checkpoint(root, {"old_scope/": "new_scope/"})
         op = gpuload.global_variables_initializer()
         where = emb._get_variable_list()[0].device
-        if where.startswith("/device:GPU:"):
+        device = Device.parse(where)
+        if device.is_gpu:
             # Compile (or load from CuPy's cache) the kernels now: NVRTC time is not load time.
             from gpuload.backend import kernels
 
-            secs = kernels.warmup(variants=["b4_b4"], devices=[int(where.rsplit(":", 1)[1])])
+            secs = kernels.warmup(variants=["b4_b4"], devices=[device.index])
             print(f"box-copy kernels ready on {where} in {secs:.2f} s (compiled before the timed loads)")
         times = []
         for _ in range(2):  # the first load may race the OS writing the new file back to disk

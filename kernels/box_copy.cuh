@@ -50,8 +50,9 @@ struct alignas(16) gl_u128 {
     gl_u64 hi;
 };
 
-// One BoxCopy, ready for a kernel. Layout mirrored by kernels.DESC_DTYPE (checked by a
-// test against gpuload_harness_desc_layout). Axis rank-1 is the fastest-varying one.
+// One BoxCopy, ready for a kernel. Layout mirrored by gpuload.backend.contract.DESC_DTYPE
+// (tests parse this struct and check gpuload_harness_desc_layout). Axis rank-1 is the
+// fastest-varying one.
 struct gpuload_box_desc {
     gl_i64 rank;        // 1 .. GPULOAD_MAX_RANK
     gl_i64 count;       // prod(shape): elements to copy
@@ -253,8 +254,8 @@ typedef gl_conv_float<gl_u16, gl_u64, gl_fmt_bf16, gl_fmt_f64, GL_NAN_QUIET> gl_
 typedef gl_conv_float<gl_u16, gl_u64, gl_fmt_f16, gl_fmt_f64, GL_NAN_KEEP> gl_conv_f16_f64;
 
 // Every variant: X(name, conversion). box_copy.cu defines gpuload_box_copy_<name> for
-// each, the host harness dispatches on the same list, and gpuload/backend/host.py's
-// cast table must name exactly these (a test checks it).
+// each, the host harness dispatches on the same list, and the cast table of
+// gpuload/backend/contract.py must name exactly these, in this order (a test checks it).
 #define GPULOAD_BOX_COPY_VARIANTS(X) \
     X(b1_b1, gl_conv_b1_b1)          \
     X(b2_b2, gl_conv_b2_b2)          \

@@ -21,8 +21,8 @@
 
 #include "box_copy.cuh"
 
-// Layout mirrored by kernels.GATHER_DESC_DTYPE (checked by a test against
-// gpuload_harness_gather_layout).
+// Layout mirrored by gpuload.backend.contract.GATHER_DESC_DTYPE (tests parse this struct
+// and check gpuload_harness_gather_layout).
 struct gpuload_gather_desc {
     gpuload_box_desc box;  // the box template; box.count = elements per box
     gl_i64 boxes;          // number of boxes

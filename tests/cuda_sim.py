@@ -1136,7 +1136,7 @@ def _codesize(code: str) -> int:
 
 
 def _desc_dtype():
-    from gpuload.backend.kernels import DESC_DTYPE
+    from gpuload.backend.contract import DESC_DTYPE
 
     return DESC_DTYPE
 
@@ -1296,7 +1296,7 @@ class _GatherKernel(_Kernel):
         src_ptr, desc_ptr, off_ptr, n = src.data.ptr, descs.data.ptr, offsets.data.ptr, int(n)
         gx, gy = (tuple(grid) + (1, 1))[:2]
         state.calls.append(("gather", self.variant, tuple(grid), tuple(block), n))
-        from gpuload.backend.kernels import GATHER_DESC_DTYPE as gdt
+        from gpuload.backend.contract import GATHER_DESC_DTYPE as gdt
 
         kernel = self
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuload.backend import host, kernels
+from gpuload.backend import contract, kernels
 
 HARNESS_SRC = Path(__file__).resolve().parent / "kernel_host_harness.cpp"
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -103,8 +103,8 @@ class Harness:
 
     def execute(self, case, dest: np.ndarray, grid=(3, 2), block=32, force64=False) -> None:
         """All of a case's copies in one simulated batched launch (empty copies included)."""
-        descs = kernels.pack_descriptors(case.copies, [dest.ctypes.data] * len(case.copies))
-        self.run(host.cast_code(case.src_dtype, case.dst_dtype), case.chunk, descs, grid, block, force64)
+        descs = contract.pack_descriptors(case.copies, [dest.ctypes.data] * len(case.copies))
+        self.run(contract.cast_code(case.src_dtype, case.dst_dtype), case.chunk, descs, grid, block, force64)
 
 
 def build_harness(tmp_dir: Path) -> Harness:

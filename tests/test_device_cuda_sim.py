@@ -24,7 +24,7 @@ from box_cases import BF16, F32, edge_cases, raw
 
 import gpuload
 from gpuload import config
-from gpuload.backend import kernels
+from gpuload.backend import contract, kernels
 from gpuload.errors import DeviceError, DeviceMemoryError, DeviceUnavailableError
 from gpuload.plan.copies import BoxCopy
 
@@ -514,7 +514,7 @@ def test_simulator_catches_wrong_current_device_and_freed_memory(sim):  # noqa: 
         sim.cuda.runtime.memcpyAsync(dst.data.ptr, ptr, 4096, 1, s0.ptr)  # freed pinned source
         staged = sim.empty((4096,), np.uint8)
         out = sim.empty((4096,), np.uint8)
-        desc = kernels.pack_descriptors([BoxCopy(0, 0, (1,), 0, (1,), (4096,))], [out.data.ptr])
+        desc = contract.pack_descriptors([BoxCopy(0, 0, (1,), 0, (1,), (4096,))], [out.data.ptr])
         d_desc = sim.asarray(desc.view(np.uint8))
         fn((1, 1), (256,), (staged, d_desc, np.int32(1)), stream=s0)
     with sim.cuda.Device(1):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from box_cases import BF16, F32, edge_cases, make_case, raw
 
-from gpuload.backend import host, kernels
+from gpuload.backend import contract, host, kernels
 from gpuload.errors import PlanError
 from gpuload.plan.copies import BoxCopy
 
@@ -25,7 +25,7 @@ EDGE = edge_cases()
 def _launch(cupy, case, d_src, dest_bytes):
     """One batched launch of all of a case's copies, as the CUDA backend does it."""
     copies = case.copies
-    descs = kernels.pack_descriptors(copies, [dest_bytes.data.ptr] * len(copies))
+    descs = contract.pack_descriptors(copies, [dest_bytes.data.ptr] * len(copies))
     d_descs = cupy.asarray(descs.view(np.uint8))
     fn = kernels.get_kernel(case.src_dtype, case.dst_dtype)
     sms = cupy.cuda.Device().attributes["MultiProcessorCount"]

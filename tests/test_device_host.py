@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from box_cases import BF16, F32, edge_cases, raw
 
-from gpuload.backend import host, placement
+from gpuload.backend import contract, placement
 from gpuload.backend.host import HostBackend, box_copy
 from gpuload.errors import DeviceUnavailableError, PlanError
 from gpuload.plan.copies import BoxCopy
@@ -84,10 +84,10 @@ def _chunk(n=64):
 def test_unsupported_cast_is_a_plan_error():
     with pytest.raises(PlanError, match="no box-copy kernel converts int32 to float32"):
         box_copy(_chunk(), np.int32, np.zeros(4, np.float32), np.float32, BoxCopy(0, 0, (1,), 0, (1,), (4,)))
-    assert not host.is_supported_cast(np.int8, np.int16)
-    assert host.is_supported_cast(np.float64, BF16)
+    assert not contract.converts(np.int8, np.int16)
+    assert contract.converts(np.float64, BF16)
     with pytest.raises(PlanError, match="1, 2, 4, 8 or 16 bytes"):
-        host.cast_code(np.dtype("S3"), np.dtype("S3"))
+        contract.cast_code(np.dtype("S3"), np.dtype("S3"))
 
 
 @pytest.mark.parametrize(
@@ -226,7 +226,7 @@ def _run_python(code: str, env_extra: dict | None = None) -> str:
 def test_imports_and_cpu_path_work_without_cupy():
     out = _run_python(
         "import sys; sys.modules['cupy'] = None\n"
-        "from gpuload.backend import host, placement, kernels\n"
+        "from gpuload.backend import contract, host, placement, kernels\n"
         "import gpuload.plan.copies\n"
         "assert not placement.is_gpu_available()\n"
         "assert placement.default_device() == '/device:CPU:0'\n"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpuload.backend import host
+from gpuload.backend.contract import BF16
 from gpuload.distributed.assign import collective_plan
 from gpuload.format.bundle import Bundle
 from gpuload.format.slices import Box
@@ -40,7 +40,7 @@ def _requests(nranks):
     reqs.append(Request("ws", "t", Box((0, 0), (len(ROWS), 8)), np.dtype(np.float32), "/device:GPU:1", Remap(0, ROWS)))
     owners.append(1)
     if nranks == 3:
-        reqs.append(Request("bf", "t", Box((0, 0), (96, 8)), host._BF16, "/device:GPU:0"))
+        reqs.append(Request("bf", "t", Box((0, 0), (96, 8)), BF16, "/device:GPU:0"))
         owners.append(2)
     return reqs, owners
 

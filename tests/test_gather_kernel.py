@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from kernel_harness import build_harness
 from test_kernels_nvcc import ARCHS, _nvcc, _run_all
 
-from gpuload.backend import host, kernels
+from gpuload.backend import contract, host, kernels
 from gpuload.errors import PlanError
 from gpuload.plan.copies import GatherCopy
 
@@ -29,10 +29,10 @@ def harness(tmp_path_factory):
 
 def test_gather_descriptor_layout(harness):
     size, box, boxes, index_offset = harness.gather_layout()
-    d = kernels.GATHER_DESC_DTYPE
+    d = contract.GATHER_DESC_DTYPE
     assert size == d.itemsize
     assert [box, boxes, index_offset] == [d.fields[n][1] for n in ("box", "boxes", "index_offset")]
-    assert d["box"] == kernels.DESC_DTYPE
+    assert d["box"] == contract.DESC_DTYPE
 
 
 def reference(chunk, src_dtype, dest, dst_dtype, g):
@@ -104,9 +104,9 @@ def test_harness_twin_and_reference_agree(harness, case):
     np.testing.assert_array_equal(raw(twin), raw(want))
 
     kern = fill.copy()
-    descs, pairs = kernels.pack_gather([g], [kern.ctypes.data])
+    descs, pairs = contract.pack_gather([g], [kern.ctypes.data])
     harness.gather_run(
-        host.cast_code(src_dtype, dst_dtype),
+        contract.cast_code(src_dtype, dst_dtype),
         chunk,
         descs,
         pairs,
@@ -127,8 +127,8 @@ def test_float64_narrowing_gathers(harness, dst):
     twin = fill.copy()
     host.gather_copy(chunk, np.float64, twin, dst, g)
     kern = fill.copy()
-    descs, pairs = kernels.pack_gather([g], [kern.ctypes.data])
-    harness.gather_run(host.cast_code(np.float64, dst), chunk, descs, pairs)
+    descs, pairs = contract.pack_gather([g], [kern.ctypes.data])
+    harness.gather_run(contract.cast_code(np.float64, dst), chunk, descs, pairs)
     np.testing.assert_array_equal(raw(twin), raw(want))
     np.testing.assert_array_equal(raw(kern), raw(want))
 
@@ -147,7 +147,7 @@ def test_batched_launch_with_index_offsets(harness):
     want = [x.copy() for x in dests]
     for c in copies:
         host.gather_copy(chunk, np.float32, want[c.dest], np.float32, c)
-    descs, pairs = kernels.pack_gather(copies, [x.ctypes.data for x in dests], src_base=128)
+    descs, pairs = contract.pack_gather(copies, [x.ctypes.data for x in dests], src_base=128)
     harness.gather_run("b4_b4", chunk[128:], descs, pairs, grid=(2, 2), block=16)
     for got, w in zip(dests, want):
         np.testing.assert_array_equal(got, w)

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernel_harness import Harness, build_harness
 
-from gpuload.backend import host, kernels
+from gpuload.backend import contract, host, kernels
 from gpuload.errors import PlanError
 from gpuload.plan.copies import BoxCopy
 
@@ -52,21 +52,21 @@ def _twin(case) -> np.ndarray:
 
 
 def test_variant_lists_agree(harness):
-    assert harness.variants() == host.VARIANTS
+    assert harness.variants() == contract.VARIANTS
     src = kernels.source()
-    for v in host.VARIANTS:
+    for v in contract.VARIANTS:
         assert f"X({v}, gl_conv_{v})" in src
 
 
 def test_descriptor_layout_matches_dtype(harness):
     size, max_rank, *offsets = harness.layout()
-    assert size == kernels.DESC_DTYPE.itemsize
-    assert max_rank == host.MAX_RANK
-    assert offsets == [kernels.DESC_DTYPE.fields[name][1] for name in kernels.DESC_DTYPE.names]
+    assert size == contract.DESC_DTYPE.itemsize
+    assert max_rank == contract.MAX_RANK
+    assert offsets == [contract.DESC_DTYPE.fields[name][1] for name in contract.DESC_DTYPE.names]
 
 
 def test_every_pair_has_a_case():
-    assert {host.cast_code(s, d) for s, d in ALL_PAIRS} == set(host.VARIANTS)
+    assert {contract.cast_code(s, d) for s, d in ALL_PAIRS} == set(contract.VARIANTS)
 
 
 # -- index arithmetic --------------------------------------------------------------------
@@ -78,7 +78,7 @@ def test_map_matches_unravel(harness, shape):
     src_strides = tuple(int(x) for x in rng.integers(0, 50, len(shape)))
     dst_strides = tuple(int(x) for x in rng.integers(0, 50, len(shape)))
     c = BoxCopy(0, 12, src_strides, 7, dst_strides, shape)
-    desc = kernels.pack_descriptors([c], [0])
+    desc = contract.pack_descriptors([c], [0])
     for idx in range(int(np.prod(shape))):
         multi = np.unravel_index(idx, shape)
         want = (12 + 4 * int(np.dot(multi, src_strides)), 7 + int(np.dot(multi, dst_strides)))
@@ -87,7 +87,7 @@ def test_map_matches_unravel(harness, shape):
 
 def test_pack_descriptors_fields():
     c = BoxCopy(dest=3, src_offset=300, src_strides=(10, 1), dst_offset=5, dst_strides=(4, 1), shape=(2, 3))
-    d = kernels.pack_descriptors([c], [0xDEAD00], src_base=256)[0]
+    d = contract.pack_descriptors([c], [0xDEAD00], src_base=256)[0]
     assert (d["rank"], d["count"], d["src_offset"], d["dst_offset"], d["dst"]) == (2, 6, 44, 5, 0xDEAD00)
     assert d["shape"].tolist() == [2, 3, 0, 0, 0, 0, 0, 0]
     assert d["src_strides"][:2].tolist() == [10, 1] and d["dst_strides"][:2].tolist() == [4, 1]
@@ -101,7 +101,7 @@ def _numpy_convert(bits: np.ndarray, src: np.dtype, dst: np.dtype) -> np.ndarray
     return convert(bits.view(src), dst).view(UINT[dst.itemsize])
 
 
-@pytest.mark.parametrize("variant", [v for v in host.VARIANTS if v.split("_")[0] in ("f16", "bf16")])
+@pytest.mark.parametrize("variant", [v for v in contract.VARIANTS if v.split("_")[0] in ("f16", "bf16")])
 def test_convert_exhaustive_16bit_sources(harness, variant):
     s, d = (FLOATS[x] for x in variant.split("_"))
     bits = np.arange(1 << 16, dtype=np.uint16)
@@ -130,7 +130,7 @@ def _f64_probe_bits(rng) -> np.ndarray:
     return np.concatenate([r, near, ties, ties42, np.array(SPECIAL_BITS["f64"], np.uint64)])
 
 
-@pytest.mark.parametrize("variant", [v for v in host.VARIANTS if v.split("_")[0] in ("f32", "f64")])
+@pytest.mark.parametrize("variant", [v for v in contract.VARIANTS if v.split("_")[0] in ("f32", "f64")])
 def test_convert_wide_sources(harness, variant):
     s, d = (FLOATS[x] for x in variant.split("_"))
     rng = np.random.default_rng(7)
@@ -203,8 +203,8 @@ def test_launch_shapes_and_index_width_do_not_matter(harness, grid, block, force
 def test_vector_path_is_taken(harness, name, head, body):
     case = next(c for c in EDGE if c.name == name)
     dest = case.fresh_dest()
-    desc = kernels.pack_descriptors(case.copies[:1], [dest.ctypes.data])
-    plan = harness.plan(host.cast_code(case.src_dtype, case.dst_dtype), case.chunk, desc)
+    desc = contract.pack_descriptors(case.copies[:1], [dest.ctypes.data])
+    plan = harness.plan(contract.cast_code(case.src_dtype, case.dst_dtype), case.chunk, desc)
     assert (plan["vec"], plan["aligned"], plan["head"], plan["body"]) == (1, 1, head, body)
 
 
@@ -222,7 +222,7 @@ def test_vector_path_is_not_taken(harness, why, args):
     case = make_case(why, src=u8, dst=u8, **args)
     assert len(case.copies) == 1
     dest = case.fresh_dest()
-    desc = kernels.pack_descriptors(case.copies, [dest.ctypes.data])
+    desc = contract.pack_descriptors(case.copies, [dest.ctypes.data])
     assert harness.plan("b1_b1", case.chunk, desc)["vec"] == 0, why
     harness.execute(case, dest)
     np.testing.assert_array_equal(raw(dest), raw(case.expected))
@@ -231,7 +231,7 @@ def test_vector_path_is_not_taken(harness, why, args):
 def test_misaligned_chunk_takes_bytewise_path(harness):
     case = make_case("m", (4, 6), (0, 0), (4, 6), F32, F32, prefix=1, misalign=0)
     dest = case.fresh_dest()
-    desc = kernels.pack_descriptors(case.copies[:1], [dest.ctypes.data])
+    desc = contract.pack_descriptors(case.copies[:1], [dest.ctypes.data])
     assert harness.plan("b4_b4", case.chunk, desc)["aligned"] == 0
 
 
@@ -241,7 +241,7 @@ def test_rank0_copy_is_one_element(harness):
     c = BoxCopy(0, 8, (), 2, (), ())
     twin, kern = np.zeros(4, BF16), np.zeros(4, BF16)
     host.box_copy(chunk, np.float32, twin, BF16, c)
-    harness.run("f32_bf16", chunk, kernels.pack_descriptors([c], [kern.ctypes.data]))
+    harness.run("f32_bf16", chunk, contract.pack_descriptors([c], [kern.ctypes.data]))
     np.testing.assert_array_equal(twin, np.array([0, 0, -3.25, 0], BF16))
     np.testing.assert_array_equal(kern, twin)
 
@@ -253,7 +253,7 @@ def test_batch_with_many_destinations(harness):
     chunk = tensor.view(np.uint8).reshape(-1).copy()
     parts = [np.full((16, 3), -1, BF16) for _ in range(32)]
     copies = [BoxCopy(p, 4 * 3 * p, (96, 1), 0, (3, 1), (16, 3)) for p in range(32)]
-    descs = kernels.pack_descriptors(copies, [a.ctypes.data for a in parts])
+    descs = contract.pack_descriptors(copies, [a.ctypes.data for a in parts])
     harness.run("f32_bf16", chunk, descs, grid=(2, 5), block=16)
     for p, a in enumerate(parts):
         np.testing.assert_array_equal(a.view(np.uint16), tensor[:, 3 * p : 3 * p + 3].astype(BF16).view(np.uint16))
@@ -262,7 +262,7 @@ def test_batch_with_many_destinations(harness):
 def test_64bit_loop_is_chosen_above_2_31_items(harness):
     n = (1 << 31) + 5
     c = BoxCopy(0, 0, (0, 0), 0, (0, 0), (n, 1))
-    desc = kernels.pack_descriptors([c], [0])
+    desc = contract.pack_descriptors([c], [0])
     assert harness.plan("b4_b4", np.zeros(4, np.uint8), desc)["items"] == n
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuload.backend import host, kernels
+from gpuload.backend import contract, kernels
 
 ARCHS = ("sm_80", "sm_90")
 
@@ -106,5 +106,5 @@ def test_missing_nvcc_skips_locally_and_fails_in_ci(monkeypatch):
 
 def test_variant_names_are_in_the_source():
     text = (kernels.kernel_dir() / "box_copy.cuh").read_text()
-    for v in host.VARIANTS:
+    for v in contract.VARIANTS:
         assert f"X({v}," in text

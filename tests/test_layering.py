@@ -22,7 +22,7 @@ from conftest import REPO
 PACKAGE = REPO / "gpuload"
 
 # Imported by everything: they import nothing of gpuload themselves.
-BASE = ("gpuload.errors", "gpuload.config")
+BASE = ("gpuload.errors", "gpuload.config", "gpuload.devices")
 
 # layer -> the only gpuload layers it may import besides itself and BASE
 ONLY_BELOW = {
@@ -106,7 +106,7 @@ def violations(root: Path = PACKAGE) -> set[tuple[str, str, str]]:
                 if _in(importer, layer) and any(_in(imported, b) for b in banned):
                     out.add((importer, imported, f"{layer} imports nothing above it"))
             if any(_in(importer, b) for b in BASE) and imported not in BASE:
-                out.add((importer, imported, "errors and config import nothing of gpuload"))
+                out.add((importer, imported, "errors, config and devices import nothing of gpuload"))
             if _in(imported, GRAPH) and importer not in GRAPH_CLIENTS and not _in(importer, GRAPH):
                 out.add((importer, imported, "only the top-level package, cli and demo import gpuload.graph"))
     return out
@@ -175,6 +175,7 @@ PLANTED = [
     ("backend/placement.py", "from gpuload.graph import store", ("gpuload.backend.placement", "gpuload.graph.store")),
     ("scheduler.py", "import gpuload.loader", ("gpuload.scheduler", "gpuload.loader")),
     ("errors.py", "from gpuload.format import crc", ("gpuload.errors", "gpuload.format.crc")),
+    ("devices.py", "from gpuload.backend import placement", ("gpuload.devices", "gpuload.backend.placement")),
     ("loader.py", "from gpuload.graph import partition", ("gpuload.loader", "gpuload.graph.partition")),
     ("distributed/load.py", "from gpuload.graph import vocab", ("gpuload.distributed.load", "gpuload.graph.vocab")),
 ]

@@ -40,11 +40,11 @@ BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "gpuload",
 PROBE = r"""
 import json, sys
 import gpuload
-from gpuload.backend import host, kernels
+from gpuload.backend import contract, kernels
 out = sys.argv[1]
 variants = []
-for v in host.VARIANTS:
-    for name in ("box_copy", "gather"):
+for v in contract.VARIANTS:
+    for name in contract.KINDS:
         path = f"{out}/{name}.{v}.cu"
         with open(path, "w") as f:
             f.write(kernels.source(f"{name}.cu"))

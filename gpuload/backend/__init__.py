@@ -7,8 +7,10 @@ A backend executes :class:`gpuload.plan.copies.BoxCopy` operations for one devic
 - :class:`gpuload.backend.cuda.CudaBackend` (``"/device:GPU:N"``) stages each chunk on the
   GPU and runs the kernels of ``kernels/box_copy.cu``.
 
-Use :func:`backend_for` to get the (cached) backend of a device string. Importing this
-package never imports CuPy.
+What both (and the kernels' host harness) agree on, the copy kinds, the cast table, the
+descriptor layout and the checks every copy passes, is :mod:`gpuload.backend.contract`.
+Use :func:`backend_for` to get the (cached) backend of a device string (any spelling
+:meth:`gpuload.devices.Device.parse` accepts). Importing this package never imports CuPy.
 
 TensorFlow's ``tf.device`` context manager is :func:`gpuload.device`, a plain function of
 the TF1 surface (this package was ``gpuload.device`` before it had to give that name up).

@@ -53,7 +53,16 @@ from typing import Any
 import numpy as np
 
 from gpuload.backend import kernels
-from gpuload.backend.host import cast_code, check_copy, check_gather
+from gpuload.backend.contract import (
+    DESC_DTYPE,
+    GATHER_DESC_DTYPE,
+    cast_code,
+    check_copy,
+    check_gather,
+    pack_descriptors,
+    pack_gather,
+)
+from gpuload.devices import Device
 from gpuload.errors import DeviceError, DeviceMemoryError
 from gpuload.plan.copies import BoxCopy, GatherCopy
 
@@ -112,7 +121,7 @@ class CudaToken:
     def __init__(self, cupy, index: int, events: list, keep: tuple) -> None:
         self._cupy = cupy
         self._index = index
-        self._device = f"/device:GPU:{index}"
+        self._device = str(Device.gpu(index))
         self._events = events
         self._keep = keep
 
@@ -176,7 +185,7 @@ class _PinnedPool:
         # alignment is an observation, not a documented guarantee (a test misaligns it).
         with (
             cp.cuda.Device(index),
-            _device_errors(cp, f"/device:GPU:{index}", f"pinning {nbytes} bytes of host memory"),
+            _device_errors(cp, str(Device.gpu(index)), f"pinning {nbytes} bytes of host memory"),
         ):
             mem = cp.cuda.PinnedMemory(nbytes + _PAGE, cp.cuda.runtime.hostAllocPortable)
         whole = np.frombuffer(cp.cuda.PinnedMemoryPointer(mem, 0), dtype=np.uint8, count=nbytes + _PAGE)
@@ -269,7 +278,7 @@ class CudaBackend:
 
         self._cupy = cupy
         self.index = int(index)
-        self.device = f"/device:GPU:{self.index}"
+        self.device = str(Device.gpu(self.index))
         dev = cupy.cuda.Device(self.index)
         with dev, _device_errors(cupy, self.device, "opening the device"):
             self._sm_count = int(dev.attributes["MultiProcessorCount"])
@@ -445,13 +454,13 @@ class CudaLoad:
         cp = self._cupy
         if slot.desc_host is None or slot.desc_host.size < n:
             cap = max(64, 1 << (n - 1).bit_length())
-            nbytes = cap * kernels.DESC_DTYPE.itemsize
+            nbytes = cap * DESC_DTYPE.itemsize
             # Pinned, from the process pool too (the previous buffer is idle, see _slot).
             if slot.desc_host is not None:
                 _POOL.give_back([slot.desc_raw])
             slot.desc_raw, seconds = _POOL.take(cp, self.index, nbytes)
             self._backend._add_stats(pin_seconds=seconds)
-            slot.desc_host = slot.desc_raw.view(kernels.DESC_DTYPE)
+            slot.desc_host = slot.desc_raw.view(DESC_DTYPE)
             slot.desc_dev = None
             with self._copy_stream:
                 slot.desc_dev = cp.empty(nbytes, dtype=np.uint8)
@@ -492,7 +501,7 @@ class CudaLoad:
             )
         if dest.device.id != self.index:
             raise ValueError(
-                f"destination {copy.dest} lives on /device:GPU:{dest.device.id}, not on {self.device}: "
+                f"destination {copy.dest} lives on {Device.gpu(dest.device.id)}, not on {self.device}: "
                 f"group copies by device and submit each group to its own backend"
             )
         if not dest.flags.c_contiguous:
@@ -632,17 +641,17 @@ class CudaLoad:
                     desc_host, desc_dev = self._descriptors(slot, n_total)
                     at = 0
                     for group in groups.values():
-                        kernels.pack_descriptors(
+                        pack_descriptors(
                             (c for c, _ in group), (p for _, p in group), src_base=base, out=desc_host[at:]
                         )
                         launches.append((group, at))
                         at += len(group)
-                    desc_bytes = n_total * kernels.DESC_DTYPE.itemsize
+                    desc_bytes = n_total * DESC_DTYPE.itemsize
                     cp.cuda.runtime.memcpyAsync(desc_dev.data.ptr, desc_host.ctypes.data, desc_bytes, h2d, cs.ptr)
                 if gathers:
                     # One pinned buffer per slot: every gather descriptor, then every box's
                     # (source byte, destination element) pair, copied up in one H2D.
-                    gd = kernels.GATHER_DESC_DTYPE
+                    gd = GATHER_DESC_DTYPE
                     n_desc = sum(len(g) for g in gathers.values())
                     n_pairs = sum(c.boxes for g in gathers.values() for c, _ in g)
                     pair_at = -(-n_desc * gd.itemsize // 16) * 16
@@ -653,7 +662,7 @@ class CudaLoad:
                     at = first = 0
                     for group in gathers.values():
                         nb = sum(c.boxes for c, _ in group)
-                        kernels.pack_gather(
+                        pack_gather(
                             (c for c, _ in group),
                             (p for _, p in group),
                             src_base=base,
@@ -688,7 +697,7 @@ class CudaLoad:
                         src_dt, dst_dt = dtypes[group[0][0].dest]
                         fn = kernels.get_kernel(src_dt, dst_dt)
                         grid, block = kernels.launch_geometry((c.size for c, _ in group), self._sm_count)
-                        descs = desc_dev[first * kernels.DESC_DTYPE.itemsize :]  # a view: pointer + offset
+                        descs = desc_dev[first * DESC_DTYPE.itemsize :]  # a view: pointer + offset
                         fn(grid, block, (staging, descs, np.int32(len(group))))
                         st["kernel_launches"] += 1
                         st["kernel_copies"] += len(group)
@@ -696,7 +705,7 @@ class CudaLoad:
                         src_dt, dst_dt = dtypes[group[0][0].dest]
                         fn = kernels.get_gather_kernel(src_dt, dst_dt)
                         grid, block = kernels.launch_geometry((c.size for c, _ in group), self._sm_count)
-                        descs = g_dev[first * kernels.GATHER_DESC_DTYPE.itemsize :]
+                        descs = g_dev[first * GATHER_DESC_DTYPE.itemsize :]
                         fn(grid, block, (staging, descs, np.int32(len(group)), g_dev[pair_at:]))
                         st["kernel_launches"] += 1
                         st["gather_copies"] += len(group)

@@ -3,11 +3,11 @@
 :func:`box_copy` executes one :class:`~gpuload.plan.copies.BoxCopy` with NumPy: the source
 box and the destination box become strided views (``as_strided``) and one ``np.copyto``
 moves and converts the elements, so a dense copy runs at ``memcpy`` speed and nothing
-loops over elements in Python. It accepts exactly the dtype pairs the kernels do (see
-:func:`cast_code`), with the same results bit for bit. The definition both follow is
-TensorFlow's ``Cast`` (Eigen's conversions); NumPy and ml_dtypes do each single rounding,
-and the twin spells out where TensorFlow rounds twice rather than inheriting whatever the
-installed library version does.
+loops over elements in Python. It accepts exactly the dtype pairs the kernels do (the
+cast table of :mod:`gpuload.backend.contract`), with the same results bit for bit. The
+definition both follow is TensorFlow's ``Cast`` (Eigen's conversions); NumPy and
+ml_dtypes do each single rounding, and the twin spells out where TensorFlow rounds twice
+rather than inheriting whatever the installed library version does.
 
 :class:`HostBackend` is the ``"/device:CPU:0"`` backend: destinations are NumPy arrays,
 the staging ring is page-aligned anonymous memory, and :meth:`HostBackend.submit` runs
@@ -15,17 +15,12 @@ synchronously. This module never imports CuPy.
 
 Notes
 -----
-Supported conversions (every other pair of different dtypes raises
-:class:`~gpuload.errors.PlanError`; identical dtypes of 1, 2, 4, 8 or 16 bytes are copied
-as raw bytes, so NaN payloads, ``bool`` and complex values pass unchanged):
-
-- float32 <-> bfloat16, float32 <-> float16, bfloat16 <-> float16, float64 <-> float32
-- float64 -> bfloat16, float64 -> float16, bfloat16 -> float64, float16 -> float64
-
-Rounding is to nearest, ties to even; subnormals are kept; overflow gives inf. NaNs follow
-NumPy / ml_dtypes on x86-64: to bfloat16 (and bfloat16 -> float16) a NaN becomes the
-canonical quiet NaN of its sign; float32 <-> float64 keep the payload and set the quiet
-bit; NumPy's float16 casts keep the payload's top bits as they are.
+Which dtype pairs convert, and the checks every copy passes first, are the copy contract
+(:mod:`gpuload.backend.contract`), shared with the kernels. Rounding is to nearest, ties
+to even; subnormals are kept; overflow gives inf. NaNs follow NumPy / ml_dtypes on x86-64:
+to bfloat16 (and bfloat16 -> float16) a NaN becomes the canonical quiet NaN of its sign;
+float32 <-> float64 keep the payload and set the quiet bit; NumPy's float16 casts keep the
+payload's top bits as they are.
 
 float64 -> bfloat16 and float64 -> float16 round twice, through float32, as TensorFlow's
 ``Cast`` does on CPU and GPU (Eigen's ``bfloat16(T)`` and ``half(T)`` constructors take
@@ -42,153 +37,27 @@ import mmap
 import time
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from gpuload.errors import PlanError
+from gpuload.backend.contract import BF16, cast_code, check_copy, check_gather
 from gpuload.plan.copies import BoxCopy, GatherCopy
 
-__all__ = [
-    "MAX_RANK",
-    "VARIANTS",
-    "CompletedToken",
-    "HostBackend",
-    "box_copy",
-    "cast_code",
-    "check_copy",
-    "check_gather",
-    "gather_copy",
-    "is_supported_cast",
-]
-
-#: Highest rank a BoxCopy may have (the kernels' descriptor holds this many axes).
-MAX_RANK = 8
-
-_BF16 = np.dtype(ml_dtypes.bfloat16)
-_FLOAT_CODES = {
-    np.dtype(np.float16): "f16",
-    _BF16: "bf16",
-    np.dtype(np.float32): "f32",
-    np.dtype(np.float64): "f64",
-}
-_CASTS = (
-    "f32_bf16", "bf16_f32", "f32_f16", "f16_f32", "bf16_f16", "f16_bf16",
-    "f64_f32", "f32_f64", "f64_bf16", "f64_f16", "bf16_f64", "f16_f64",
-)  # fmt: skip
-_RAW_SIZES = (1, 2, 4, 8, 16)
+__all__ = ["CompletedToken", "HostBackend", "box_copy", "gather_copy"]
 
 #: Casts that TensorFlow rounds twice, through float32 (see the module notes). The value
 #: is the intermediate dtype; every other pair is one NumPy / ml_dtypes cast, which rounds
 #: once, as TensorFlow does for those pairs (their other steps are exact widenings).
 _VIA_FLOAT32 = {
-    (np.dtype(np.float64), _BF16): np.dtype(np.float32),
+    (np.dtype(np.float64), BF16): np.dtype(np.float32),
     (np.dtype(np.float64), np.dtype(np.float16)): np.dtype(np.float32),
 }
-
-#: Every kernel variant, in the order of GPULOAD_BOX_COPY_VARIANTS in box_copy.cuh.
-VARIANTS: tuple[str, ...] = tuple(f"b{n}_b{n}" for n in _RAW_SIZES) + _CASTS
 
 # The raw dtype an identity copy moves (bit-exact for every dtype of that size).
 _RAW_DTYPES = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32),
                8: np.dtype(np.uint64), 16: np.dtype("V16")}  # fmt: skip
 
 _PAGE = mmap.PAGESIZE
-
-
-def cast_code(src_dtype: Any, dst_dtype: Any) -> str:
-    """Name the kernel variant that copies ``src_dtype`` elements into ``dst_dtype``.
-
-    Parameters
-    ----------
-    src_dtype, dst_dtype:
-        Anything :class:`numpy.dtype` accepts; ``ml_dtypes.bfloat16`` for bfloat16.
-
-    Returns
-    -------
-    str
-        ``"b<itemsize>_b<itemsize>"`` for identical dtypes (a raw copy), else
-        ``"<src>_<dst>"`` with codes ``f16``, ``bf16``, ``f32``, ``f64``.
-
-    Raises
-    ------
-    PlanError
-        No kernel converts between the two dtypes (see the module notes for the list).
-    """
-    src, dst = np.dtype(src_dtype), np.dtype(dst_dtype)
-    if src == dst:
-        if src.hasobject or src.itemsize not in _RAW_SIZES:
-            raise PlanError(
-                f"cannot copy elements of dtype {src} ({src.itemsize} bytes): box copies move "
-                f"fixed-size elements of 1, 2, 4, 8 or 16 bytes"
-            )
-        return f"b{src.itemsize}_b{src.itemsize}"
-    code = f"{_FLOAT_CODES.get(src, '?')}_{_FLOAT_CODES.get(dst, '?')}"
-    if code not in _CASTS:
-        raise PlanError(
-            f"no box-copy kernel converts {src} to {dst}: supported conversions are "
-            f"float32<->bfloat16, float32<->float16, bfloat16<->float16, float64<->float32, "
-            f"float64->bfloat16/float16 and bfloat16/float16->float64 (native byte order); "
-            f"load into a variable of the checkpoint's dtype ({src}) instead"
-        )
-    return code
-
-
-def is_supported_cast(src_dtype: Any, dst_dtype: Any) -> bool:
-    """Whether :func:`cast_code` accepts the pair (the planner can check early)."""
-    try:
-        cast_code(src_dtype, dst_dtype)
-    except PlanError:
-        return False
-    return True
-
-
-def check_copy(copy: BoxCopy, src_nbytes: int, src_itemsize: int, dst_size: int) -> None:
-    """Check that ``copy`` reads inside the chunk and writes inside the destination.
-
-    Parameters
-    ----------
-    copy:
-        The copy to check. Rank 0 (a scalar, as an unnormalised plan may produce) is one
-        element.
-    src_nbytes:
-        Bytes in the staged chunk.
-    src_itemsize:
-        Bytes per source element.
-    dst_size:
-        Elements in the destination buffer.
-
-    Raises
-    ------
-    PlanError
-        Malformed copy (rank, negative offset, stride or extent) or a box that reaches
-        outside the chunk or the destination. The kernels do not check bounds: every
-        backend calls this first.
-    """
-    rank = len(copy.shape)
-    if rank > MAX_RANK or len(copy.src_strides) != rank or len(copy.dst_strides) != rank:
-        raise PlanError(
-            f"BoxCopy to destination {copy.dest}: rank {rank} with {len(copy.src_strides)} "
-            f"source and {len(copy.dst_strides)} destination strides; expected rank 0..{MAX_RANK} "
-            f"and one stride per axis"
-        )
-    values = (copy.src_offset, copy.dst_offset, *copy.shape, *copy.src_strides, *copy.dst_strides)
-    if any(v < 0 for v in values):
-        raise PlanError(f"BoxCopy to destination {copy.dest} has a negative offset, extent or stride: {copy}")
-    if 0 in copy.shape:
-        return
-    src_end = copy.src_offset + src_itemsize * (1 + sum((n - 1) * s for n, s in zip(copy.shape, copy.src_strides)))
-    if src_end > src_nbytes:
-        raise PlanError(
-            f"BoxCopy to destination {copy.dest} reads chunk bytes [{copy.src_offset}, {src_end}) "
-            f"but the chunk holds {src_nbytes} bytes"
-        )
-    dst_end = copy.dst_offset + 1 + sum((n - 1) * d for n, d in zip(copy.shape, copy.dst_strides))
-    if dst_end > dst_size:
-        raise PlanError(
-            f"BoxCopy to destination {copy.dest} writes elements [{copy.dst_offset}, {dst_end}) "
-            f"but the destination holds {dst_size} elements"
-        )
 
 
 def _chunk_bytes(src: np.ndarray) -> np.ndarray:
@@ -274,43 +143,6 @@ def _box_offsets(shape, strides) -> np.ndarray:
     for n, s in zip(shape, strides):
         off = off[..., None] + np.arange(n, dtype=np.int64) * s
     return off.reshape(-1)
-
-
-def check_gather(copy: GatherCopy, src_nbytes: int, src_itemsize: int, dst_size: int) -> None:
-    """Check that every box of ``copy`` reads inside the chunk and writes inside the destination.
-
-    Raises
-    ------
-    PlanError
-        Malformed copy (rank, strides, negative offsets) or a box outside the chunk or
-        the destination. The gather kernel does not check bounds: every backend calls this.
-    """
-    rank = len(copy.shape)
-    if not 1 <= rank <= MAX_RANK or len(copy.src_strides) != rank or len(copy.dst_strides) != rank:
-        raise PlanError(
-            f"GatherCopy to destination {copy.dest}: rank {rank} with {len(copy.src_strides)} "
-            f"source and {len(copy.dst_strides)} destination strides; expected rank 1..{MAX_RANK}"
-        )
-    if any(v < 0 for v in (*copy.shape, *copy.src_strides, *copy.dst_strides)):
-        raise PlanError(f"GatherCopy to destination {copy.dest} has a negative extent or stride: {copy!r}")
-    if copy.boxes == 0 or 0 in copy.shape:
-        return
-    if copy.src_offsets.min() < 0 or copy.dst_offsets.min() < 0:
-        raise PlanError(f"GatherCopy to destination {copy.dest} has a negative offset: {copy!r}")
-    src_span = src_itemsize * (1 + sum((n - 1) * s for n, s in zip(copy.shape, copy.src_strides)))
-    dst_span = 1 + sum((n - 1) * d for n, d in zip(copy.shape, copy.dst_strides))
-    src_end = int(copy.src_offsets.max()) + src_span
-    dst_end = int(copy.dst_offsets.max()) + dst_span
-    if src_end > src_nbytes:
-        raise PlanError(
-            f"GatherCopy to destination {copy.dest} reads chunk bytes up to {src_end} "
-            f"but the chunk holds {src_nbytes} bytes"
-        )
-    if dst_end > dst_size:
-        raise PlanError(
-            f"GatherCopy to destination {copy.dest} writes elements up to {dst_end} "
-            f"but the destination holds {dst_size} elements"
-        )
 
 
 #: Elements moved per NumPy step of a strided gather: bounds its index arrays (8 bytes each).

@@ -7,7 +7,7 @@ them as package data, ``gpuload/_kernels`` (see setup.py), found through
 CuPy's kernel cache hashes the source string it is given but not headers found through
 ``-I``: an edited header would otherwise reuse a stale cubin.
 
-Each variant (:data:`gpuload.backend.host.VARIANTS`, e.g. ``"f32_bf16"``) is compiled as its
+Each variant (:data:`gpuload.backend.contract.VARIANTS`, e.g. ``"f32_bf16"``) is compiled as its
 own :class:`cupy.RawModule` with ``-DGPULOAD_ONLY="<variant>"``: the whole file takes
 about 7 s of NVRTC per GPU architecture, one variant about half a second, and a load
 usually needs one or two. CuPy caches cubins on disk (``CUPY_CACHE_DIR``), so this is paid
@@ -28,15 +28,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from gpuload.backend.host import MAX_RANK, VARIANTS, cast_code
+from gpuload.backend.contract import KINDS, MAX_RANK, VARIANTS, cast_code
 from gpuload.errors import GpuloadError
 
 __all__ = [
     "BLOCK_THREADS",
     "DEFINES",
-    "DESC_DTYPE",
     "ITEMS_PER_THREAD",
     "KERNEL_DIR_ENV",
     "OPTIONS",
@@ -46,7 +43,6 @@ __all__ = [
     "kernel_name",
     "launch_geometry",
     "options",
-    "pack_descriptors",
     "source",
     "warmup",
 ]
@@ -70,20 +66,6 @@ DEFINES: tuple[tuple[str, int], ...] = (
 
 #: Pinned explicitly: CuPy 13 defaults to C++11, CuPy 14 to C++17.
 OPTIONS: tuple[str, ...] = ("-std=c++17",)
-
-#: Host image of ``struct gpuload_box_desc`` (box_copy.cuh); a test checks the layout.
-DESC_DTYPE = np.dtype(
-    [
-        ("rank", "<i8"),
-        ("count", "<i8"),
-        ("src_offset", "<i8"),
-        ("dst_offset", "<i8"),
-        ("dst", "<u8"),
-        ("shape", "<i8", (MAX_RANK,)),
-        ("src_strides", "<i8", (MAX_RANK,)),
-        ("dst_strides", "<i8", (MAX_RANK,)),
-    ]
-)
 
 _MAIN_SOURCE = "box_copy.cu"
 #: Where a built package carries kernels/*.cu and *.cuh (setup.py maps them there).
@@ -190,8 +172,9 @@ def kernel_name(src_dtype: Any, dst_dtype: Any) -> str:
 
 
 _lock = threading.Lock()
-#: The kernel kinds and their sources: ``gpuload_<kind>_<variant>`` lives in ``kernels/<source>``.
-_SOURCES = {"box_copy": _MAIN_SOURCE, "gather": "gather.cu"}
+#: The kernel kinds (the copy contract's) and their sources: ``gpuload_<kind>_<variant>``
+#: lives in ``kernels/<kind>.cu``.
+_SOURCES = {kind: f"{kind}.cu" for kind in KINDS}
 _modules: dict[tuple[str, str], Any] = {}  # (kind, variant) -> cupy.RawModule (CuPy compiles it per device)
 _functions: dict[tuple[int, str, str], Any] = {}  # (device id, kind, variant) -> compiled kernel
 
@@ -254,7 +237,7 @@ def warmup(variants: Iterable[str] | None = None, devices: Iterable[int] | None 
     ----------
     variants:
         Variant names (``"f32_bf16"``, ``"b4_b4"``, ...; see
-        :data:`gpuload.backend.host.VARIANTS`); all of them by default.
+        :data:`gpuload.backend.contract.VARIANTS`); all of them by default.
     devices:
         CUDA device ids; all visible devices by default.
 
@@ -279,54 +262,6 @@ def warmup(variants: Iterable[str] | None = None, devices: Iterable[int] | None 
             for v in variants:
                 _compiled("box_copy", v)
     return time.perf_counter() - t
-
-
-def pack_descriptors(
-    copies: Iterable, dst_ptrs: Iterable[int], src_base: int = 0, out: np.ndarray | None = None
-) -> np.ndarray:
-    """Build the ``gpuload_box_desc`` array for a batch of copies.
-
-    Parameters
-    ----------
-    copies:
-        :class:`~gpuload.plan.copies.BoxCopy` objects (already checked with
-        :func:`~gpuload.backend.host.check_copy`).
-    dst_ptrs:
-        Address of each copy's destination buffer (element 0).
-    src_base:
-        Byte offset of the kernel's ``src`` pointer within the chunk: the staged copy of
-        the chunk may start later than the chunk itself.
-    out:
-        Optional array of :data:`DESC_DTYPE` to fill (e.g. a view of pinned memory).
-
-    Returns
-    -------
-    numpy.ndarray
-        One :data:`DESC_DTYPE` record per copy.
-    """
-    copies = list(copies)
-    ptrs = list(dst_ptrs)
-    if len(ptrs) != len(copies):
-        raise ValueError(f"{len(copies)} copies but {len(ptrs)} destination addresses")
-    descs = np.zeros(len(copies), DESC_DTYPE) if out is None else out[: len(copies)]
-    if not copies:
-        return descs
-    # Column-wise assignment: one numpy call per field rather than per copy and field
-    # (half the time for the 32 copies of a partitioned chunk; submit() is on the hot path).
-    # Every field of every record is written, so a reused `out` needs no clearing.
-    pad = (0,) * MAX_RANK
-    rows = [
-        (c.shape, c.src_strides, c.dst_strides) if c.shape else ((1,), (1,), (1,)) for c in copies
-    ]  # rank 0: one element
-    descs["rank"] = [len(r[0]) for r in rows]
-    descs["count"] = [c.size for c in copies]
-    descs["src_offset"] = [c.src_offset - src_base for c in copies]
-    descs["dst_offset"] = [c.dst_offset for c in copies]
-    descs["dst"] = ptrs
-    descs["shape"] = [(r[0] + pad)[:MAX_RANK] for r in rows]
-    descs["src_strides"] = [(r[1] + pad)[:MAX_RANK] for r in rows]
-    descs["dst_strides"] = [(r[2] + pad)[:MAX_RANK] for r in rows]
-    return descs
 
 
 def launch_geometry(counts: Iterable[int], sm_count: int) -> tuple[tuple[int, int], tuple[int]]:
@@ -355,9 +290,6 @@ def launch_geometry(counts: Iterable[int], sm_count: int) -> tuple[tuple[int, in
 
 # -- row gather (kernels/gather.cu): a warm start's vocabulary remap ------------------------
 
-#: Host image of ``struct gpuload_gather_desc`` (gather.cuh); a test checks the layout.
-GATHER_DESC_DTYPE = np.dtype([("box", DESC_DTYPE), ("boxes", "<i8"), ("index_offset", "<i8")])
-
 
 def gather_kernel_name(src_dtype: Any, dst_dtype: Any) -> str:
     """``gpuload_gather_<variant>`` for a dtype pair (raises PlanError if unsupported)."""
@@ -378,67 +310,3 @@ def get_gather_kernel(src_dtype: Any, dst_dtype: Any):
         The source does not compile.
     """
     return _compiled("gather", cast_code(src_dtype, dst_dtype))
-
-
-def pack_gather(
-    copies,
-    dst_ptrs: Iterable[int],
-    src_base: int = 0,
-    *,
-    out_descs: np.ndarray | None = None,
-    out_offsets: np.ndarray | None = None,
-    first_pair: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Descriptors and (source byte, destination element) pairs of a batch of GatherCopies.
-
-    Parameters
-    ----------
-    copies:
-        :class:`~gpuload.plan.copies.GatherCopy` objects (already checked with
-        :func:`~gpuload.backend.host.check_gather`).
-    dst_ptrs:
-        Address of each copy's destination buffer (element 0).
-    src_base:
-        Byte offset of the kernel's ``src`` pointer within the chunk.
-    out_descs, out_offsets:
-        Optional arrays (e.g. views of pinned memory) to fill: :data:`GATHER_DESC_DTYPE`
-        records and ``int64`` pairs (two per box).
-    first_pair:
-        Index of the first pair in the offsets buffer the kernel receives (descriptors'
-        ``index_offset`` count from there).
-
-    Returns
-    -------
-    (descs, offsets)
-        One record per copy, and ``2 * total boxes`` ``int64`` values.
-    """
-    copies = list(copies)
-    ptrs = list(dst_ptrs)
-    if len(ptrs) != len(copies):
-        raise ValueError(f"{len(copies)} copies but {len(ptrs)} destination addresses")
-    total = sum(c.boxes for c in copies)
-    descs = np.zeros(len(copies), GATHER_DESC_DTYPE) if out_descs is None else out_descs[: len(copies)]
-    pairs = np.empty(2 * total, np.int64) if out_offsets is None else out_offsets[: 2 * total]
-    if not copies:
-        return descs, pairs
-    pad = (0,) * MAX_RANK
-    box = descs["box"]
-    box["rank"] = [len(c.shape) for c in copies]
-    box["count"] = [c.box_size for c in copies]
-    box["src_offset"] = 0
-    box["dst_offset"] = 0
-    box["dst"] = ptrs
-    box["shape"] = [(c.shape + pad)[:MAX_RANK] for c in copies]
-    box["src_strides"] = [(c.src_strides + pad)[:MAX_RANK] for c in copies]
-    box["dst_strides"] = [(c.dst_strides + pad)[:MAX_RANK] for c in copies]
-    descs["boxes"] = [c.boxes for c in copies]
-    at = 0
-    starts = []
-    view = pairs.reshape(-1, 2)
-    for c in copies:
-        starts.append(first_pair + at)
-        view[at : at + c.boxes, 0] = c.src_offsets - src_base
-        view[at : at + c.boxes, 1] = c.dst_offsets
-        at += c.boxes
-    descs["index_offset"] = starts
-    return descs, pairs

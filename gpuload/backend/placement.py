@@ -1,21 +1,10 @@
-"""Device strings, GPU discovery and the backend of each device.
+"""GPU discovery and the backend of each device.
 
-Every device string TensorFlow users write is accepted and turned into one canonical form,
-``"/device:CPU:0"`` or ``"/device:GPU:N"``:
-
-=============================================  ======================
-accepted                                       canonical
-=============================================  ======================
-``cpu``, ``cpu:0``, ``/cpu:0``, ``/device:CPU:0``  ``/device:CPU:0``
-``gpu``, ``cuda``                              ``/device:GPU:0``
-``gpu:1``, ``/gpu:1``, ``cuda:1``,             ``/device:GPU:1``
-``/device:GPU:1``, ``/physical_device:GPU:1``,
-``/job:localhost/replica:0/task:0/device:GPU:1``
-=============================================  ======================
-
-Matching ignores case. Discovery (:func:`is_gpu_available`, :func:`gpu_count`) is probed
-once per process and never raises; asking for a GPU that is not there does
-(:func:`check_device`). Nothing here imports CuPy until a GPU is probed.
+Device strings are parsed by :class:`gpuload.devices.Device` (its module lists every
+accepted spelling); :func:`canonical_device` gives their canonical form,
+``"/device:CPU:0"`` or ``"/device:GPU:N"``. Discovery (:func:`is_gpu_available`,
+:func:`gpu_count`) is probed once per process and never raises; asking for a GPU that is
+not there does (:func:`check_device`). Nothing here imports CuPy until a GPU is probed.
 """
 
 from __future__ import annotations
@@ -26,6 +15,7 @@ import re
 import threading
 import warnings
 
+from gpuload.devices import Device
 from gpuload.errors import DeviceUnavailableError
 
 __all__ = [
@@ -39,17 +29,7 @@ __all__ = [
 ]
 
 #: The canonical CPU device string.
-CPU = "/device:CPU:0"
-
-_DEVICE_RE = re.compile(
-    r"""^
-    (?:/job:[^/]+)?(?:/replica:\d+)?(?:/task:\d+)?   # TF's full name prefix
-    (?:/?(?:physical_)?device:|/)?                   # /device:, /physical_device:, / or nothing
-    (?P<kind>cpu|gpu|cuda)
-    (?::(?P<index>\d+))?
-    $""",
-    re.IGNORECASE | re.VERBOSE,
-)
+CPU = str(Device("CPU"))
 
 _INSTALL_HINT = (
     "install CuPy with NVRTC and the CUDA runtime for your CUDA version (in a gpuload checkout: "
@@ -59,13 +39,14 @@ _INSTALL_HINT = (
 )
 
 
-def canonical_device(device: str | None = None) -> str:
+def canonical_device(device: str | Device | None = None) -> str:
     """Turn any accepted device string into ``"/device:CPU:0"`` or ``"/device:GPU:N"``.
 
     Parameters
     ----------
     device:
-        A device string (see the module table), or ``None`` for :func:`default_device`.
+        A device string (any spelling :meth:`gpuload.devices.Device.parse` accepts), a
+        :class:`~gpuload.devices.Device`, or ``None`` for :func:`default_device`.
 
     Returns
     -------
@@ -79,24 +60,7 @@ def canonical_device(device: str | None = None) -> str:
     """
     if device is None:
         return default_device()
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'cpu' or '/device:GPU:0', got {device!r}")
-    m = _DEVICE_RE.match(device.strip())
-    if m is None:
-        raise ValueError(
-            f"not a device string: {device!r}; expected e.g. 'cpu', '/cpu:0', 'gpu:1', 'cuda:1', "
-            f"'/device:GPU:1' or '/job:localhost/replica:0/task:0/device:GPU:1'"
-        )
-    index = int(m.group("index") or 0)
-    if m.group("kind").lower() == "cpu":
-        if index != 0:
-            raise ValueError(f"{device!r}: gpuload has a single CPU device, /device:CPU:0")
-        return CPU
-    return f"/device:GPU:{index}"
-
-
-def _gpu_index(canonical: str) -> int | None:
-    return None if canonical == CPU else int(canonical.rsplit(":", 1)[1])
+    return str(Device.parse(device))
 
 
 #: Oldest CuPy gpuload runs on: CuPy 13 cannot make bfloat16 arrays, and a bfloat16
@@ -166,10 +130,10 @@ def default_device() -> str:
     This is TensorFlow's soft placement for a variable with no device: the first GPU if
     there is one. An explicitly requested GPU never falls back; see :func:`check_device`.
     """
-    return "/device:GPU:0" if is_gpu_available() else CPU
+    return str(Device.gpu(0)) if is_gpu_available() else CPU
 
 
-def check_device(device: str | None) -> str:
+def check_device(device: str | Device | None) -> str:
     """Canonicalise ``device`` and make sure it exists.
 
     Parameters
@@ -190,10 +154,15 @@ def check_device(device: str | None) -> str:
     ValueError
         ``device`` is not a device string.
     """
-    canonical = canonical_device(device)
-    index = _gpu_index(canonical)
-    if index is None:
-        return canonical
+    return str(_available(device))
+
+
+def _available(device: str | Device | None) -> Device:
+    """:func:`check_device`'s device, parsed once."""
+    d = Device.parse(default_device() if device is None else device)
+    canonical, index = str(d), d.index
+    if not d.is_gpu:
+        return d
     count, seen = _probe()
     if count == 0:
         raise DeviceUnavailableError(
@@ -204,14 +173,14 @@ def check_device(device: str | None) -> str:
             f"{device!r} ({canonical}) requested but only GPUs 0..{count - 1} are visible: {seen}; "
             f"pick an index below {count} or change CUDA_VISIBLE_DEVICES"
         )
-    return canonical
+    return d
 
 
 _backends: dict = {}
 _backends_lock = threading.Lock()
 
 
-def backend_for(device: str | None):
+def backend_for(device: str | Device | None):
     """The backend that executes copies on ``device``, created once per device.
 
     Parameters
@@ -230,17 +199,18 @@ def backend_for(device: str | None):
     DeviceUnavailableError
         As :func:`check_device`.
     """
-    canonical = check_device(device)
+    d = _available(device)
+    canonical = str(d)
     with _backends_lock:
         backend = _backends.get(canonical)
         if backend is None:
-            if canonical == CPU:
+            if not d.is_gpu:
                 from gpuload.backend.host import HostBackend
 
                 backend = HostBackend()
             else:
                 from gpuload.backend.cuda import CudaBackend
 
-                backend = CudaBackend(_gpu_index(canonical))
+                backend = CudaBackend(d.index)
             _backends[canonical] = backend
         return backend

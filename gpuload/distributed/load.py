@@ -35,6 +35,7 @@ import numpy as np
 from mpi4py import MPI
 
 from gpuload.backend.placement import CPU, backend_for
+from gpuload.devices import Device
 from gpuload.distributed.assign import collective_plan
 from gpuload.distributed.comm import ABORT_TAG, CollectiveError, coordinator_for
 from gpuload.format import crc as crcmod
@@ -277,7 +278,8 @@ def _load_one(co, cfg, prefix, everyone, group):
             transport = co.nccl.get(dev)
             if transport is None:
                 transport = co.nccl[dev] = NcclTransport(co, dev)
-            backends.setdefault(f"/device:GPU:{dev}", backend_for(f"/device:GPU:{dev}"))
+            gpu = str(Device.gpu(dev))
+            backends.setdefault(gpu, backend_for(gpu))
         crcs = _execute(co, cfg, cplan, dests, backends, stats, transport)
         for b in backends.values():
             b.synchronize()
@@ -307,7 +309,7 @@ def use_nccl_for(plan, nccl_devs) -> bool:
         bool(plan.destinations)
         and all(d is not None for d in nccl_devs)
         and len({d[1] for d in nccl_devs}) == len(nccl_devs)
-        and all(d.device.startswith("/device:GPU:") for d in plan.destinations)
+        and all(Device.parse(d.device).is_gpu for d in plan.destinations)
     )
 
 
@@ -336,7 +338,7 @@ def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
     # Pinned slots when this rank loads into a GPU, page-aligned host memory otherwise.
     gpu = [b for dev, b in backends.items() if dev != CPU]
     if transport is not None:
-        gpu = [backends[f"/device:GPU:{transport.device}"]]
+        gpu = [backends[str(Device.gpu(transport.device))]]
     slot_backend = gpu[0] if gpu else backend_for(CPU)
     nslots = max(2, min(cfg.ring_slots, len(involved)))
     slot_bytes = max(t.size for t in involved) + (2 * ALIGN if cfg.direct_io else 0)
@@ -439,7 +441,7 @@ def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
                                 mine_copies[p],
                                 dests,
                                 dtypes,
-                                backends[f"/device:GPU:{transport.device}"],
+                                backends[str(Device.gpu(transport.device))],
                             )
                         )
                     elif direct[p] is not None:
@@ -460,7 +462,7 @@ def _execute(co, cfg, cplan, dests, backends, stats, transport=None):
                                 mine_copies[p],
                                 dests,
                                 dtypes,
-                                backends[f"/device:GPU:{transport.device}"],
+                                backends[str(Device.gpu(transport.device))],
                             )
                         )
                         stats.bytes_received += t.size

@@ -25,6 +25,8 @@ import socket
 
 import numpy as np
 
+from gpuload.devices import Device
+
 __all__ = ["NcclTransport", "nccl_device"]
 
 
@@ -38,8 +40,8 @@ def nccl_device(dest_devices) -> tuple[int, str] | None:
     (``None`` when the rank has CPU destinations or several GPUs); with none, the current
     CUDA device. ``None`` too when CuPy or NCCL is missing.
     """
-    devs = set(dest_devices)
-    if any(not d.startswith("/device:GPU:") for d in devs) or len(devs) > 1:
+    devs = {Device.parse(d) for d in dest_devices}
+    if any(not d.is_gpu for d in devs) or len(devs) > 1:
         return None
     try:
         import cupy
@@ -47,7 +49,7 @@ def nccl_device(dest_devices) -> tuple[int, str] | None:
 
         if not nccl.available or cupy.cuda.runtime.getDeviceCount() < 1:
             return None
-        index = int(devs.pop().rsplit(":", 1)[1]) if devs else int(cupy.cuda.runtime.getDevice())
+        index = devs.pop().index if devs else int(cupy.cuda.runtime.getDevice())
         return index, f"{socket.gethostname()}:{cupy.cuda.Device(index).pci_bus_id}"
     except Exception:  # noqa: BLE001 - no CuPy, no driver: no NCCL
         return None

@@ -3,16 +3,15 @@
 ``/job:worker/task:3/device:GPU:0`` and ``/job:worker/replica:0/task:3/device:CPU:0``
 belong to task 3, which gpuload maps to rank 3 of the communicator. A device string
 without a task (``/gpu:0``, ``/device:CPU:0``) belongs to every rank: each rank holds its
-own copy (replicated). This module is pure string handling and imports no MPI.
+own copy (replicated). The string is parsed by :class:`gpuload.devices.Device`; this
+module imports no MPI.
 """
 
 from __future__ import annotations
 
-import re
+from gpuload.devices import Device
 
 __all__ = ["task_of"]
-
-_TASK_RE = re.compile(r"(?:^|/)task:(\d+)(?=/|$)", re.IGNORECASE)
 
 
 def task_of(device) -> int | None:
@@ -22,7 +21,8 @@ def task_of(device) -> int | None:
     ----------
     device:
         A device string as written by the user (before canonicalisation, which drops the
-        task), or ``None``.
+        task), a :class:`~gpuload.devices.Device`, or anything else (``None``, a
+        callable): no task.
 
     Returns
     -------
@@ -31,11 +31,9 @@ def task_of(device) -> int | None:
     Raises
     ------
     ValueError
-        The string names two different tasks.
+        Not a device string (see :meth:`gpuload.devices.Device.parse`), e.g. one that
+        names two different tasks.
     """
-    if not isinstance(device, str):
+    if not isinstance(device, (str, Device)):
         return None
-    tasks = {int(m) for m in _TASK_RE.findall(device)}
-    if len(tasks) > 1:
-        raise ValueError(f"device {device!r} names more than one task: {sorted(tasks)}")
-    return tasks.pop() if tasks else None
+    return Device.parse(device).task

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gpuload.backend.contract import converts
 from gpuload.errors import ArgumentTypeError, AssignmentMapError
 from gpuload.format.names import close_matches
 from gpuload.format.slices import Box
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
     from gpuload.format.bundle import Bundle
 
 __all__ = ["CheckpointSource", "init_from_checkpoint"]
-
-_FLOATING = {"float16", "bfloat16", "float32", "float64"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,13 +305,9 @@ def _check_dtype(ckpt, key, src_dtype, var, allow_cast):
     dst = np.dtype(var.dtype)
     if dst == src_dtype:
         return
-    if allow_cast and dst.name in _FLOATING and src_dtype.name in _FLOATING:
+    if allow_cast and converts(src_dtype, dst):
         return
-    hint = (
-        " (pass allow_cast=True to convert between floating dtypes)"
-        if dst.name in _FLOATING and src_dtype.name in _FLOATING
-        else ""
-    )
+    hint = " (pass allow_cast=True to convert between floating dtypes)" if converts(src_dtype, dst) else ""
     raise AssignmentMapError(
         f"dtype of variable {var.op.name!r} ({dst.name}) does not match tensor {key!r} "
         f"({src_dtype.name}) in checkpoint {ckpt.where()}{hint}"

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gpuload.devices import Device
 from gpuload.format.dtypes import as_numpy_dtype
 
 __all__ = [
@@ -105,13 +106,17 @@ def _shape(shape) -> tuple[int, ...]:
 
 
 def device_kind_index(device: str | None) -> tuple[str, int]:
-    """``"/device:GPU:1"`` -> ``("GPU", 1)``; ``None`` -> ``("CPU", 0)``."""
+    """``"/device:GPU:1"`` -> ``("GPU", 1)``; ``None`` -> ``("CPU", 0)``.
+
+    Only canonical strings are taken (the variable store canonicalises every device when
+    it places a variable); anything else is a bug upstream and raises ``ValueError``.
+    """
     if device is None:
         return "CPU", 0
-    fields = device.rsplit(":", 2)
-    if len(fields) != 3 or not fields[2].isdigit():
-        raise ValueError(f"not a canonical device string: {device!r} (expected '/device:GPU:0')")
-    return fields[1].upper(), int(fields[2])
+    d = Device.parse(device)
+    if str(d) != device:
+        raise ValueError(f"not a canonical device string: {device!r} (expected {str(d)!r})")
+    return d.kind, d.index
 
 
 class _OnDevice:

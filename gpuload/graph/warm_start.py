@@ -60,6 +60,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from gpuload.backend.contract import converts
 from gpuload.errors import VocabFileError, WarmStartError
 from gpuload.format.slices import Box
 from gpuload.graph.init_from_checkpoint import CheckpointSource, init_from_checkpoint
@@ -67,8 +68,6 @@ from gpuload.graph.initializers import PartitionInfo, Zeros
 from gpuload.graph.vocab import read_vocab, vocab_mapping
 
 __all__ = ["VocabInfo", "VocabRemap", "warm_start"]
-
-_FLOATING = {"float16", "bfloat16", "float32", "float64"}
 
 
 class VocabInfo(
@@ -330,8 +329,6 @@ def _int(value, what: str, var_name: str, minimum: int) -> int:
 
 def _vocab_sources(var_name, variables, prev, info, bundle, names, prefix, where, allow_cast, mappings):
     """Check one vocabulary variable against the checkpoint and its vocabularies; its sources."""
-    from gpuload.backend.host import is_supported_cast
-
     label = f"variable {var_name!r}"
     new_size = _int(info.new_vocab_size, "new_vocab_size", var_name, 1)
     oov = _int(info.num_oov_buckets, "num_oov_buckets", var_name, 0)
@@ -401,20 +398,16 @@ def _vocab_sources(var_name, variables, prev, info, bundle, names, prefix, where
         dst = np.dtype(v.dtype)
         if dst == src_dtype:
             continue
-        if not (allow_cast and dst.name in _FLOATING and src_dtype.name in _FLOATING):
-            hint = (
-                " (pass allow_cast=True to convert between floating dtypes)"
-                if dst.name in _FLOATING and src_dtype.name in _FLOATING
-                else ""
-            )
+        if not (allow_cast and converts(src_dtype, dst)):
+            hint = " (pass allow_cast=True to convert between floating dtypes)" if converts(src_dtype, dst) else ""
             raise WarmStartError(
                 f"dtype of {label} ({dst.name}) does not match tensor {prev!r} "
                 f"({src_dtype.name}) in checkpoint {where}{hint}"
             )
-    if src_dtype.hasobject or not is_supported_cast(src_dtype, variables[0].dtype):
+    if src_dtype.hasobject:
         raise WarmStartError(
             f"{label}: tensor {prev!r} of dtype {src_dtype.name} cannot be remapped into "
-            f"{np.dtype(variables[0].dtype).name} (strings and complex casts are not gathered)"
+            f"{np.dtype(variables[0].dtype).name} (strings are not gathered)"
         )
 
     key = (os.path.abspath(os.fspath(info.new_vocab)), new_size, os.path.abspath(os.fspath(info.old_vocab)), old_size)
