@@ -252,12 +252,12 @@ def plan_interrupted(comm, workdir, rows, timeout=30.0):
     emb = make_emb(rows, "/device:CPU:0")
     tf1.init_from_checkpoint(prefix, {"emb": "emb"})
     if comm.rank == 1:
-        from gpuload.distributed import load as dload
+        from gpuload.graph import ops
 
         def interrupted(bundle, group):
             raise KeyboardInterrupt("injected interrupt while planning")
 
-        dload.check_sources_unchanged = interrupted
+        ops.check_sources_unchanged = interrupted
     t = time.perf_counter()
     try:
         run_load(comm, timeout=timeout)
