@@ -141,7 +141,9 @@ class Variable:
         self._init_source = None
         self._value = None
         self._task: int | None = None  # the task of a '/job:w/task:K/...' device: its rank under a communicator
-        self._not_local: Callable[[Variable], Exception] | None = None  # set by a collective run on ranks other than _task (no buffer here)
+        self._not_local: Callable[[Variable], Exception] | None = (
+            None  # set by a collective run on ranks other than _task (no buffer here)
+        )
         self._frames = _frames or []
 
     # ---- identity
