@@ -18,6 +18,7 @@ import threading
 
 import numpy as np
 
+from gpuload.distributed.placement import task_of as _task_of  # pure string parsing, no MPI
 from gpuload.format.dtypes import as_numpy_dtype
 from gpuload.graph.variables import _placement
 
@@ -42,12 +43,6 @@ AUTO_REUSE = _ReuseMode.AUTO_REUSE
 def _as_dtype(dtype) -> np.dtype:
     """numpy dtype, ``ml_dtypes.bfloat16`` or a TensorFlow name (``"float32"``) -> numpy dtype."""
     return as_numpy_dtype(dtype)
-
-
-def _task_of(spec):
-    from gpuload.distributed.placement import task_of  # pure string parsing, no MPI
-
-    return task_of(spec)
 
 
 def _default_graph():
