@@ -1,4 +1,4 @@
-"""A TensorFlow-1-style variable store: ``variable_scope``, ``get_variable`` and friends.
+"""The TF1 variable store, the graph that holds it, and ``get_variable`` (``tf.compat.v1``).
 
 This is the part of ``tf.compat.v1`` that ``init_from_checkpoint`` works against: variables
 created through :func:`get_variable` are recorded in the default graph's store under their
