@@ -2,7 +2,7 @@
 
 ``bench_load.py --profile`` runs one extra gpuload measurement per layout under
 ``py-spy record --threads --idle --native --format raw`` and sorts each sample of the load
-(main thread inside ``load_checkpoint_sources``, and the ``gpuload-*`` threads) into a
+(main thread inside ``gpuload.loader.load_checkpoints``, and the ``gpuload-*`` threads) into a
 bucket by its frames: reading (``preadv``: the kernel's copy and page faults), CRC,
 waiting for the GIL after a native call, waiting for a ring slot, the consumer's copy,
 the consumer waiting for reads, and so on. The raw samples are kept next to the results
@@ -74,7 +74,7 @@ def summarize(raw_path) -> dict:
                 role, bucket = "readers", _reader_bucket(frames, stack)
             elif name.startswith("gpuload-releaser") or "releaser" in stack:
                 role, bucket = "releaser", ("idle" if _leaf_waits(frames) else "release / wait tokens")
-            elif "load_checkpoint_sources" in stack:
+            elif "load_checkpoints" in stack:
                 role, bucket = "consumer (calling thread)", _consumer_bucket(frames, stack)
             else:
                 continue  # import, graph set-up, verification: not the load

@@ -38,25 +38,22 @@ from gpuload.graph.initializers import (
     truncated_normal_initializer,
     zeros_initializer,
 )
+from gpuload.graph.ops import global_variables_initializer, variables_initializer
 from gpuload.graph.partition import (
     fixed_size_partitioner,
     min_max_variable_partitioner,
     variable_axis_size_partitioner,
 )
+from gpuload.graph.scopes import device, variable_scope
 from gpuload.graph.store import (
     Graph,
-    PartitionedVariable,
-    Variable,
-    device,
     get_default_graph,
     get_variable,
     global_variables,
-    global_variables_initializer,
     reset_default_graph,
     trainable_variables,
-    variable_scope,
-    variables_initializer,
 )
+from gpuload.graph.variables import PartitionedVariable, Variable
 from gpuload.graph.warm_start import VocabInfo, warm_start
 
 __version__ = "0.1.0"

@@ -42,7 +42,7 @@ from gpuload.plan import Request as PlanRequest
 from gpuload.plan import build_plan
 from gpuload.scheduler import LoadStats, execute
 
-__all__ = ["Spec", "Request", "LoadResult", "load", "plan_load", "last_load"]
+__all__ = ["Spec", "Request", "LoadResult", "load", "plan_load", "last_load", "normalize_requests"]
 
 _CPU = str(CPU)
 
@@ -127,12 +127,15 @@ def plan_load(checkpoint, requests, *, config=None, allow_cast: bool = False):
     """The :class:`~gpuload.plan.Plan` that :func:`load` would run, without reading data.
 
     Takes the same arguments as :func:`load` (targets are checked the same way) and
-    returns a printable value: files, destinations, chunks, copies and CRC checks.
-    Nothing is allocated: a :class:`Spec` for a torch or JAX device gets no buffer.
+    returns a printable value: files, destinations, chunks, copies and CRC checks;
+    destination ``i`` is the ``i``-th request of :func:`normalize_requests`. Nothing is
+    allocated: a :class:`Spec` for a torch or JAX device gets no buffer, and a remap
+    request may give a :class:`Spec` (shape, dtype, device) for the array that would hold
+    its starting values, so that a plan needs no starting values computed.
     """
     cfg = config or config_mod.get()
     bundle = _open(checkpoint)
-    return _prepare(bundle, _normalize(requests), cfg, allow_cast, allocate=False)[0]
+    return _prepare(bundle, normalize_requests(requests), cfg, allow_cast, allocate=False, spec_for_remap=True)[0]
 
 
 def load(checkpoint, requests, *, config=None, allow_cast: bool = False) -> LoadResult:
@@ -188,7 +191,7 @@ def load(checkpoint, requests, *, config=None, allow_cast: bool = False) -> Load
     """
     cfg = config or config_mod.get()
     bundle = _open(checkpoint)
-    plan, names, targets, finish = _prepare(bundle, _normalize(requests), cfg, allow_cast)
+    plan, names, targets, finish = _prepare(bundle, normalize_requests(requests), cfg, allow_cast)
     backends = {}
     for d in plan.destinations:
         if d.device not in backends:
@@ -233,7 +236,21 @@ def _open(checkpoint):
     return Bundle.open(resolve_prefix(checkpoint))
 
 
-def _normalize(requests) -> list[tuple[str, Request]]:
+def normalize_requests(requests) -> list[tuple[str, Request]]:
+    """``requests`` in any form :func:`load` takes, as ``(name, Request)`` pairs in order.
+
+    A dict gives its items; a list gives each :class:`Request` (or key) under its key.
+    A key alone becomes ``Request(key)``, a ``(key, target)`` pair ``Request(key,
+    target=target)``. This is the order of :func:`plan_load`'s destinations, for clients
+    that run a plan themselves (:mod:`gpuload.distributed`).
+
+    Raises
+    ------
+    ArgumentTypeError
+        A form :func:`load` does not take.
+    InvalidArgumentError
+        A list names one key twice.
+    """
     if isinstance(requests, Mapping):
         items = list(requests.items())
     elif isinstance(requests, Sequence) and not isinstance(requests, (str, bytes)):

@@ -10,6 +10,8 @@ Scenarios (an embedding of ROWS x 64 float32, 1048576 rows = 256 MiB, saved whol
   replicated  every rank loads the 4 row parts; values exact; storage bytes summed <= 1.05x
   sharded     part k on /job:worker/task:k: rank k holds part k only, reads <= 1.05x a part
   corrupt     a flipped byte: every rank raises ChecksumError with the same text
+  requests    collective_load with gpuload.load's requests (no graph): a NumPy array filled in
+              place, a Spec allocated, a rank asking for nothing, a torch target refused
   mixed       ranks with different checkpoints (one with none), strings, two loads in a row
   rank_fails  rank 1's init_from_checkpoint raises: the others raise within the timeout
   reader_fails  rank 2's reads fail mid-load: the others raise at once (abort message), not at the timeout
@@ -252,12 +254,12 @@ def plan_interrupted(comm, workdir, rows, timeout=30.0):
     emb = make_emb(rows, "/device:CPU:0")
     tf1.init_from_checkpoint(prefix, {"emb": "emb"})
     if comm.rank == 1:
-        from gpuload.distributed import load as dload
+        from gpuload.graph import ops
 
         def interrupted(bundle, group):
             raise KeyboardInterrupt("injected interrupt while planning")
 
-        dload.check_sources_unchanged = interrupted
+        ops.check_sources_unchanged = interrupted
     t = time.perf_counter()
     try:
         run_load(comm, timeout=timeout)
@@ -494,6 +496,52 @@ def mixed(comm, workdir, rows):
     }
 
 
+def requests(comm, workdir, rows):
+    """collective_load called with gpuload.load's requests, no graph: in place, allocated, none, refused."""
+    import torch
+
+    from gpuload.distributed.load import collective_load
+
+    rows = min(rows, 1 << 14)
+    prefix = write(comm, workdir, rows)
+    want = expected(rows).view(np.uint32)
+    half = rows // 2
+    out = np.empty((half, COLS), np.float32)
+    mine = {}
+    if comm.rank == 0:  # half in place, half allocated; the other ranks ask for nothing
+        mine = {
+            "top": tf1.Request("emb", rows=(0, half), target=out),
+            "bottom": tf1.Request("emb", rows=(half, rows), target=tf1.Spec(device="cpu")),
+        }
+    with tf1.config.set(communicator=comm, chunk_bytes=small_chunks(rows)):
+        got = collective_load({prefix: mine})
+    (result,) = got.values()
+    if comm.rank == 0:
+        ok = (
+            result["top"] is out
+            and np.array_equal(out.view(np.uint32), want[:half])
+            and np.array_equal(result["bottom"].view(np.uint32), want[half:])
+        )
+    else:
+        ok = dict(result) == {}
+    # A target the collective load does not fill (a torch tensor, on rank 1): that rank
+    # raises TargetError, the others learn it in the first exchange.
+    bad = {prefix: {"t": tf1.Request("emb", target=torch.empty(rows, COLS))}} if comm.rank == 1 else {}
+    try:
+        with tf1.config.set(communicator=comm, collective_timeout=30.0):
+            collective_load(bad)
+        raised, message = None, ""
+    except Exception as e:  # noqa: BLE001 - the scenario records what each rank raised
+        raised, message = type(e).__name__, str(e)[:300]
+    return {
+        "ok": bool(ok),
+        "prefixes": list(got) == [prefix],
+        "bytes_read": result.stats.bytes_read,
+        "raised": raised,
+        "message": message,
+    }
+
+
 def check(name, results, rows):
     """The pass/fail decision, made on rank 0 over every rank's result."""
     tensor = rows * COLS * 4
@@ -574,6 +622,19 @@ def check(name, results, rows):
     if name == "warm_start_changed":
         ok = all(r["raised"] == "CheckpointChangedError" and not any(r["assigned"]) for r in results)
         return ok, {}
+    if name == "requests":
+        total = sum(r["bytes_read"] for r in results)
+        tensor = min(rows, 1 << 14) * COLS * 4
+        ok = (
+            all(r["ok"] and r["prefixes"] for r in results)
+            and total <= 1.05 * tensor
+            and results[1]["raised"] == "TargetError"
+            and "NumPy and CuPy" in results[1]["message"]
+            and all(
+                r["raised"] == "CollectiveError" and "rank 1" in r["message"] for i, r in enumerate(results) if i != 1
+            )
+        )
+        return ok, {"total_read": total}
     if name == "mixed":
         return all(r["ok"] for r in results) and all(r["checkpoints"] == 2 for r in results), {}
     if name in ("gpu_replicated", "gpu_sharded"):

@@ -173,8 +173,6 @@ def test_cuda_oom_mid_load(tmp_path):
 
 def test_two_concurrent_loads(tmp_path):
     """Two threads load at once onto the same GPU (shared backend, separate sessions)."""
-    from gpuload import loader
-
     rng = np.random.default_rng(5)
     tables = [rng.standard_normal((900, 16)).astype(np.float32) for _ in range(2)]
     prefixes = [_ckpt(tmp_path, {"t": t}, name=f"m{i}.ckpt") for i, t in enumerate(tables)]
@@ -196,7 +194,7 @@ def test_two_concurrent_loads(tmp_path):
             barrier.wait()
             for _ in range(3):
                 with config.set(chunk_bytes=4096, ring_bytes=3 * 4096):
-                    loader.load_checkpoint_sources(variables[i]._get_variable_list())
+                    gpuload.variables_initializer([variables[i]]).run()
                 got = np.concatenate([p.numpy() for p in variables[i]._get_variable_list()], axis=i)
                 np.testing.assert_array_equal(_bits(got), _bits(want))
             results[i] = "ok"

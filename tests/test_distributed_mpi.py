@@ -100,6 +100,14 @@ def test_rank_failing_before_the_exchange_tells_the_others_at_once(tmp_path, sce
     assert r["max_elapsed_s"] < 10
 
 
+def test_collective_load_takes_the_load_apis_requests(tmp_path):
+    """No graph: a NumPy array filled in place, a Spec, a rank with no requests, a torch target refused."""
+    pytest.importorskip("torch")
+    r = run_scenario("requests", tmp_path, rows=1 << 14, ranks=3)
+    assert r["total_read"] <= 1.05 * (1 << 14) * 64 * 4
+    assert [x["raised"] for x in r["ranks"]] == ["CollectiveError", "TargetError", "CollectiveError"]
+
+
 def test_ranks_with_different_checkpoints_strings_and_nothing_to_load(tmp_path):
     r = run_scenario("mixed", tmp_path, rows=1 << 14)
     assert [x["loaded"] for x in r["ranks"]] == [["emb"], ["emb", "w", "words"], [], ["w", "words"]]

@@ -2,7 +2,6 @@
 
 import math
 import sys
-import types
 from collections import OrderedDict
 
 import ml_dtypes
@@ -22,6 +21,7 @@ from gpuload.graph import (
     get_variable_scope,
     global_variables,
     global_variables_initializer,
+    ops,
     reset_default_graph,
     trainable_variables,
     variable_scope,
@@ -532,68 +532,85 @@ def test_variables_initializer_subset_and_partitioned():
         variables_initializer(["v"])
 
 
-def _fake_loader(monkeypatch, fn):
-    mod = types.ModuleType("gpuload.loader")
-    mod.load_checkpoint_sources = fn
-    monkeypatch.setitem(sys.modules, "gpuload.loader", mod)
+@pytest.fixture
+def sourced(tmp_path):
+    """A variable ``src`` of shape [2] that init_from_checkpoint gave a checkpoint source."""
+    from gpuload.format.writer import save_checkpoint
+    from gpuload.graph.init_from_checkpoint import init_from_checkpoint
+
+    prefix = str(tmp_path / "m.ckpt")
+    save_checkpoint(prefix, {"t": np.zeros(2, np.float32)})
+    src = get_variable("src", [2])
+    init_from_checkpoint(prefix, {"t": "src"})
+    return src
 
 
-def test_own_values_are_computed_before_the_load(monkeypatch):
+def _fake_load(monkeypatch, fn):
+    """Replace the op's load step: ``fn(requests by name) -> arrays by name`` (or raise)."""
+    import gpuload.loader
+    from gpuload.api import LoadResult
+    from gpuload.scheduler import LoadStats
+
+    def load_checkpoints(checkpoints, *, config=None, allow_cast=False, failed=None):
+        out = {}
+        for bundle, requests in checkpoints.items():
+            out[bundle.prefix] = r = LoadResult(fn(requests))
+            r.stats = LoadStats()
+        return out
+
+    monkeypatch.setattr(gpuload.loader, "load_checkpoints", load_checkpoints)
+
+
+def test_own_values_are_computed_before_the_load(monkeypatch, sourced):
     order = []
     v = get_variable("v", [2], initializer=lambda shape, dtype: order.append("own") or np.ones(shape))
-    src = get_variable("src", [2, 3])
-    src._init_source = object()
 
-    def load(variables):
-        order.append(("load", [x.op.name for x in variables]))
-        for x in variables:
-            x._assign(np.full(x.shape, 9, x.dtype))
+    def load(requests):
+        order.append(("load", sorted(requests)))
+        assert requests["src"].key == "t" and requests["src"].target.shape == (2,)
+        return {n: np.full(r.target.shape, 9, r.target.dtype) for n, r in requests.items()}
 
-    _fake_loader(monkeypatch, load)
+    _fake_load(monkeypatch, load)
     global_variables_initializer().run()
     assert order == ["own", ("load", ["src"])]
-    assert (src.numpy() == 9).all() and (v.numpy() == 1).all()
+    assert (sourced.numpy() == 9).all() and (v.numpy() == 1).all()
 
 
-def test_failing_own_initializer_stops_before_the_load(monkeypatch):
+def test_failing_own_initializer_stops_before_the_load(monkeypatch, sourced):
     def bad(shape, dtype):
         raise ValueError("bad constant")
 
     get_variable("v", [2], initializer=bad)
-    src = get_variable("src", [2])
-    src._init_source = object()
     loads = []
-    _fake_loader(monkeypatch, lambda variables: loads.append(variables))
+    _fake_load(monkeypatch, lambda requests: loads.append(requests) or {})
     with pytest.raises(ValueError, match="bad constant"):
         global_variables_initializer().run()
-    assert loads == [] and not src.is_initialized()
+    assert loads == [] and not sourced.is_initialized()
 
 
-def test_loader_failure_leaves_nothing_initialized(monkeypatch):
+def test_loader_failure_leaves_nothing_initialized(monkeypatch, sourced):
     v = get_variable("v", [2])
-    src = get_variable("src", [2])
-    src._init_source = object()
 
-    def load(variables):
+    def load(requests):
         raise OSError("disk on fire")
 
-    _fake_loader(monkeypatch, load)
+    _fake_load(monkeypatch, load)
     with pytest.raises(OSError, match="disk on fire"):
         global_variables_initializer().run()
-    assert not v.is_initialized() and not src.is_initialized()
+    assert not v.is_initialized() and not sourced.is_initialized()
 
 
-def test_loader_that_skips_a_variable_is_caught(monkeypatch):
-    src = get_variable("src", [2])
-    src._init_source = object()
-    _fake_loader(monkeypatch, lambda variables: None)
-    with pytest.raises(UninitializedVariableError, match="without assigning 1 variables: src:0"):
+def test_loader_that_skips_a_variable_is_caught(monkeypatch, sourced):
+    v = get_variable("v", [2])
+    _fake_load(monkeypatch, lambda requests: {})
+    with pytest.raises(UninitializedVariableError, match="without values for 1 variables: src:0"):
         global_variables_initializer().run()
+    assert not v.is_initialized() and not sourced.is_initialized()
 
 
 def test_run_initializers_is_overridable(monkeypatch):
     seen = []
-    monkeypatch.setattr(S, "_run_initializers", lambda variables: seen.append(list(variables)))
+    monkeypatch.setattr(ops, "_run_initializers", lambda variables: seen.append(list(variables)))
     v = get_variable("v", [1])
     global_variables_initializer().run()
     assert seen == [[v]] and not v.is_initialized()

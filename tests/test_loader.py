@@ -203,3 +203,95 @@ def test_host_memory_bounded_by_ring(tmp_path, parts):
     # destinations + ring + a small constant; reading the tensor whole even once more would add 96 MiB
     print(f"peak growth {growth >> 20} MiB for {dest >> 20} MiB of destinations and a {ring >> 20} MiB ring")
     assert growth <= dest + ring + (24 << 20), (growth, dest, ring)
+
+
+# ---- gpuload.loader.load_checkpoints: the initializer op's load step, requests only
+
+
+def _two_checkpoints(tmp_path):
+    a = np.arange(40, dtype=np.float32).reshape(10, 4)
+    b = np.arange(6, dtype=np.int64)
+    pa, pb = str(tmp_path / "a" / "m.ckpt"), str(tmp_path / "b" / "m.ckpt")
+    gpuload.save_checkpoint(pa, {"a": a})
+    gpuload.save_checkpoint(pb, {"b": b})
+    return (pa, a), (pb, b)
+
+
+def test_load_checkpoints_loads_several_checkpoints_as_one_step(tmp_path):
+    from gpuload import loader
+    from gpuload.format.bundle import Bundle
+
+    (pa, a), (pb, b) = _two_checkpoints(tmp_path)
+    out = np.empty((4, 4), np.float32)
+    results = loader.load_checkpoints(
+        {
+            pa: {"top": gpuload.Request("a", rows=(0, 4), target=out), "f64": ("a", gpuload.Spec(dtype="float64"))},
+            Bundle.open(pb): ["b"],  # an opened bundle, the list form
+        },
+        allow_cast=True,
+    )
+    assert list(results) == [pa, pb]
+    assert results[pa]["top"] is out and np.array_equal(out, a[:4])
+    assert results[pa]["f64"].dtype == np.float64 and np.array_equal(results[pa]["f64"], a)
+    assert np.array_equal(results[pb]["b"], b)
+    assert loader.last_stats() == [results[pa].stats, results[pb].stats]
+    assert results[pa].stats.bytes_written == 16 * 4 + 40 * 8
+
+
+def test_load_checkpoints_hands_out_nothing_when_one_checkpoint_fails(tmp_path):
+    from gpuload import loader
+
+    (pa, _), (pb, b) = _two_checkpoints(tmp_path)
+    loader.load_checkpoints({pb: ["b"]})
+    before = loader.last_stats()
+    with open(data_file(pb), "r+b") as f:  # flip a bit of "b"
+        byte = f.read(1)
+        f.seek(0)
+        f.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(ChecksumError, match="'b'"):
+        loader.load_checkpoints({pa: ["a"], pb: ["b"]})
+    assert loader.last_stats() == before  # the failed step reports nothing
+
+
+def test_load_checkpoints_without_a_communicator_raises_the_callers_error(tmp_path):
+    from gpuload import loader
+    from gpuload.errors import ArgumentTypeError
+
+    with pytest.raises(KeyError, match="prepared badly"):
+        loader.load_checkpoints({}, failed=KeyError("prepared badly"))
+    with pytest.raises(ArgumentTypeError, match="must be a dict"):
+        loader.load_checkpoints([str(tmp_path)])
+
+
+def test_normalize_requests_is_the_order_of_plan_loads_destinations(tmp_path):
+    from gpuload.api import normalize_requests
+
+    (pa, _), _ = _two_checkpoints(tmp_path)
+    requests = ["a", gpuload.Request("a", rows=(2, 5))]
+    with pytest.raises(ValueError, match="requested twice"):
+        normalize_requests(requests)
+    requests = {"x": "a", "y": ("a", gpuload.Spec(dtype="float64")), "z": gpuload.Request("a", rows=(2, 5))}
+    items = normalize_requests(requests)
+    assert [n for n, _ in items] == ["x", "y", "z"] and all(isinstance(r, gpuload.Request) for _, r in items)
+    assert items[1][1].target == gpuload.Spec(dtype="float64")
+    plan = gpuload.plan_load(pa, requests, allow_cast=True)
+    assert [(d.name, d.shape, d.dtype.name) for d in plan.destinations] == [
+        ("x", (10, 4), "float32"),
+        ("y", (10, 4), "float64"),
+        ("z", (3, 4), "float32"),
+    ]
+
+
+def test_plan_load_takes_a_spec_for_a_remap_requests_starting_values(tmp_path):
+    from gpuload.plan import Remap
+
+    (pa, a), _ = _two_checkpoints(tmp_path)
+    rows = np.array([3, -1, 0], np.int64)
+    spec = gpuload.Request("a", target=gpuload.Spec((3, 4), "float32"), remap=Remap(0, rows), box=(slice(0, 3),))
+    plan = gpuload.plan_load(pa, {"v": spec})  # a plan needs no starting values
+    assert plan.destinations[0].remap == Remap(0, rows)
+    with pytest.raises(ValueError, match="remap request needs an array target"):
+        gpuload.load(pa, {"v": spec})
+    start = np.full((3, 4), -7, np.float32)
+    r = gpuload.load(pa, {"v": gpuload.Request("a", target=start, remap=Remap(0, rows), box=(slice(0, 3),))})
+    assert np.array_equal(r["v"], np.stack([a[3], np.full(4, -7, np.float32), a[0]]))

@@ -20,7 +20,7 @@ from gpuload import config
 from gpuload import scheduler as sched_mod
 from gpuload.backend import host as host_mod
 from gpuload.format import crc as crc_mod
-from gpuload.graph import store as store_mod
+from gpuload.graph import variables as variables_mod
 from gpuload.io import reader as reader_mod
 from gpuload.io import ring as ring_mod
 
@@ -40,7 +40,7 @@ STAGES = {
     "consumer": (crc_mod, "crc32c_combine", "before"),
     "verify": (sched_mod, "_verify", "before"),
     "releaser": (host_mod.CompletedToken, "wait", "before"),
-    "assign": (store_mod.Variable, "_assign", "before"),
+    "assign": (variables_mod.Variable, "_assign", "before"),
 }
 MAX_K = 5
 

@@ -15,6 +15,7 @@ import gpuload
 from gpuload import config, loader
 from gpuload.errors import VocabFileError, WarmStartError
 from gpuload.format.slices import Box
+from gpuload.graph import ops
 from gpuload.graph import vocab as vocab_mod
 from gpuload.graph.partition import part_boxes
 
@@ -428,7 +429,7 @@ def test_plan_prints_gathers(small):
     prefix, old_v, new_v, _, _ = small
     var = make_var("new/emb", [5, 4], "float32", partitions=[2, 1])
     gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(new_v, 4, 1, old_v)}, {"new/emb": "old/emb"})
-    _, plan = loader.plan_for(prefix, var._get_variable_list())
+    _, plan = ops.plan_for(prefix, var._get_variable_list())
     text = str(plan)
     assert "gather copies" in plan.summary()
     assert "remapped along axis 0: 2 of 3 gathered" in text
@@ -449,7 +450,7 @@ def test_plan_computes_no_starting_values(small, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(VocabRemap, "backup_value", backup_value)
-        _, plan = loader.plan_for(prefix, var._get_variable_list())
+        _, plan = ops.plan_for(prefix, var._get_variable_list())
     assert "remapped along axis 0: 2 of 3 gathered" in str(plan)
     gpuload.global_variables_initializer().run()  # and the load itself still prefills
     value = var.numpy()
@@ -463,12 +464,12 @@ def test_plan_is_a_value(small):
     var = make_var("new/emb", [5, 4], "float32", partitions=[2, 1])
     gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(new_v, 4, 1, old_v)}, {"new/emb": "old/emb"})
     parts = var._get_variable_list()
-    _, a = loader.plan_for(prefix, parts)
-    _, b = loader.plan_for(prefix, parts)
+    _, a = ops.plan_for(prefix, parts)
+    _, b = ops.plan_for(prefix, parts)
     assert a == b and str(a) == str(b)
     other = write_vocab(tmp_path / "other.txt", [b"a", b"x", b"f", b"c"])
     gpuload.warm_start(prefix, ".*", {"new/emb": gpuload.VocabInfo(other, 4, 1, old_v)}, {"new/emb": "old/emb"})
-    _, c = loader.plan_for(prefix, parts)
+    _, c = ops.plan_for(prefix, parts)
     assert c != a
 
 

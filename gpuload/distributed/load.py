@@ -1,11 +1,13 @@
-"""The collective load: every rank's needs planned once, each chunk read by one rank.
+"""The collective load: every rank's requests planned once, each chunk read by one rank.
 
-Steps of :func:`collective_load` (every rank runs them, in this order):
+:func:`collective_load` is :func:`gpuload.load` over the ranks of an MPI communicator:
+requests in the same form, grouped by checkpoint. Every rank runs these steps, in order:
 
-1. Local: group this rank's checkpoint-sourced variables by checkpoint and plan them with
-   :func:`gpuload.plan.build_plan` (a bad variable fails here, with the usual error).
-2. Exchange (``Iallgather``): each rank's requests, or its error. A failure anywhere
-   now fails every rank; the failing rank raises its own error, the others a
+1. Local: each checkpoint's requests are checked and planned with
+   :func:`gpuload.plan_load` (a bad request fails here, with the usual error).
+2. Exchange (``Iallgather``): each rank's plan requests (key, box, dtype, device and a
+   warm start's remap; never the targets), or its error. A failure anywhere now fails
+   every rank; the failing rank raises its own error, the others a
    :class:`~gpuload.distributed.comm.CollectiveError` naming it.
 3. Plan (pure, identical on every rank): per checkpoint, the global plan of all ranks'
    requests and the reader and receivers of each chunk
@@ -21,7 +23,7 @@ Steps of :func:`collective_load` (every rank runs them, in this order):
    :class:`~gpuload.errors.ChecksumError` text on every rank. A rank that failed in step 4
    sent the others an abort message instead (they raise
    :class:`~gpuload.distributed.comm.CollectiveError` with its error text).
-6. Only then are the values assigned: a failed load assigns nothing on any rank.
+6. Only then are the arrays returned: a failed load hands out nothing on any rank.
 """
 
 from __future__ import annotations
@@ -29,23 +31,27 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import sys
 import time
 
 import numpy as np
 from mpi4py import MPI
 
+from gpuload import config as config_mod
+from gpuload.api import LoadResult, Spec, normalize_requests, plan_load
 from gpuload.backend.placement import CPU, backend_for
 from gpuload.devices import Device
 from gpuload.distributed.assign import collective_plan
 from gpuload.distributed.comm import ABORT_TAG, CollectiveError, coordinator_for
+from gpuload.errors import InvalidArgumentError, TargetError
 from gpuload.format import crc as crcmod
 from gpuload.format.bundle import Bundle
 from gpuload.format.reader import CheckpointReader
 from gpuload.io.reader import ShardFiles
 from gpuload.io.ring import ALIGN
-from gpuload.loader import check_sources_unchanged
-from gpuload.plan import GatherCopy, Request, build_plan
-from gpuload.scheduler import LoadStats, _check_target, _verify
+from gpuload.plan import GatherCopy, build_plan
+from gpuload.plan import Request as PlanRequest
+from gpuload.scheduler import LoadStats, _verify
 
 __all__ = ["CollectiveStats", "collective_load", "use_nccl_for"]
 
@@ -68,35 +74,38 @@ class CollectiveStats(LoadStats):
     transport: str = "mpi"  # "nccl" when chunks moved GPU to GPU
 
 
-def _requests(variables):
-    # A warm start's vocabulary remap travels inside its request (Remap(axis, rows): one
-    # int64 per position along the vocabulary axis), so every rank plans the same gathers
-    # without the vocabulary files or the other ranks' variables.
-    return [
-        Request(
-            v.op.name,
-            v._init_source.tensor,
-            v._init_source.box,
-            v.dtype,
-            v.device,
-            None if v._init_source.remap is None else v._init_source.remap.plan_remap(),
-        )
-        for v in variables
-    ]
+def collective_load(checkpoints, *, config=None, allow_cast: bool = False, failed=None) -> dict[str, LoadResult]:
+    """:func:`gpuload.load` over every rank of ``config.communicator``: each needed chunk read once.
 
+    Every rank of the communicator must call this, each with its own requests (an empty
+    dict is fine: the rank may still read chunks for others).
 
-def collective_load(variables, cfg, failed: BaseException | None = None) -> list[CollectiveStats]:
-    """Load ``variables`` (this rank's checkpoint-sourced ones) collectively; assign all or nothing.
-
-    Every rank of ``cfg.communicator`` must call this, each with its own variables (an
-    empty list is fine: the rank may still read chunks for others). ``failed``: an error
-    this rank hit before the load (e.g. in an own initializer); it is sent as this rank's
-    answer in the first exchange, so every rank raises at once, this one ``failed``.
+    Parameters
+    ----------
+    checkpoints:
+        ``{checkpoint: requests}``: a checkpoint prefix (or an opened
+        :class:`~gpuload.format.bundle.Bundle`) and its requests in :func:`gpuload.load`'s
+        form. Targets: a :class:`~gpuload.Spec` with a device string (gpuload allocates a
+        NumPy or CuPy array), or a NumPy or CuPy array filled in place (a remap request's
+        array holds its starting values). Only the plan requests travel to the other ranks
+        (a warm start's remap as one int64 per position along its axis), never the arrays.
+    config:
+        A :class:`gpuload.config.Config` with a ``communicator``; default
+        :func:`gpuload.config.get`. ``chunk_bytes``, ``gap_bytes`` and ``verify_crc`` must
+        be the same on every rank.
+    allow_cast:
+        As for :func:`gpuload.load`.
+    failed:
+        An error this rank hit before the load (e.g. while building its requests); it is
+        sent as this rank's answer in the first exchange, so every rank raises at once,
+        this one ``failed``.
 
     Returns
     -------
-    list of CollectiveStats
-        One per checkpoint, in the order all ranks process them (sorted prefixes).
+    dict
+        ``{checkpoint prefix: LoadResult}`` for every checkpoint any rank loads, in sorted
+        prefix order (the order all ranks process them); each holds this rank's arrays
+        (none where it asked for nothing), its :class:`CollectiveStats` and the global plan.
 
     Raises
     ------
@@ -106,38 +115,37 @@ def collective_load(variables, cfg, failed: BaseException | None = None) -> list
         Another rank failed (its error text is in the message).
     CollectiveTimeoutError
         A rank did not take part within ``cfg.collective_timeout`` seconds.
+    TargetError
+        A target the collective load does not fill (a torch or JAX one).
     """
+    cfg = config or config_mod.get()
+    if cfg.communicator is None:
+        raise InvalidArgumentError("collective_load needs a communicator: gpuload.config.set(communicator=...)")
     co = coordinator_for(cfg.communicator, cfg.collective_timeout)
-    groups = collections.defaultdict(list)
-    for v in variables:
-        groups[v._init_source.prefix].append(v)
     local_error = None
+    targets = {}  # prefix -> this rank's targets, in the order of its requests (None: allocate)
     try:
         if failed is not None:
             raise failed  # handled below as a planning error of this rank
         needs = {}
-        for prefix, group in groups.items():
-            reqs = _requests(group)
-            allow_cast = any(v._init_source.allow_cast for v in group)
-            # Planned here too so a bad variable (or a checkpoint replaced since the
-            # init_from_checkpoint call) fails on its own rank with the usual error.
-            bundle = Bundle.open(prefix)
-            check_sources_unchanged(bundle, group)
-            build_plan(
-                bundle,
-                reqs,
-                chunk_bytes=cfg.chunk_bytes,
-                gap_bytes=cfg.gap_bytes,
-                verify_crc=cfg.verify_crc,
-                allow_cast=allow_cast,
+        devices = []
+        for checkpoint, requests in checkpoints.items():
+            bundle = checkpoint if isinstance(checkpoint, Bundle) else Bundle.open(checkpoint)
+            if bundle.prefix in needs:
+                raise InvalidArgumentError(f"collective_load: checkpoint {bundle.prefix} is given twice")
+            items = normalize_requests(requests)
+            # Planned here too so that a bad request fails on its own rank with the usual error.
+            plan = plan_load(bundle, dict(items), config=cfg, allow_cast=allow_cast)
+            needs[bundle.prefix] = (
+                [PlanRequest(d.name, d.source, d.box, d.dtype, d.device, d.remap) for d in plan.destinations],
+                allow_cast,
             )
-            needs[prefix] = (reqs, allow_cast)
+            targets[bundle.prefix] = [_target(name, r.target) for name, r in items]
+            devices += [d.device for d in plan.destinations]
         payload = {
             "needs": needs,
             "settings": (cfg.chunk_bytes, cfg.gap_bytes, cfg.verify_crc),
-            "nccl": _nccl_device([v.device for v in variables])
-            if any(v.device != CPU for v in variables) or not variables
-            else None,
+            "nccl": _nccl_device(devices) if any(d != CPU for d in devices) or not devices else None,
         }
     except BaseException as exc:  # also KeyboardInterrupt: every error must reach the other ranks
         local_error = exc
@@ -153,11 +161,10 @@ def collective_load(variables, cfg, failed: BaseException | None = None) -> list
             + "; set the same gpuload.config on every rank"
         )
 
-    results = []  # (variables, arrays), assigned only after every checkpoint loaded
-    stats_all = []
+    results = {}  # handed out only after every checkpoint loaded
     for prefix in sorted({p for e in everyone for p in e["needs"]}):
         try:
-            cplan, arrays, stats, crcs = _load_one(co, cfg, prefix, everyone, groups.get(prefix, []))
+            cplan, arrays, stats, crcs = _load_one(co, cfg, prefix, everyone, targets.get(prefix, []))
             payload = {"crcs": crcs}
         except BaseException as exc:  # also KeyboardInterrupt: the others must not wait for the timeout
             # A CollectiveError came from the others (their abort, or the deadline): nothing to
@@ -170,14 +177,28 @@ def collective_load(variables, cfg, failed: BaseException | None = None) -> list
         answers = co.allgather(payload, "exchanging the readers' CRCs")
         if cfg.verify_crc:
             _check_crcs(co, cplan.plan, answers)
-        mine = groups.get(prefix, [])
-        mine_idx = [i for i, o in enumerate(cplan.owners) if o == co.rank]
-        results.append((mine, [arrays[i] for i in mine_idx]))
-        stats_all.append(stats)
-    for mine, arrays in results:
-        for v, a in zip(mine, arrays):
-            v._assign(a)
-    return stats_all
+        mine = [i for i, o in enumerate(cplan.owners) if o == co.rank]
+        result = LoadResult((cplan.plan.destinations[i].name, arrays[i]) for i in mine)
+        result.stats = stats
+        result.plan = cplan.plan
+        results[prefix] = result
+    return results
+
+
+def _target(name, target):
+    """The array request ``name`` fills in place, ``None`` to allocate one; refuses other kinds."""
+    if target is None or (isinstance(target, Spec) and isinstance(target.device, str)):
+        return None
+    cp = sys.modules.get("cupy")  # a CuPy array exists only once CuPy is imported
+    if isinstance(target, np.ndarray) or (cp is not None and isinstance(target, cp.ndarray)):
+        return target
+    what = f"{type(target).__module__}.{type(target).__name__}"
+    if isinstance(target, Spec):
+        what = f"a Spec with device {target.device!r}"
+    raise TargetError(
+        f"request {name!r}: the collective load fills NumPy and CuPy arrays (a Spec with a device "
+        f"string, or such an array), got {what}"
+    )
 
 
 def _raise_if_failed(co, answers, local_error, when):
@@ -213,10 +234,10 @@ def _check_crcs(co, plan, answers) -> None:
         raise
 
 
-def _load_one(co, cfg, prefix, everyone, group):
+def _load_one(co, cfg, prefix, everyone, targets):
     """Plan and execute one checkpoint's share on this rank; return (cplan, arrays, stats, crcs).
 
-    ``group``: this rank's variables from ``prefix``, in the order of its requests."""
+    ``targets``: this rank's targets for ``prefix`` (``None``: allocate), in the order of its requests."""
     t0 = time.perf_counter()
     requests, owners = [], []
     allow_cast = False
@@ -245,22 +266,14 @@ def _load_one(co, cfg, prefix, everyone, group):
     )
     mine = [i for i, o in enumerate(owners) if o == co.rank]
     backends = {plan.destinations[i].device: backend_for(plan.destinations[i].device) for i in mine}
-    remaps = [v._init_source.remap for v in group if v._init_source.remap is not None]
-    mappings = {id(r.mapping): r.mapping for r in remaps}.values()
-    stats.vocab_bytes = sum(r.rows.nbytes for r in remaps) + sum(m.nbytes for m in mappings)
-    stats.vocab_s = sum(m.seconds for m in mappings)
     try:
         dests = [None] * len(plan.destinations)
         for j, i in enumerate(mine):
             d = plan.destinations[i]
-            if d.remap is None:
-                dests[i] = backends[d.device].empty(d.shape, d.dtype)
-                continue
-            # A warm start's remapped part starts as its backup initializer's value
-            # (computed on its device), as in the single-process load (scheduler.execute).
-            value = group[j]._init_source.remap.backup_value(group[j])
-            _check_target(d, value, "prefill")
-            dests[i] = backends[d.device].adopt(value)
+            # A given array (checked by plan_load) is filled in place; a remap request's
+            # holds its starting values, as in the single-process load (scheduler.execute).
+            given = targets[j]
+            dests[i] = backends[d.device].empty(d.shape, d.dtype) if given is None else backends[d.device].adopt(given)
         reader = None
         try:
             for h in plan.host_loads:  # strings: read by their owner through the reader

@@ -1,9 +1,13 @@
 """The TensorFlow-1-style variable store: scopes, ``get_variable``, partitioners, initializers.
 
-* :mod:`gpuload.graph.store`: :func:`variable_scope`, :func:`get_variable`,
-  :class:`Variable`, :class:`PartitionedVariable`, :func:`device`,
-  :func:`global_variables_initializer` and the default store ``init_from_checkpoint``
-  resolves names against.
+* :mod:`gpuload.graph.variables`: :class:`Variable`, :class:`PartitionedVariable`,
+  :class:`SaveSliceInfo`.
+* :mod:`gpuload.graph.scopes`: :func:`variable_scope`, :class:`VariableScope`,
+  ``AUTO_REUSE`` and :func:`device` (``tf.device``).
+* :mod:`gpuload.graph.store`: the variable store, the :class:`Graph` that holds it,
+  :func:`get_variable` and the store ``init_from_checkpoint`` resolves names against.
+* :mod:`gpuload.graph.ops`: the initializer op (:func:`global_variables_initializer`):
+  own initializers, checkpoint loads through :func:`gpuload.load`, all or nothing.
 * :mod:`gpuload.graph.partition`: TensorFlow's partitioners and split rule.
 * :mod:`gpuload.graph.initializers`: TensorFlow's initializers, computed on the
   variable's device.
@@ -11,6 +15,7 @@
 Importing this package does not import CuPy.
 """
 
+from gpuload.errors import UninitializedVariableError
 from gpuload.graph.initializers import (
     Constant,
     GlorotNormal,
@@ -33,6 +38,7 @@ from gpuload.graph.initializers import (
     variance_scaling_initializer,
     zeros_initializer,
 )
+from gpuload.graph.ops import InitOp, global_variables_initializer, variables_initializer
 from gpuload.graph.partition import (
     fixed_size_partitioner,
     min_max_variable_partitioner,
@@ -40,26 +46,16 @@ from gpuload.graph.partition import (
     split_sizes,
     variable_axis_size_partitioner,
 )
+from gpuload.graph.scopes import AUTO_REUSE, VariableScope, device, get_variable_scope, variable_scope
 from gpuload.graph.store import (
-    AUTO_REUSE,
     Graph,
-    InitOp,
-    PartitionedVariable,
-    SaveSliceInfo,
-    UninitializedVariableError,
-    Variable,
-    VariableScope,
-    device,
     get_default_graph,
     get_variable,
-    get_variable_scope,
     global_variables,
-    global_variables_initializer,
     reset_default_graph,
     trainable_variables,
-    variable_scope,
-    variables_initializer,
 )
+from gpuload.graph.variables import PartitionedVariable, SaveSliceInfo, Variable
 
 __all__ = [
     "Graph",

@@ -12,7 +12,7 @@ one a place where TensorFlow fails late, fails confusingly, or misreads its own 
   scope ``new/``, as TensorFlow documents; TensorFlow itself drops a character there.
 * Messages name the variable, the checkpoint key and the checkpoint, never the whole
   checkpoint's variable map.
-* A :class:`~gpuload.graph.store.PartitionedVariable` object is accepted as a target, as
+* A :class:`~gpuload.graph.variables.PartitionedVariable` object is accepted as a target, as
   its parts.
 * ``allow_cast=True`` lets a floating variable load a tensor of another floating dtype
   (e.g. float32 into bfloat16), converted on the device.
@@ -31,6 +31,8 @@ from gpuload.backend.contract import converts
 from gpuload.errors import ArgumentTypeError, AssignmentMapError
 from gpuload.format.names import close_matches
 from gpuload.format.slices import Box
+from gpuload.graph.store import _default_store
+from gpuload.graph.variables import PartitionedVariable, Variable
 
 if TYPE_CHECKING:
     from gpuload.format.bundle import Bundle
@@ -97,7 +99,6 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool =
     """
     from gpuload.format.bundle import Bundle
     from gpuload.format.state import resolve_prefix
-    from gpuload.graph import store as store_mod
 
     if not isinstance(assignment_map, Mapping) and (
         isinstance(assignment_map, (str, bytes)) or not isinstance(assignment_map, Iterable)
@@ -110,7 +111,7 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool =
     bundle = Bundle.open(prefix)
     ckpt = _Checkpoint(str(ckpt_dir_or_file), prefix, bundle)
     # One consistent view of the variables: other threads may create variables meanwhile.
-    store = _StoreView(store_mod._default_store())
+    store = _StoreView(_default_store())
     pairs = list(assignment_map.items()) if isinstance(assignment_map, Mapping) else list(assignment_map)
     for item in pairs:
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
@@ -127,7 +128,7 @@ def init_from_checkpoint(ckpt_dir_or_file, assignment_map, *, allow_cast: bool =
 
     plan: dict[int, tuple[Any, CheckpointSource]] = {}  # id(var) -> (var, source); later wins
     for ckpt_key, target in pairs:
-        var = _as_variable_or_parts(target, store, store_mod)
+        var = _as_variable_or_parts(target, store)
         if var is not None:
             for v, src in _one_to_one(ckpt, ckpt_key, var, target, allow_cast):
                 plan[id(v)] = (v, src)
@@ -199,14 +200,14 @@ class _Checkpoint:
         )
 
 
-def _as_variable_or_parts(target, store, store_mod):
+def _as_variable_or_parts(target, store):
     """A Variable, a list of part Variables, or None when ``target`` is a scope name."""
-    if isinstance(target, store_mod.Variable):
+    if isinstance(target, Variable):
         return target
-    if isinstance(target, store_mod.PartitionedVariable):
+    if isinstance(target, PartitionedVariable):
         return list(target._get_variable_list())
     if isinstance(target, (list, tuple)):
-        if target and all(isinstance(v, store_mod.Variable) for v in target):
+        if target and all(isinstance(v, Variable) for v in target):
             return list(target)
         raise AssignmentMapError(f"assignment_map target {target!r} is a list but not a non-empty list of variables")
     if not isinstance(target, str):

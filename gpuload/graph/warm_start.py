@@ -6,7 +6,7 @@ warm_starting_util.py``) and the remap of ``checkpoint_ops._load_and_remap_matri
 * ``vars_to_warm_start``: a regex string is matched (``re.match``, i.e. from the start)
   against the names (``"scope/v:0"``, ``"scope/v/part_0:0"``) of the *trainable*
   variables; a list of regex strings against *all* variables; a list of variable
-  objects (or parts; a :class:`~gpuload.graph.store.PartitionedVariable` stands for its
+  objects (or parts; a :class:`~gpuload.graph.variables.PartitionedVariable` stands for its
   parts) is taken as it is; ``None`` selects the trainable variables but warm-starts only
   those with a :class:`VocabInfo`. Parts are grouped under their partitioned variable's
   name, and that name is what ``var_name_to_vocab_info`` and ``var_name_to_prev_var_name``
@@ -65,6 +65,8 @@ from gpuload.errors import VocabFileError, WarmStartError
 from gpuload.format.slices import Box
 from gpuload.graph.init_from_checkpoint import CheckpointSource, init_from_checkpoint
 from gpuload.graph.initializers import PartitionInfo, Zeros
+from gpuload.graph.store import _VariableStore, global_variables
+from gpuload.graph.variables import PartitionedVariable, Variable
 from gpuload.graph.vocab import read_vocab, vocab_mapping
 
 __all__ = ["VocabInfo", "VocabRemap", "warm_start"]
@@ -130,8 +132,9 @@ class _Mapping:
 class VocabRemap:
     """A part's remap: which old slab each position along ``axis`` takes, and the backup.
 
-    Attached to a variable's checkpoint source by :func:`warm_start`; the loader turns it
-    into a :class:`gpuload.plan.Remap` and calls :meth:`backup_value` for the prefill.
+    Attached to a variable's checkpoint source by :func:`warm_start`; the initializer op
+    (:func:`gpuload.graph.ops.requests_for`) turns it into a remap request: a
+    :class:`gpuload.plan.Remap` and, as the target, :meth:`backup_value` (the prefill).
     """
 
     axis: int
@@ -155,8 +158,6 @@ class VocabRemap:
 
     def backup_value(self, var):
         """The backup initializer's value for part ``var``, computed on its device."""
-        from gpuload.graph.store import _VariableStore
-
         fn = _VariableStore._init_fn(
             var.op.name, self.backup, None, tuple(var.shape), var.dtype, var.device, self.partition_info
         )
@@ -208,7 +209,6 @@ def warm_start(
     """
     from gpuload.format.bundle import Bundle
     from gpuload.format.state import resolve_prefix
-    from gpuload.graph import store as store_mod
 
     prefix = resolve_prefix(ckpt_to_initialize_from)
     bundle = Bundle.open(prefix)
@@ -218,7 +218,7 @@ def warm_start(
         if os.path.abspath(str(ckpt_to_initialize_from)) == os.path.abspath(prefix)
         else f"{prefix} (from {ckpt_to_initialize_from})"
     )
-    grouped = _grouped_variables(vars_to_warm_start, store_mod)
+    grouped = _grouped_variables(vars_to_warm_start)
     vocab_infos = _as_dict(var_name_to_vocab_info, "var_name_to_vocab_info")
     prev_names = _as_dict(var_name_to_prev_var_name, "var_name_to_prev_var_name")
 
@@ -278,9 +278,9 @@ def _short_list(names, n: int = 20) -> str:
     return f"[{shown}{', ...' if len(names) > n else ''}] ({len(names)})"
 
 
-def _grouped_variables(vars_to_warm_start, store_mod) -> dict:
+def _grouped_variables(vars_to_warm_start) -> dict:
     """``{variable name: [Variable or parts]}`` in store order (TF's ``_get_grouped_variables``)."""
-    everything = store_mod.global_variables()
+    everything = global_variables()
     if vars_to_warm_start is None or isinstance(vars_to_warm_start, str):
         regex = _compile(vars_to_warm_start) if vars_to_warm_start is not None else None
         chosen = [v for v in everything if v.trainable and (regex is None or regex.match(v.name))]
@@ -291,10 +291,10 @@ def _grouped_variables(vars_to_warm_start, store_mod) -> dict:
             for pattern in items:
                 regex = _compile(pattern)
                 chosen += [v for v in everything if regex.match(v.name)]
-        elif all(isinstance(x, (store_mod.Variable, store_mod.PartitionedVariable)) for x in items):
+        elif all(isinstance(x, (Variable, PartitionedVariable)) for x in items):
             chosen = []
             for x in items:
-                chosen += x._get_variable_list() if isinstance(x, store_mod.PartitionedVariable) else [x]
+                chosen += x._get_variable_list() if isinstance(x, PartitionedVariable) else [x]
         else:
             raise WarmStartError(
                 "If `vars_to_warm_start` is a list, it must be all `Variable` or all `str`.  Given types "
@@ -426,7 +426,7 @@ def _vocab_sources(var_name, variables, prev, info, bundle, names, prefix, where
         mapping = mappings[key] = _Mapping(rows, old.nbytes + new.nbytes + rows.nbytes, time.perf_counter() - t0)
     full_rows = np.concatenate([mapping.rows, np.full(oov, -1, dtype=np.int64)])
     backup = Zeros() if info.backup_initializer is None else info.backup_initializer
-    # What was validated here, checked again at run() (loader.check_sources_unchanged): a
+    # What was validated here, checked again at run() (ops.check_sources_unchanged): a
     # checkpoint saved again in between must not be remapped unnoticed.
     e = bundle.entry(prev)
     stored = ((e.dtype, e.shape, e.slices), bundle.index_id)
