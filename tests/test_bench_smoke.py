@@ -48,6 +48,13 @@ def test_bench_quick_runs_and_checks_every_load(tmp_path):
     for key in ("date", "machine", "versions", "gpus", "config", "limits", "measurements", "summary"):
         assert key in info, key
     assert info["limits"].get("readinto_1t", {}).get("best"), info["limits"]
+    # The read+CRC limits are measured in the same run, and the CRC-on rows are judged against them.
+    for key in ("read_crc_dest_2t", "read_crc_dest_2t_huge"):
+        assert info["limits"].get(key, {}).get("best"), (key, info["limits"], info.get("limit_errors"))
+    rows = {(g["what"], g["layout"], g["crc"]): g for g in info["summary"]}
+    target = rows[("gpuload", "cols:4", True)]["targets"]["read+crc>=0.9x"]
+    assert target["limit"] == "read_crc_dest_2t" and target["value"] > 0
+    assert "column-part target: gpuload cols:4 crc on" in proc.stdout
 
     runs = [m for m in info["measurements"] if m["what"] == "gpuload"]
     assert {m["layout"] for m in runs} == LAYOUTS, log
