@@ -88,6 +88,8 @@ class BenchConfig:
     facts: Facts
     skipped: list[str]  # "<what>: skipped: <why>" for devices and peers not run
     argv: list[str]
+    baseline: Path | None = None  # --baseline-checkout: another checkout whose gpuload also runs
+    baseline_label: str | None = None  # "gpuload@<commit>": the what of the baseline's rows
 
     @property
     def nbytes(self) -> int:
@@ -115,6 +117,9 @@ class BenchConfig:
             "peers": self.peers,
             "peer_python": self.peer_python,
             "argv": self.argv,
+            "baseline": None
+            if self.baseline is None
+            else {"checkout": str(self.baseline), "label": self.baseline_label},
         }
 
 
@@ -154,6 +159,19 @@ def probe_facts(args, bench_dir: Path) -> Facts:
         machine=_sysinfo.machine(bench_dir),
         versions=_sysinfo.versions(),
     )
+
+
+def baseline_label(checkout: Path) -> str:
+    """``gpuload@<short commit>`` of a checkout (its folder name when git cannot tell)."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    return f"gpuload@{rev or checkout.name}"
 
 
 def _shape(args, dtype: np.dtype) -> tuple[int, ...]:
@@ -230,6 +248,12 @@ def make_config(args, facts: Facts | None = None, argv: list[str] | None = None)
         else:
             skipped.append(f"{p}: skipped: {st['reason']}")
 
+    baseline = None
+    if getattr(args, "baseline_checkout", None):
+        baseline = Path(args.baseline_checkout).resolve()
+        if not (baseline / "gpuload" / "__init__.py").is_file():
+            raise SystemExit(f"--baseline-checkout {baseline}: no gpuload/__init__.py there (a source checkout?)")
+
     return BenchConfig(
         shape=shape,
         dtype=args.dtype,
@@ -253,4 +277,6 @@ def make_config(args, facts: Facts | None = None, argv: list[str] | None = None)
         facts=facts,
         skipped=skipped,
         argv=list(sys.argv[1:] if argv is None else argv),
+        baseline=baseline,
+        baseline_label=None if baseline is None else baseline_label(baseline),
     )

@@ -10,7 +10,7 @@ limits worker's job. Each job's ``spec`` is the JSON the worker process receives
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Job:
     cache: str  # "warm", "cold-direct", "cold"
     python: str  # the interpreter the worker runs under
     spec: dict
+    env: dict = field(default_factory=dict)  # extra environment for the worker (the baseline's PYTHONPATH)
 
     @property
     def key(self) -> tuple:
@@ -53,6 +54,9 @@ def gpuload_jobs(config, data) -> list[Job]:
                         "expected_crcs": data["crcs"][lay],
                     }
                     jobs.append(Job("gpuload", lay, device, crc, cache, sys.executable, spec))
+                    if config.baseline is not None:  # right after its twin: the two alternate
+                        env = {"PYTHONPATH": str(config.baseline)}
+                        jobs.append(Job(config.baseline_label, lay, device, crc, cache, sys.executable, spec, env))
     return jobs
 
 

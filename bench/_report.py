@@ -33,6 +33,7 @@ COLUMNS = [
     "vs fresh",
     "vs read+crc",
     "vs read+crc huge",
+    "vs base",
     "read s",
     "crc s",
     "copy s",
@@ -85,6 +86,7 @@ def rows(summary) -> list[list[str]]:
                 _f(g.get("ratio_fresh")),
                 _f(g.get("ratio_read_crc")),
                 _f(g.get("ratio_read_crc_huge")),
+                _f(g.get("ratio_base")),
                 *(_stage(st, k, wall) for k in ("read_s", "crc_s", "copy_s", "submit_s", "wait_read_s", "drain_s")),
                 _f(g.get("cpu_own_s")),
                 _f(g.get("noise_pct"), 0),
@@ -318,6 +320,14 @@ def markdown(info) -> str:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
         f"- gpuload config: `{json.dumps(c['gpuload_config'])}`; {c['repeat']} run(s) per row, each in a fresh process",
         f"- command: `bench/bench_load.py {' '.join(c['argv'])}`",
+    ]
+    if c.get("baseline"):
+        b = c["baseline"]
+        lines.append(
+            f"- baseline: the rows `{b['label']}` ran the gpuload of `{b['checkout']}`, interleaved with this "
+            "checkout's; `vs base` is this gpuload's best GB/s over the baseline's on the same row"
+        )
+    lines += [
         "",
         "GB/s is 10^9 bytes of tensor per second, from `run()` to the last byte in place. `ratio` is the best "
         "run against the best run of the `limit` named. Stage seconds (`read`, `crc`: summed over reader "
@@ -377,6 +387,15 @@ def console(info) -> str:
     head = headline_text(info["summary"], info["limits"])
     if head:
         out += ["", head]
+    vs_base = [g for g in info["summary"] if g.get("ratio_base") is not None]
+    if vs_base:
+        crc = {True: "on", False: "off", None: "-"}
+        out.append(
+            f"vs {info['config']['baseline']['label']} (best over best, same run): "
+            + ", ".join(
+                f"{g['layout']} {g['device']} crc {crc[g['crc']]} {g['cache']} {g['ratio_base']:.2f}" for g in vs_base
+            )
+        )
     for name, t in (info.get("machine_targets") or {}).items():
         out.append(
             f"{name}: kernel {t['kernel_gbps']:.1f} GB/s / D2D {t['d2d_gbps']:.1f} GB/s = {t['value']:.2f} "

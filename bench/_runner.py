@@ -35,9 +35,10 @@ def parse_result(stdout: str) -> dict | None:
     return None
 
 
-def run_worker(spec: dict, python: str, timeout: float) -> dict:
-    """Run one measurement in a fresh ``python`` process; its result, or a failure record."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+def run_worker(spec: dict, python: str, timeout: float, env: dict | None = None) -> dict:
+    """Run one measurement in a fresh ``python`` process (``env`` added to this one's);
+    its result, or a failure record."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", **(env or {}))
     t = time.perf_counter()
     try:
         proc = subprocess.run(worker_command(spec, python), capture_output=True, text=True, timeout=timeout, env=env)
@@ -94,7 +95,7 @@ def run_jobs(jobs, repeat: int, timeout: float, run=run_worker, warm=None) -> li
         for job in jobs:
             if job.cache == "warm":
                 warm(job.spec["files"])
-            res = run(job.spec, job.python, timeout)
+            res = run(job.spec, job.python, timeout, **({"env": job.env} if job.env else {}))
             res.update(
                 {"what": job.what, "layout": job.layout, "device": job.device, "crc": job.crc, "cache": job.cache}
             )

@@ -92,8 +92,19 @@ def summarize(measurements, limits, gpu_ids) -> list[dict]:
                     if _best(limits, k):
                         g[field] = g["gbps_best"] / _best(limits, k)
         out.append(g)
+    add_baseline(out)
     add_targets(out)
     return out
+
+
+def add_baseline(summary) -> None:
+    """``ratio_base`` on each gpuload row run with ``--baseline-checkout``: its best GB/s over
+    the same row's best with the baseline's gpuload (``gpuload@<commit>``), same run."""
+    base = {group_key(g)[1:]: g for g in summary if g["what"].startswith("gpuload@")}
+    for g in summary:
+        twin = base.get(group_key(g)[1:]) if g["what"] == "gpuload" else None
+        if twin and twin.get("gbps_best") and g.get("gbps_best"):
+            g["ratio_base"] = g["gbps_best"] / twin["gbps_best"]
 
 
 def limit_for(device, cache, limits, gpu_ids):

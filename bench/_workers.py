@@ -223,7 +223,8 @@ def run_gpuload(spec) -> dict:
     import gpuload
     import gpuload.loader
 
-    res = {"kind": "gpuload", "gpuload_version": getattr(gpuload, "__version__", "?")}
+    # The file tells which checkout ran (--baseline-checkout runs another one's gpuload).
+    res = {"kind": "gpuload", "gpuload_version": getattr(gpuload, "__version__", "?"), "gpuload_file": gpuload.__file__}
     cfg = dict(spec["config"])
     gpuload.config.set(**cfg)
     res["config"] = {

@@ -108,6 +108,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per measurement process")
     p.add_argument(
+        "--baseline-checkout",
+        metavar="DIR",
+        help="also run every gpuload row with the gpuload of another source checkout (e.g. a git worktree of "
+        "main), interleaved with this one's, as rows 'gpuload@<its commit>'; the table's 'vs base' column is "
+        "this gpuload's best over the baseline's: 'no row got slower' measured in one run",
+    )
+    p.add_argument(
         "--replot", metavar="RESULTS_JSON", help="redraw the PNG and markdown of an earlier run from its JSON, and stop"
     )
     p.add_argument(

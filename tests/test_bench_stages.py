@@ -311,3 +311,29 @@ def test_replot_redraws_from_the_json(tmp_path):
     assert bench_load.main(["--replot", str(written[0]), "--out", str(tmp_path)]) == 0
     assert written[0].with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "read+crc>=0.9x:PASS" in (tmp_path / "latest.md").read_text()
+
+
+def test_baseline_checkout_rows_alternate_and_are_compared(tmp_path):
+    (tmp_path / "gpuload").mkdir()
+    (tmp_path / "gpuload" / "__init__.py").write_text("")
+    args = _args("--layouts", "rows:1,cols:4", "--crc", "on", "--baseline-checkout", str(tmp_path))
+    c = _config.make_config(args, facts=_facts())
+    assert c.baseline == tmp_path.resolve() and c.baseline_label.startswith("gpuload@")
+    assert c.as_json()["baseline"] == {"checkout": str(tmp_path.resolve()), "label": c.baseline_label}
+    jobs = _jobs.make_jobs(c, _data_for(c))
+    assert [j.what for j in jobs] == ["gpuload", c.baseline_label] * 2  # twins alternate
+    assert jobs[0].spec == jobs[1].spec and jobs[0].env == {} and jobs[1].env == {"PYTHONPATH": str(c.baseline)}
+    envs = []
+
+    def fake_run(spec, python, timeout, env=None):
+        envs.append(env)
+        return {"ok": True, "gbps": 8.0 if env else 6.0, "seconds": 1.0}
+
+    ms = _runner.run_jobs(jobs, 1, 5.0, run=fake_run, warm=lambda files: None)
+    assert envs == [None, {"PYTHONPATH": str(c.baseline)}] * 2
+    rows = {(g["what"], g["layout"]): g for g in _summary.summarize(ms, LIMITS, [])}
+    assert rows[("gpuload", "cols:4")]["ratio_base"] == pytest.approx(0.75)
+    assert "ratio_base" not in rows[(c.baseline_label, "cols:4")]
+    assert "targets" not in rows[(c.baseline_label, "cols:4")]  # the targets judge this checkout only
+    with pytest.raises(SystemExit, match="no gpuload"):
+        _config.make_config(_args("--baseline-checkout", str(tmp_path / "nowhere")), facts=_facts())
