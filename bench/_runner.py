@@ -62,7 +62,8 @@ def measure_limits(spec: dict, timeout: float, run=run_worker) -> tuple[dict, di
     limits = res.get("limits", {})
     errors = dict(res.get("errors", {}), **({"worker": res["error"]} if res.get("error") else {}))
     for k, v in limits.items():
-        print(f"  {k:24s} best {v['best']:7.2f} GB/s  median {v['median']:7.2f}  ({v['name']})", flush=True)
+        best, med = (f"{x:7.2f}" if x is not None else "      -" for x in (v.get("best"), v.get("median")))
+        print(f"  {k:24s} best {best} GB/s  median {med}  ({v['name']})", flush=True)
     for k, e in errors.items():
         print(f"  {k:24s} failed: {e}", flush=True)
     return limits, errors

@@ -337,3 +337,19 @@ def test_baseline_checkout_rows_alternate_and_are_compared(tmp_path):
     assert "targets" not in rows[(c.baseline_label, "cols:4")]  # the targets judge this checkout only
     with pytest.raises(SystemExit, match="no gpuload"):
         _config.make_config(_args("--baseline-checkout", str(tmp_path / "nowhere")), facts=_facts())
+
+
+def test_measure_limits_reports_failures(capsys):
+    def fake_run(spec, python, timeout):
+        assert spec["kind"] == "limits" and python == sys.executable
+        return {
+            "limits": {"memcpy_1t": {"name": "m", "best": None, "median": None}, **LIMITS},
+            "errors": {"odirect_seq": "OSError: no O_DIRECT"},
+            "error": "worker exited 1",
+        }
+
+    limits, errors = _runner.measure_limits({"kind": "limits"}, 5.0, run=fake_run)
+    assert limits[_summary.READ_CRC]["best"] == 8.0
+    assert errors == {"odirect_seq": "OSError: no O_DIRECT", "worker": "worker exited 1"}
+    out = capsys.readouterr().out
+    assert "read_crc_dest_2t " in out and "odirect_seq" in out and "failed: worker exited 1" in out
