@@ -223,7 +223,8 @@ def run_gpuload(spec) -> dict:
     import gpuload
     import gpuload.loader
 
-    res = {"kind": "gpuload", "gpuload_version": getattr(gpuload, "__version__", "?")}
+    # The file tells which checkout ran (--baseline-checkout runs another one's gpuload).
+    res = {"kind": "gpuload", "gpuload_version": getattr(gpuload, "__version__", "?"), "gpuload_file": gpuload.__file__}
     cfg = dict(spec["config"])
     gpuload.config.set(**cfg)
     res["config"] = {
@@ -454,12 +455,7 @@ def _pread_threads(files, nthreads, chunk, direct=False, into_dest=False) -> flo
     Into one reused buffer per thread (pre-faulted), or with ``into_dest`` straight into
     one fresh destination array (not pre-faulted: its page faults are part of the cost).
     """
-    jobs = []
-    base = 0
-    for p in files:
-        size = os.path.getsize(p)
-        jobs += [(p, off, min(chunk, size - off), base + off) for off in range(0, size, chunk)]
-        base += size
+    jobs, base = _pieces(files, chunk)
     dest = memoryview(np.empty(base, np.uint8)) if into_dest else None
     lock = threading.Lock()
     nxt = [0]
@@ -507,136 +503,258 @@ def _pread_threads(files, nthreads, chunk, direct=False, into_dest=False) -> flo
     return dt
 
 
+# The read+CRC limits (issue #9): the pieces gpuload's readers would read and checksum.
+READ_CRC_PIECE = 4 * _MIB
+
+
+def _pieces(files, piece) -> tuple[list[tuple[str, int, int, int]], int]:
+    """``(path, file offset, length, offset in the concatenation)`` of every piece, and the total."""
+    jobs, base = [], 0
+    for p in files:
+        size = os.path.getsize(p)
+        jobs += [(p, off, min(piece, size - off), base + off) for off in range(0, size, piece)]
+        base += size
+    return jobs, base
+
+
+def fresh_numpy(nbytes: int) -> np.ndarray:
+    """A fresh destination as most loaders get one: ``np.empty`` (malloc; not touched yet)."""
+    return np.empty(nbytes, np.uint8)
+
+
+def fresh_gpuload(nbytes: int) -> np.ndarray:
+    """A fresh destination as gpuload allocates big host arrays (anonymous mmap + MADV_HUGEPAGE)."""
+    from gpuload.backend.host import HostBackend
+
+    return HostBackend().empty((nbytes,), np.uint8)
+
+
+def read_crc_threads(files, nthreads: int, piece: int, alloc) -> tuple[float, np.ndarray, list[int]]:
+    """``nthreads`` threads ``preadv`` ``files`` in ``piece``-sized pieces straight into one
+    fresh destination ``alloc(total)`` and CRC32C each piece right after reading it, while it
+    is still in the CPU's cache: the work a CRC-checking loader cannot avoid.
+
+    Returns the seconds (first touch of the destination included, allocation not), the
+    destination and the CRC32C of every piece (for tests). The CRC is gpuload's
+    ``gpuload.format.crc32c``: google_crc32c's native ``crc32c_extend``, GIL released.
+    """
+    from gpuload.format import crc32c
+
+    jobs, total = _pieces(files, piece)
+    dest = alloc(total)
+    crcs: list[int] = [0] * len(jobs)
+    lock = threading.Lock()
+    nxt = [0]
+    fds = {p: os.open(p, os.O_RDONLY) for p in files}
+    errors = []
+
+    def work():
+        try:
+            while True:
+                with lock:
+                    i = nxt[0]
+                    nxt[0] += 1
+                if i >= len(jobs):
+                    return
+                p, off, n, at = jobs[i]
+                view = dest[at : at + n]
+                done = 0
+                while done < n:
+                    got = os.preadv(fds[p], [view[done:]], off + done)
+                    if got == 0:
+                        raise EOFError(f"{p}: short read at {off + done}")
+                    done += got
+                crcs[i] = crc32c(view)
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=work) for _ in range(nthreads)]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        dt = time.perf_counter() - t
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    if errors:
+        raise errors[0]
+    return dt, dest, crcs
+
+
+def _readinto_dest(files, chunk) -> float:
+    """One thread ``readinto`` straight into a fresh destination (its page faults are timed)."""
+    dest = np.empty(sum(os.path.getsize(p) for p in files), np.uint8)
+    mv = memoryview(dest)
+    t = time.perf_counter()
+    pos = 0
+    for p in files:
+        with open(p, "rb", buffering=0) as f:
+            while True:
+                n = f.readinto(mv[pos : pos + chunk])
+                if not n:
+                    break
+                pos += n
+    return time.perf_counter() - t
+
+
+def _thp_mode() -> str | None:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            text = f.read()
+    except OSError:
+        return None
+    m = text[text.find("[") + 1 : text.find("]")] if "[" in text else text.strip()
+    return m or None
+
+
+def _rounds(limits, repeat, L, errors, before_each=None) -> None:
+    """Run every limit once per round, ``repeat`` rounds (round 1 of each, then round 2, ...),
+    so that noise from a neighbour spreads over the limits as it does over the rows.
+
+    ``limits``: ``(key, name, nbytes, run)`` where ``run()`` returns one run's seconds.
+    ``before_each()`` (e.g. an eviction) runs before every run and returns its own record.
+    """
+    secs: dict[str, list[float]] = {key: [] for key, *_ in limits}
+    pre: dict[str, list] = {key: [] for key, *_ in limits}
+    for _ in range(repeat):
+        for key, _name, _n, run in limits:
+            if key in errors:
+                continue
+            try:
+                if before_each is not None:
+                    pre[key].append(before_each())
+                secs[key].append(run())
+            except Exception as exc:
+                errors[key] = f"{type(exc).__name__}: {exc}"
+    for key, name, n, _ in limits:
+        if key not in errors:
+            extra = {"eviction_ok": all(pre[key])} if before_each is not None else {}
+            L[key] = _summary(name, secs[key], n, **extra)
+
+
 def run_limits(spec) -> dict:
     files = spec["files"]
     total = sum(os.path.getsize(p) for p in files)
     repeat = spec["repeat"]
     chunk = spec["chunk_bytes"]
+    threads = spec.get("threads", [2, 4])
     out = {"kind": "limits", "bytes": total, "limits": {}, "errors": {}}
-    L = out["limits"]
-
-    def attempt(key, fn):
-        try:
-            L[key] = fn()
-        except Exception as exc:
-            out["errors"][key] = f"{type(exc).__name__}: {exc}"
+    L, errors = out["limits"], out["errors"]
 
     # Host memory copy, one thread (what the CPU backend's copy out of the ring costs).
-    def memcpy():
-        n = min(total, 256 * _MIB)
-        a = np.ones(n, np.uint8)
-        b = np.empty_like(a)
-        np.copyto(b, a)  # fault in
-        secs = []
-        for _ in range(max(3, repeat)):
-            t = time.perf_counter()
-            np.copyto(b, a)
-            secs.append(time.perf_counter() - t)
-        return _summary("memcpy, 1 thread (np.copyto, warm buffers)", secs, n)
+    n_copy = min(total, 256 * _MIB)
+    copy_bufs = [np.ones(n_copy, np.uint8), np.ones(n_copy, np.uint8)]  # both faulted in
 
-    attempt("memcpy_1t", memcpy)
+    def memcpy():
+        t = time.perf_counter()
+        np.copyto(copy_bufs[1], copy_bufs[0])
+        return time.perf_counter() - t
 
     def fault_fill():
-        secs = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            dest = np.empty(total, np.uint8)
-            dest.fill(1)
-            secs.append(time.perf_counter() - t)
-            del dest
-        return _summary("first touch of a fresh destination array (np.empty + fill), 1 thread", secs, total)
-
-    attempt("fault_fill_1t", fault_fill)
+        t = time.perf_counter()
+        dest = np.empty(total, np.uint8)
+        dest.fill(1)
+        return time.perf_counter() - t
 
     _cache.warm(files)
     buf = _aligned(chunk)
     np.frombuffer(buf, np.uint8)[::4096] = 0
-    attempt(
-        "readinto_1t",
-        lambda: _summary(
+    thp = _thp_mode()
+    warm = [
+        ("memcpy_1t", "memcpy, 1 thread (np.copyto, warm buffers)", n_copy, memcpy),
+        ("fault_fill_1t", "first touch of a fresh destination array (np.empty + fill), 1 thread", total, fault_fill),
+        (
+            "readinto_1t",
             f"sequential readinto, 1 thread, page cache warm, one reused {_h(chunk)} buffer",
-            [_seq_readinto(files, buf) for _ in range(repeat)],
             total,
+            lambda: _seq_readinto(files, buf),
         ),
-    )
-
-    def to_dest():
-        secs = []
-        for _ in range(repeat):
-            dest = np.empty(total, np.uint8)  # fresh: page faults count, as for a loader's destination
-            mv = memoryview(dest)
-            t = time.perf_counter()
-            pos = 0
-            for p in files:
-                with open(p, "rb", buffering=0) as f:
-                    while True:
-                        n = f.readinto(mv[pos : pos + chunk])
-                        if not n:
-                            break
-                        pos += n
-            secs.append(time.perf_counter() - t)
-            del dest, mv
-        return _summary("sequential readinto straight into a fresh destination array, 1 thread, warm", secs, total)
-
-    attempt("readinto_dest_1t", to_dest)
-    for n in spec.get("threads", [2, 4]):
-        attempt(
+        (
+            "readinto_dest_1t",
+            "sequential readinto straight into a fresh destination array, 1 thread, warm",
+            total,
+            lambda: _readinto_dest(files, chunk),
+        ),
+    ]
+    warm += [
+        (
             f"pread_{n}t",
-            lambda n=n: _summary(
-                f"os.preadv, {n} threads, {_h(chunk)} requests, page cache warm",
-                [_pread_threads(files, n, chunk) for _ in range(repeat)],
-                total,
-            ),
+            f"os.preadv, {n} threads, {_h(chunk)} requests, page cache warm",
+            total,
+            lambda n=n: _pread_threads(files, n, chunk),
         )
-
-    for n in spec.get("threads", [2, 4]):
-        attempt(
+        for n in threads
+    ]
+    warm += [
+        (
             f"pread_dest_{n}t",
-            lambda n=n: _summary(
-                f"os.preadv, {n} threads, {_h(chunk)} requests straight into a fresh destination array, warm",
-                [_pread_threads(files, n, chunk, into_dest=True) for _ in range(repeat)],
-                total,
-            ),
+            f"os.preadv, {n} threads, {_h(chunk)} requests straight into a fresh destination array, warm",
+            total,
+            lambda n=n: _pread_threads(files, n, chunk, into_dest=True),
         )
+        for n in threads
+    ]
+    piece = _h(READ_CRC_PIECE)
+    warm += [
+        (
+            "read_crc_dest_2t",
+            f"os.preadv, 2 threads, {piece} pieces into a fresh np.empty array, CRC32C of each piece "
+            "while in cache, warm: the read+crc target's denominator",
+            total,
+            lambda: read_crc_threads(files, 2, READ_CRC_PIECE, fresh_numpy)[0],
+        ),
+        (
+            "read_crc_dest_2t_huge",
+            f"the same into memory allocated as gpuload allocates it (anonymous mmap + MADV_HUGEPAGE; "
+            f"THP {thp or 'unknown'})",
+            total,
+            lambda: read_crc_threads(files, 2, READ_CRC_PIECE, fresh_gpuload)[0],
+        ),
+    ]
+    _rounds(warm, repeat, L, errors)
+    copy_bufs.clear()
 
     if spec.get("cold"):
 
-        def cold(name, fn):
-            secs, evictions = [], []
-            for _ in range(repeat):
-                ev = _cache.evict(files)
-                evictions.append(ev["ok"])
-                secs.append(fn())
-            return _summary(name, secs, total, eviction_ok=all(evictions))
+        def evict():
+            return _cache.evict(files)["ok"]
 
-        attempt(
-            "cold_readinto_1t",
-            lambda: cold(
-                f"sequential readinto, 1 thread, after eviction, {_h(chunk)} buffer", lambda: _seq_readinto(files, buf)
-            ),
-        )
-        if hasattr(os, "O_DIRECT"):
-            for req in spec.get("direct_sizes", [8 * _MIB, 16 * _MIB, 32 * _MIB]):
-                attempt(
-                    f"odirect_1t_{req // _MIB}m",
-                    lambda req=req: cold(
-                        f"O_DIRECT sequential pread, 1 thread, {req // _MIB} MiB aligned requests",
-                        lambda: _pread_threads(files, 1, req, direct=True),
-                    ),
-                )
-            attempt(
-                "odirect_4t_32m",
-                lambda: cold(
-                    "O_DIRECT pread, 4 threads, 32 MiB aligned requests",
-                    lambda: _pread_threads(files, 4, 32 * _MIB, direct=True),
-                ),
+        cold = [
+            (
+                "cold_readinto_1t",
+                f"sequential readinto, 1 thread, after eviction, {_h(chunk)} buffer",
+                total,
+                lambda: _seq_readinto(files, buf),
             )
-            seq = [L[k] for k in L if k.startswith("odirect_1t_")]
-            if seq:
-                best = max(seq, key=lambda s: s["best"] or 0)
-                L["odirect_seq"] = dict(best, name=best["name"] + " (best request size)")
+        ]
+        if hasattr(os, "O_DIRECT"):
+            cold += [
+                (
+                    f"odirect_1t_{req // _MIB}m",
+                    f"O_DIRECT sequential pread, 1 thread, {req // _MIB} MiB aligned requests",
+                    total,
+                    lambda req=req: _pread_threads(files, 1, req, direct=True),
+                )
+                for req in spec.get("direct_sizes", [8 * _MIB, 16 * _MIB, 32 * _MIB])
+            ]
+            cold.append(
+                (
+                    "odirect_4t_32m",
+                    "O_DIRECT pread, 4 threads, 32 MiB aligned requests",
+                    total,
+                    lambda: _pread_threads(files, 4, 32 * _MIB, direct=True),
+                )
+            )
+        _rounds(cold, repeat, L, errors, before_each=evict)
+        seq = [L[k] for k in L if k.startswith("odirect_1t_")]
+        if seq:
+            best = max(seq, key=lambda s: s["best"] or 0)
+            L["odirect_seq"] = dict(best, name=best["name"] + " (best request size)")
     if spec.get("gpus"):
-        gpu_limits(spec["gpus"], min(total, 512 * _MIB), repeat, L, out["errors"])
+        gpu_limits(spec["gpus"], min(total, 512 * _MIB), repeat, L, errors)
     _cache.warm(files)  # leave the files as the next warm measurement expects them
     return out
 

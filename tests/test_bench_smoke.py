@@ -48,6 +48,13 @@ def test_bench_quick_runs_and_checks_every_load(tmp_path):
     for key in ("date", "machine", "versions", "gpus", "config", "limits", "measurements", "summary"):
         assert key in info, key
     assert info["limits"].get("readinto_1t", {}).get("best"), info["limits"]
+    # The read+CRC limits are measured in the same run, and the CRC-on rows are judged against them.
+    for key in ("read_crc_dest_2t", "read_crc_dest_2t_huge"):
+        assert info["limits"].get(key, {}).get("best"), (key, info["limits"], info.get("limit_errors"))
+    rows = {(g["what"], g["layout"], g["crc"]): g for g in info["summary"]}
+    target = rows[("gpuload", "cols:4", True)]["targets"]["read+crc>=0.9x"]
+    assert target["limit"] == "read_crc_dest_2t" and target["value"] > 0
+    assert "column-part target: gpuload cols:4 crc on" in proc.stdout
 
     runs = [m for m in info["measurements"] if m["what"] == "gpuload"]
     assert {m["layout"] for m in runs} == LAYOUTS, log
@@ -61,3 +68,29 @@ def test_bench_quick_runs_and_checks_every_load(tmp_path):
 
     png = out / info["plot"]["path"]
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_bench_quick_against_a_baseline_checkout(tmp_path):
+    """--baseline-checkout runs the other checkout's gpuload on every gpuload row, in the same run."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(REPO / "gpuload", base / "gpuload", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "results"
+    cmd = [
+        sys.executable, str(REPO / "bench" / "bench_load.py"), "--quick", "--layouts", "rows:1,cols:4",
+        "--devices", "cpu", "--crc", "on", "--peers", "none", "--dir", str(tmp_path / "data"), "--out", str(out),
+        "--timeout", "50", "--baseline-checkout", str(base), "--no-plot",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    (json_path,) = out.glob("*.json")
+    info = json.loads(json_path.read_text())
+    label = info["config"]["baseline"]["label"]
+    files = {(m["what"], m["layout"]): Path(m["gpuload_file"]) for m in info["measurements"]}
+    assert set(files) == {(w, lay) for w in ("gpuload", label) for lay in ("rows:1", "cols:4")}
+    for (what, _lay), path in files.items():  # each row ran the gpuload it names
+        assert path.is_relative_to(base) == (what == label), (what, path)
+    assert all(g["ratio_base"] > 0 for g in info["summary"] if g["what"] == "gpuload")
+    assert f"vs {label}" in proc.stdout
