@@ -20,6 +20,7 @@ from gpuload import config, errors, loader
 from gpuload.api import LoadResult, Request, Spec, last_load, load, plan_load
 from gpuload.backend import release_pinned_memory
 from gpuload.backend.placement import is_gpu_available
+from gpuload.devices import Device
 from gpuload.format.reader import (
     CheckpointReader,
     latest_checkpoint,
@@ -63,6 +64,7 @@ __all__ = [
     "errors",
     "loader",
     "is_gpu_available",
+    "Device",
     "release_pinned_memory",
     "load",
     "plan_load",

@@ -292,7 +292,9 @@ def _box(name, r: Request, shape) -> Box:
     if sum(given) > 1:
         raise InvalidArgumentError(f"request {name!r}: give one of box=, rows=, columns=")
     if r.rows is not None or r.columns is not None:
-        axis, (a, b) = (0, r.rows) if r.rows is not None else (1, r.columns)
+        axis, bounds = (0, r.rows) if r.rows is not None else (1, r.columns)
+        assert bounds is not None  # one of the two, checked above
+        a, b = bounds
         if len(shape) <= axis:
             raise InvalidArgumentError(f"request {name!r}: tensor {r.key!r} of shape {list(shape)} has no axis {axis}")
         slices = [slice(None)] * len(shape)
