@@ -6,6 +6,11 @@ Threads and hand-offs
   that order, so the lowest unread chunks always own the slots and the in-order consumer
   cannot starve), ``preadv`` the chunk into the slot and CRC the chunk's spans there,
   in parallel.
+* Chunks whose copies all go to the CPU are copied out in the reader thread as they
+  stream: each cache-sized piece is read into the thread's small buffer, checksummed and
+  copied into the destinations while it is still in the CPU cache; such a chunk takes a
+  ring slot only as its turn (the slot's memory is never touched). Chunks that land
+  whole in their destinations (row parts) are read in place.
 * The calling thread consumes chunks in plan order: it hands each to the backend of every
   device the chunk has copies for (an async H2D + kernels on CUDA; a NumPy copy on the
   host) and folds the chunk's span CRCs into their entries' running CRCs.
@@ -53,6 +58,7 @@ class LoadStats:
     wait_read_s: float = 0.0
     drain_s: float = 0.0
     wall_s: float = 0.0
+    #: Staging memory: the ring's slots allocated, plus the readers' streaming buffers.
     ring_bytes: int = 0
     #: Seconds spent getting the ring's slots: pinning them on the first GPU load of the
     #: process, ~0 on later ones (the pinned ring is kept; see
@@ -295,6 +301,8 @@ class _Stream:
         self.errors: list[BaseException] = []
         self.read_s = self.crc_s = self.copy_s = 0.0
         self.scratch_bytes = 0
+        self.running = [0] * len(plan.checks)  # running raw CRC per check
+        self.seen = [0] * len(plan.checks)  # bytes folded into it so far
         self.release_q: queue.SimpleQueue = queue.SimpleQueue()
         self.ring: Ring | None = None
 
@@ -422,8 +430,6 @@ class _Stream:
             for i in range(max(1, min(config.reader_threads, len(chunks))))
         ]
         rel_thread = threading.Thread(target=self._releaser, name="gpuload-releaser", daemon=True)
-        self.running = [0] * len(self.plan.checks)  # running raw CRC per check
-        self.seen = [0] * len(self.plan.checks)
         launched: list[threading.Thread] = []  # start() called: to be joined, whether or not it returned
         bar = None
         failure = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
+from box_cases import edge_cases
 
 import gpuload
 from gpuload import config
@@ -21,8 +22,6 @@ from gpuload.backend.host import HostBackend
 from gpuload.errors import ChecksumError
 from gpuload.format import crc as crcmod
 from gpuload.plan.plan import Chunk, CrcSpan
-
-from box_cases import edge_cases
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 

@@ -298,14 +298,12 @@ class _Slabs:
         n = k1 - k0
         if n <= 0:
             return
-        sview = np.ndarray(
-            (n, *self._shape), dtype=self._sdt, buffer=buf, offset=self.start + k0 * self.step - base,
-            strides=self._sstr,
-        )  # fmt: skip
+        shape = (n, *self._shape)
+        start = self.start + k0 * self.step - base
+        sview = np.ndarray(shape, dtype=self._sdt, buffer=buf, offset=start, strides=self._sstr)
         dview = np.ndarray(
-            (n, *self._shape), dtype=self._ddt, buffer=self._dbuf, offset=self._doff + k0 * self._dstep,
-            strides=self._dstr,
-        )  # fmt: skip
+            shape, dtype=self._ddt, buffer=self._dbuf, offset=self._doff + k0 * self._dstep, strides=self._dstr
+        )
         if not self._cast:
             np.copyto(dview, sview)
             return
