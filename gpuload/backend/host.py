@@ -251,8 +251,22 @@ class _Slabs:
     piece while each piece is still in the CPU cache (see :class:`StreamCopy`).
     """
 
-    __slots__ = ("count", "start", "step", "span", "_shape", "_sdt", "_sstr", "_ddt", "_dstr", "_dbuf", "_doff",
-                 "_dstep", "_via", "_cast")  # fmt: skip
+    __slots__ = (
+        "count",
+        "start",
+        "step",
+        "span",
+        "_shape",
+        "_sdt",
+        "_sstr",
+        "_ddt",
+        "_dstr",
+        "_dbuf",
+        "_doff",
+        "_dstep",
+        "_via",
+        "_cast",
+    )
 
     def __init__(self, copy: BoxCopy, src_dtype: Any, dst: np.ndarray, dst_dtype: Any, chunk_nbytes: int) -> None:
         src_dtype, dst_dtype = np.dtype(src_dtype), np.dtype(dst_dtype)
