@@ -36,7 +36,7 @@ STAGES = {
     "ring_acquire": (ring_mod.Ring, "acquire", "before"),
     "read": (reader_mod.ShardFiles, "read_into", "before"),
     "crc": (crc_mod, "crc32c", "before"),
-    "copy": (host_mod.HostBackend, "submit", "before"),
+    "copy": (host_mod.StreamCopy, "feed", "before"),  # column parts: copied out as each piece streams
     "consumer": (crc_mod, "crc32c_combine", "before"),
     "verify": (sched_mod, "_verify", "before"),
     "releaser": (host_mod.CompletedToken, "wait", "before"),

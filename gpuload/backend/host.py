@@ -1,13 +1,15 @@
 """The NumPy twin of ``kernels/box_copy.cu``, and the CPU backend built on it.
 
 :func:`box_copy` executes one :class:`~gpuload.plan.copies.BoxCopy` with NumPy: the source
-box and the destination box become strided views (``as_strided``) and one ``np.copyto``
-moves and converts the elements, so a dense copy runs at ``memcpy`` speed and nothing
-loops over elements in Python. It accepts exactly the dtype pairs the kernels do (the
-cast table of :mod:`gpuload.backend.contract`), with the same results bit for bit. The
-definition both follow is TensorFlow's ``Cast`` (Eigen's conversions); NumPy and
-ml_dtypes do each single rounding, and the twin spells out where TensorFlow rounds twice
-rather than inheriting whatever the installed library version does.
+box and the destination box become strided views and one ``np.copyto`` moves and
+converts the elements, so a dense copy runs at ``memcpy`` speed and nothing loops over
+elements in Python. :class:`StreamCopy` runs a chunk's copies the same way, slab by slab,
+on windows of the chunk as a reader streams it through a small cache-sized buffer. It
+accepts exactly the dtype pairs the kernels do (the cast table of
+:mod:`gpuload.backend.contract`), with the same results bit for bit. The definition both
+follow is TensorFlow's ``Cast`` (Eigen's conversions); NumPy and ml_dtypes do each single
+rounding, and the twin spells out where TensorFlow rounds twice rather than inheriting
+whatever the installed library version does.
 
 :class:`HostBackend` is the ``"/device:CPU:0"`` backend: destinations are NumPy arrays,
 the staging ring is page-aligned anonymous memory, and :meth:`HostBackend.submit` runs
@@ -38,12 +40,11 @@ import time
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from gpuload.backend.contract import BF16, cast_code, check_copy, check_gather
 from gpuload.plan.copies import BoxCopy, GatherCopy
 
-__all__ = ["CompletedToken", "HostBackend", "box_copy", "gather_copy"]
+__all__ = ["CompletedToken", "HostBackend", "StreamCopy", "box_copy", "gather_copy"]
 
 #: Casts that TensorFlow rounds twice, through float32 (see the module notes). The value
 #: is the intermediate dtype; every other pair is one NumPy / ml_dtypes cast, which rounds
@@ -106,35 +107,151 @@ def box_copy(src: np.ndarray, src_dtype: Any, dst: np.ndarray, dst_dtype: Any, c
     TypeError
         ``src`` or ``dst`` is not an array of the expected layout.
     """
-    src_dtype, dst_dtype = np.dtype(src_dtype), np.dtype(dst_dtype)
-    cast_code(src_dtype, dst_dtype)  # the twin refuses exactly what the kernels refuse
     chunk = _chunk_bytes(src)
-    flat = _flat_dest(dst, dst_dtype)
-    check_copy(copy, chunk.nbytes, src_dtype.itemsize, flat.size)
-    if copy.size == 0:
-        return
-    if src_dtype == dst_dtype:
-        if len(copy.shape) >= 2 and copy.src_strides[-1] == 1 and copy.dst_strides[-1] == 1:
-            _copy_rows(chunk, flat, src_dtype.itemsize, copy)
+    slabs = _Slabs(copy, src_dtype, dst, dst_dtype, chunk.nbytes)
+    slabs.run(chunk, 0, 0, slabs.count)
+
+
+class _Slabs:
+    """One checked :class:`BoxCopy`, run slab by slab: slab ``k`` is index ``k`` of its outermost axis.
+
+    The views of both sides are set up once; :meth:`run` copies any range of slabs out of
+    a buffer that holds some window of the chunk, so a chunk can be copied out piece by
+    piece while each piece is still in the CPU cache (see :class:`StreamCopy`).
+    """
+
+    __slots__ = (
+        "count",
+        "start",
+        "step",
+        "span",
+        "_shape",
+        "_sdt",
+        "_sstr",
+        "_ddt",
+        "_dstr",
+        "_dbuf",
+        "_doff",
+        "_dstep",
+        "_via",
+        "_cast",
+    )
+
+    def __init__(self, copy: BoxCopy, src_dtype: Any, dst: np.ndarray, dst_dtype: Any, chunk_nbytes: int) -> None:
+        src_dtype, dst_dtype = np.dtype(src_dtype), np.dtype(dst_dtype)
+        cast_code(src_dtype, dst_dtype)  # the twin refuses exactly what the kernels refuse
+        flat = _flat_dest(dst, dst_dtype)
+        check_copy(copy, chunk_nbytes, src_dtype.itemsize, flat.size)
+        shape = tuple(copy.shape) or (1,)
+        s_str, d_str = tuple(copy.src_strides) or (1,), tuple(copy.dst_strides) or (1,)
+        self.count = shape[0] if copy.size else 0
+        s_size, d_size = src_dtype.itemsize, dst_dtype.itemsize
+        #: Chunk byte of slab 0, bytes between slabs, bytes one slab spans.
+        self.start = copy.src_offset
+        self.step = s_str[0] * s_size
+        self.span = s_size * (1 + sum((n - 1) * s for n, s in zip(shape[1:], s_str[1:])))
+        self._dstep = d_str[0] * d_size
+        self._doff = copy.dst_offset * d_size
+        self._dbuf = flat.view(np.uint8)
+        self._via = None
+        self._cast = src_dtype != dst_dtype
+        if not self._cast and len(shape) >= 2 and s_str[-1] == 1 and d_str[-1] == 1:
+            # Each dense innermost run is one ``void`` record: NumPy's strided copy then
+            # loops per run (a memcpy each) rather than per element.
+            run = np.dtype((np.void, shape[-1] * s_size))
+            shape, s_str, d_str = shape[:-1], s_str[:-1], d_str[:-1]
+            self._sdt = self._ddt = run
+            self._sstr = tuple(s * src_dtype.itemsize for s in s_str)
+            self._dstr = tuple(d * dst_dtype.itemsize for d in d_str)
+        else:
+            if not self._cast:
+                # Identity: move raw bits (keeps NaN payloads and any bool byte as they are).
+                src_dtype = dst_dtype = _RAW_DTYPES[s_size]
+            self._sdt, self._ddt = src_dtype, dst_dtype
+            self._via = _VIA_FLOAT32.get((src_dtype, dst_dtype))
+            self._sstr = tuple(s * s_size for s in s_str)
+            self._dstr = tuple(d * d_size for d in d_str)
+        self._shape = shape[1:]
+
+    def run(self, buf: np.ndarray, base: int, k0: int, k1: int) -> None:
+        """Copy slabs ``k0 .. k1 - 1``; ``buf`` holds the chunk's bytes from ``base`` on.
+
+        The caller guarantees that ``buf`` holds every byte of those slabs.
+        """
+        n = k1 - k0
+        if n <= 0:
             return
-        # Identity: move raw bits (keeps NaN payloads and any bool byte as they are).
-        src_dtype = dst_dtype = _RAW_DTYPES[src_dtype.itemsize]
-        flat = flat.view(dst_dtype)
-    s_size, d_size = src_dtype.itemsize, dst_dtype.itemsize
-    src_extent = 1 + sum((n - 1) * s for n, s in zip(copy.shape, copy.src_strides))
-    dst_extent = 1 + sum((n - 1) * d for n, d in zip(copy.shape, copy.dst_strides))
-    base = chunk[copy.src_offset : copy.src_offset + src_extent * s_size].view(src_dtype)
-    sview = as_strided(base, shape=copy.shape, strides=tuple(s * s_size for s in copy.src_strides), writeable=False)
-    target = flat[copy.dst_offset : copy.dst_offset + dst_extent]
-    dview = as_strided(target, shape=copy.shape, strides=tuple(d * d_size for d in copy.dst_strides))
-    via = _VIA_FLOAT32.get((src_dtype, dst_dtype))
-    # Overflow to inf and NaN conversions are the specified results, not errors.
-    with np.errstate(all="ignore"):
-        if via is not None:
-            # The first rounding, made explicit; the temporary is the box in float32 (half
-            # the chunk's bytes at most: the source elements are float64).
-            sview = sview.astype(via)
-        np.copyto(dview, sview, casting="unsafe")
+        shape = (n, *self._shape)
+        start = self.start + k0 * self.step - base
+        sview = np.ndarray(shape, dtype=self._sdt, buffer=buf, offset=start, strides=self._sstr)
+        dview = np.ndarray(
+            shape, dtype=self._ddt, buffer=self._dbuf, offset=self._doff + k0 * self._dstep, strides=self._dstr
+        )
+        if not self._cast:
+            np.copyto(dview, sview)
+            return
+        # Overflow to inf and NaN conversions are the specified results, not errors.
+        with np.errstate(all="ignore"):
+            if self._via is not None:
+                # The first rounding, made explicit; the temporary is the slabs in float32.
+                sview = sview.astype(self._via)
+            np.copyto(dview, sview, casting="unsafe")
+
+
+class StreamCopy:
+    """A chunk's box copies, applied window by window while the chunk streams through a small buffer.
+
+    Made by :meth:`HostBackend.stream`. A reader reads the chunk piece by piece into a
+    buffer that holds a window of it and calls :meth:`feed` after each piece: every slab
+    (outermost index of a copy) that lies wholly inside the window and was not copied yet
+    is copied, while the piece is still in the CPU cache. :meth:`feed` returns the first
+    chunk byte still needed, which the reader keeps in its buffer for the next window.
+    """
+
+    __slots__ = ("_backend", "_slabs", "_next", "_chunk_nbytes", "_written", "_ncopies")
+
+    def __init__(self, backend: HostBackend, slabs: list[_Slabs], chunk_nbytes: int, written: int, ncopies: int):
+        self._backend = backend
+        self._slabs = slabs
+        self._next = [0] * len(slabs)
+        self._chunk_nbytes = chunk_nbytes
+        self._written = written
+        self._ncopies = ncopies
+
+    def feed(self, window: np.ndarray, base: int) -> int:
+        """Copy what ``window`` (the chunk's bytes ``base .. base + len(window) - 1``) completes.
+
+        Returns the lowest chunk offset that a slab not copied yet starts at (``base +
+        len(window)`` when none does): the window's bytes from there on are still needed.
+        """
+        t0 = time.perf_counter()
+        end = base + window.nbytes
+        need = end
+        for i, s in enumerate(self._slabs):
+            k0 = self._next[i]
+            if k0 >= s.count:
+                continue
+            if s.start + k0 * s.step < base:
+                raise RuntimeError(f"window from chunk byte {base} misses slab {k0} at {s.start + k0 * s.step}")
+            last = end - s.start - s.span  # start of the last slab that ends inside the window, relative
+            k1 = 0 if last < 0 else min(s.count, last // s.step + 1 if s.step else s.count)
+            if k1 > k0:
+                s.run(window, base, k0, k1)
+                self._next[i] = k0 = k1
+            if k0 < s.count:
+                need = min(need, s.start + k0 * s.step)
+        self._backend.stats["copy_seconds"] += time.perf_counter() - t0
+        return need
+
+    def finish(self) -> None:
+        """Check that every slab was copied; count the chunk in the backend's stats."""
+        if any(k < s.count for k, s in zip(self._next, self._slabs)):
+            raise RuntimeError("the chunk was not streamed whole: some slabs were never copied")
+        st = self._backend.stats
+        st["submits"] += 1
+        st["copies"] += self._ncopies
+        st["chunk_bytes"] += self._chunk_nbytes
+        st["bytes_written"] += self._written
 
 
 def _box_offsets(shape, strides) -> np.ndarray:
@@ -216,31 +333,6 @@ def _anonymous(nbytes: int) -> mmap.mmap:
         except OSError:  # THP disabled or unsupported: 4 KiB pages still work
             pass
     return buf
-
-
-def _copy_rows(chunk: np.ndarray, flat: np.ndarray, itemsize: int, copy: BoxCopy) -> None:
-    """Same-dtype copy whose innermost axis is dense on both sides, one record per row.
-
-    NumPy's strided copy loops per element; viewing each dense run as one ``void`` record
-    makes it loop per run (``memcpy`` each), 3-4x faster for column partitions.
-    """
-    run = np.dtype((np.void, copy.shape[-1] * itemsize))
-    outer = copy.shape[:-1]
-    sview = np.ndarray(
-        outer,
-        dtype=run,
-        buffer=chunk,
-        offset=copy.src_offset,
-        strides=tuple(s * itemsize for s in copy.src_strides[:-1]),
-    )
-    dview = np.ndarray(
-        outer,
-        dtype=run,
-        buffer=flat.view(np.uint8),
-        offset=copy.dst_offset * itemsize,
-        strides=tuple(d * itemsize for d in copy.dst_strides[:-1]),
-    )
-    np.copyto(dview, sview)
 
 
 class CompletedToken:
@@ -366,6 +458,50 @@ class HostBackend:
         st["bytes_written"] += written
         st["copy_seconds"] += time.perf_counter() - t0
         return _COMPLETED
+
+    def stream(
+        self,
+        chunk_nbytes: int,
+        copies: list[BoxCopy],
+        dests: list,
+        dtypes: list[tuple[Any, Any]],
+        max_span: int,
+    ) -> StreamCopy | None:
+        """The chunk's copies, ready to run window by window as the chunk is read (see :class:`StreamCopy`).
+
+        Parameters
+        ----------
+        chunk_nbytes:
+            Bytes in the chunk.
+        copies, dests, dtypes:
+            As for :meth:`submit`.
+        max_span:
+            Most bytes one slab (the outermost index of a copy) may span: a reader holds at
+            most this much of the chunk back between windows.
+
+        Returns
+        -------
+        StreamCopy or None
+            ``None`` when some copy is a gather or has slabs wider than ``max_span``: the
+            chunk must then be staged whole and given to :meth:`submit`.
+
+        Raises
+        ------
+        PlanError
+            As :func:`box_copy`, checked here for the whole chunk.
+        """
+        slabs = []
+        written = 0
+        for c in copies:
+            if not isinstance(c, BoxCopy):
+                return None
+            src_dtype, dst_dtype = dtypes[c.dest]
+            s = _Slabs(c, src_dtype, dests[c.dest], dst_dtype, chunk_nbytes)
+            if s.span > max_span:
+                return None
+            slabs.append(s)
+            written += c.size * np.dtype(dst_dtype).itemsize
+        return StreamCopy(self, slabs, chunk_nbytes, written, len(copies))
 
     def adopt(self, array: Any, stream: int | None = None) -> np.ndarray:
         """Take a prefilled or caller-provided destination as it is (host work is synchronous)."""
