@@ -172,7 +172,8 @@ def load(checkpoint, requests, *, config=None, allow_cast: bool = False) -> Load
         A key is not in the checkpoint, a box lies outside its tensor, or dtypes differ
         without ``allow_cast``.
     ChecksumError, ShardReadError
-        The data did not read back as stored.
+        The data did not read back as stored (``ShardReadError``: a data file missing,
+        truncated or unreadable; its ``tensor`` names a tensor of the failed read).
 
     Examples
     --------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gpuload.errors import CheckpointError, GpuloadError
+from gpuload.errors import CheckpointError, CheckpointFormatError, GpuloadError, ShardReadError
 
 __all__ = ["main", "subcommand", "build_parser"]
 
@@ -148,7 +148,7 @@ def _print_tensors(bundle, names, out) -> int:
     for name in names:
         try:
             value = bundle.read_tensor(name)
-        except CheckpointError as e:
+        except (CheckpointError, ShardReadError) as e:  # one bad tensor (or data file) does not stop the rest
             print(f"{name}: error: {e}", file=sys.stderr)
             status = 1
             continue
@@ -204,13 +204,15 @@ def _verify(bundle, out, progress: bool) -> int:
 
             try:
                 bundle.verify_entry(e, progress=step)
-            except CheckpointError as err:
+            except (CheckpointError, ShardReadError) as err:  # a missing data file fails its entries only
                 bad.append((bundle.tensor_of(e), err))
                 bar.update(e.size - done)
     if bad:
         for name, err in bad:
-            print(f"CORRUPT {name}: {err}", file=out)
-        print(f"verify: {len(bad)} of {len(entries)} stored entries are corrupt", file=out)
+            # a file that cannot be read (missing, I/O error) says nothing of its bytes
+            label = "CORRUPT" if isinstance(err, CheckpointFormatError) else "UNREADABLE"
+            print(f"{label} {name}: {err}", file=out)
+        print(f"verify: {len(bad)} of {len(entries)} stored entries are corrupt or unreadable", file=out)
         return 1
     print(f"verify: all {len(entries)} stored entries ok ({_human(total)})", file=out)
     return 0

@@ -10,6 +10,8 @@ Messages name the file, the tensor, what was expected and what was found.
 
 from __future__ import annotations
 
+import errno as _errno
+
 __all__ = [
     "GpuloadError",
     "CheckpointError",
@@ -24,6 +26,7 @@ __all__ = [
     "UninitializedVariableError",
     "CheckpointFileError",
     "TruncatedCheckpointError",
+    "MissingDataFileError",
     "CheckpointChangedError",
     "InvalidArgumentError",
     "ArgumentTypeError",
@@ -125,7 +128,33 @@ class PlanError(GpuloadError, ValueError):
 
 
 class ShardReadError(GpuloadError, OSError):
-    """Reading a checkpoint data file failed during a load (missing, truncated, I/O error)."""
+    """Reading a checkpoint data file failed (missing, truncated, I/O error).
+
+    Raised wherever data files are read: by a load's reader threads and by
+    :class:`~gpuload.format.bundle.Bundle` (``CheckpointReader``) reads alike.
+
+    Attributes
+    ----------
+    tensor:
+        The tensor whose bytes were being read, when known (else ``None``).
+    """
+
+    tensor: str | None = None
+
+    @classmethod
+    def failed_read(
+        cls, exc: OSError, *, path, offset: int, size: int, tensor=None, what: str | None = None
+    ) -> ShardReadError:
+        """A read of ``size`` bytes at ``offset`` of ``path`` failed with ``exc`` (an I/O error).
+
+        ``tensor`` is the tensor whose bytes these are (``.tensor``); ``what`` says it in
+        the message when it says more than ``tensor 'name'``.
+        """
+        where = _where(tensor, what)
+        who = "" if where is None else f" ({where})"
+        err = cls(exc.errno, f"read of {size} bytes at offset {offset}{who} failed: {exc.strerror}", str(path))
+        err.tensor = tensor
+        return err
 
 
 class DeviceUnavailableError(GpuloadError, RuntimeError):
@@ -177,16 +206,79 @@ class TruncatedCheckpointError(CheckpointFileError):
     """
 
     @classmethod
-    def short_read(cls, *, path, offset: int, expected: int, end: int, tensor=None) -> TruncatedCheckpointError:
-        """``expected`` bytes were needed at ``offset`` of ``path``, but the file ends at ``end``."""
-        err = cls(
+    def short_read(
+        cls, *, path, offset: int, expected: int, end: int, tensor=None, what: str | None = None
+    ) -> TruncatedCheckpointError:
+        """``expected`` bytes were needed at ``offset`` of ``path``, but the file ends at ``end``.
+
+        ``tensor`` is the tensor whose bytes these are (``.tensor``); ``what`` says it in
+        the message when it says more than ``tensor 'name'`` (a stored slice, several
+        tensors).
+        """
+        message = (
             f"expected {expected} bytes at offset {offset}, found {max(0, end - offset)}: the file ends at byte "
-            f"{end}; the data file is truncated, or is not the one the index describes",
+            f"{end}; the data file is truncated, or is not the one the index describes"
+        )
+        where = _where(tensor, what)
+        err = cls(f"{where}: {message}" if where else message, path=path)
+        err.tensor, err.offset = tensor, offset  # named in the message already, not in its prefix
+        return err
+
+
+class MissingDataFileError(CheckpointNotFoundError, ShardReadError):
+    """A data file the index refers to is not there (``errno`` ENOENT).
+
+    Found when the checkpoint is opened, or when a file deleted or renamed after that is
+    read (by a load or a reader). Built by :meth:`missing` in both cases, and both a
+    :class:`CheckpointNotFoundError` (a ``ValueError``, what opening raises) and a
+    :class:`ShardReadError` (an ``OSError``, what a failed read raises).
+
+    Attributes
+    ----------
+    path:
+        The missing data file.
+    shard, num_shards:
+        Its shard number and the checkpoint's number of shards (``None`` when unknown).
+    tensor:
+        The tensor whose bytes were wanted from it, when known.
+    """
+
+    def __init__(self, message: str, *, path, shard=None, num_shards=None, tensor=None):
+        super().__init__(message)
+        self.errno = _errno.ENOENT
+        self.strerror = "No such file or directory"
+        self.path = self.filename = str(path)
+        self.shard, self.num_shards, self.tensor = shard, num_shards, tensor
+
+    def __str__(self):
+        return self.args[0]
+
+    @classmethod
+    def missing(
+        cls, *, path, shard=None, num_shards=None, tensor=None, what: str | None = None
+    ) -> MissingDataFileError:
+        """Data file ``path`` (shard ``shard`` of ``num_shards``), which holds ``tensor``, is missing.
+
+        ``what`` says the tensor in the message when it says more than ``tensor 'name'``.
+        """
+        which = "" if shard is None else f" (shard {shard} of {num_shards})"
+        where = _where(tensor, what)
+        holds = f", which holds {where}," if where else ""
+        return cls(
+            f"data file {str(path)!r}{which}{holds} is missing: the checkpoint is incomplete, or the file was "
+            f"deleted or renamed after the checkpoint was opened",
             path=path,
+            shard=shard,
+            num_shards=num_shards,
             tensor=tensor,
         )
-        err.offset = offset  # named in the message already, not in its prefix
-        return err
+
+
+def _where(tensor, what: str | None) -> str | None:
+    """How a message names the bytes concerned: ``what``, else ``tensor 'name'``, else nothing."""
+    if what is not None:
+        return what
+    return None if tensor is None else f"tensor {tensor!r}"
 
 
 class CheckpointChangedError(CheckpointFileError):

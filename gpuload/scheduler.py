@@ -38,6 +38,7 @@ import numpy as np
 
 from gpuload.errors import DeviceError, DeviceMemoryError, OutOfMemoryError
 from gpuload.format import crc as crcmod
+from gpuload.format.keys import describe_key
 from gpuload.io.reader import ShardFiles
 from gpuload.io.ring import ALIGN, Ring, RingClosed
 
@@ -368,8 +369,9 @@ class _Stream:
         more), the spans' raw CRCs and the (read, crc, copy) seconds.
         """
         c = self.chunks[idx]
+        names = _chunk_tensors(self.plan, c)
         if streams is not None:
-            crcs, tc, tcopy, total = _read_crc_stream(self.files, c, scratch, streams)
+            crcs, tc, tcopy, total = _read_crc_stream(self.files, c, scratch, streams, names)
             return None, crcs, (total - tc - tcopy, tc, tcopy)
         # The slot's memory is taken (allocated on first use) outside the read's clock: that
         # time is pin_s, not read_s.
@@ -377,16 +379,16 @@ class _Stream:
         buf = self.ring.buffer(slot) if direct is None else None
         t = time.perf_counter()
         if direct is not None:
-            crcs, tc = _read_crc(self.files, c, direct)
+            crcs, tc = _read_crc(self.files, c, direct, names)
             view = None
         elif self.config.direct_io:
-            view = self.files.read(c.file, c.offset, c.size, buf)
+            view = self.files.read(c.file, c.offset, c.size, buf, tensor=names[0], what=names[1])
             t1 = time.perf_counter()
             crcs = [crcmod.crc32c(view[s.chunk_offset : s.chunk_offset + s.size]) for s in c.crc_spans]
             tc = time.perf_counter() - t1
         else:
             view = memoryview(buf).cast("B")[: c.size]
-            crcs, tc = _read_crc(self.files, c, [view])
+            crcs, tc = _read_crc(self.files, c, [view], names)
         t2 = time.perf_counter()
         if view is not None and self.inline[idx]:
             chunk_bytes = np.frombuffer(view, dtype=np.uint8)
@@ -671,9 +673,32 @@ class _SpanCrcs:
         self.seconds += time.perf_counter() - t
 
 
-def _read_crc(files, chunk, buffers):
+def _chunk_tensors(plan, chunk) -> tuple[str | None, str | None]:
+    """``(tensor, what)`` that a failed read of ``chunk`` names (see :meth:`ShardFiles.read`).
+
+    The tensors are those of the stored entries the chunk's CRC spans check (which know
+    the stored slice), else those its copies fill; a chunk of several tensors names the
+    first, in file order, and how many more.
+    """
+    spans = chunk.crc_spans
+    if spans:
+        tensor, part = describe_key(plan.checks[spans[0].check].key)
+        more = len({s.check for s in spans}) - 1  # stored entries
+    elif chunk.copies:
+        tensor, part = plan.destinations[chunk.copies[0].dest].source, None
+        more = len({plan.destinations[cp.dest].source for cp in chunk.copies}) - 1
+    else:
+        return None, None
+    what = None if part is None else f"tensor {tensor!r} slice {part}"
+    if more:
+        what = f"{what or f'tensor {tensor!r}'} and {more} more"
+    return tensor, what
+
+
+def _read_crc(files, chunk, buffers, names=(None, None)):
     """Read ``chunk`` into ``buffers`` (which tile it) piece by piece, CRCing its spans.
 
+    ``names``: the ``(tensor, what)`` its errors name (:func:`_chunk_tensors`).
     Returns the raw CRC of each of the chunk's spans, and the seconds spent on CRC.
     """
     crcs = _SpanCrcs(chunk.crc_spans)
@@ -684,14 +709,14 @@ def _read_crc(files, chunk, buffers):
         while done < n:
             take = min(_PIECE, n - done)
             piece = buf[done : done + take]
-            files.read_into(chunk.file, chunk.offset + pos + done, [piece])
+            files.read_into(chunk.file, chunk.offset + pos + done, [piece], tensor=names[0], what=names[1])
             crcs.feed(piece, pos + done)
             done += take
         pos += n
     return crcs.values, crcs.seconds
 
 
-def _read_crc_stream(files, chunk, scratch, streams):
+def _read_crc_stream(files, chunk, scratch, streams, names=(None, None)):
     """Read ``chunk`` through ``scratch`` piece by piece: CRC each piece, then copy out what it completes.
 
     ``scratch`` holds a window of the chunk: the bytes still needed by a slab that began
@@ -711,7 +736,7 @@ def _read_crc_stream(files, chunk, scratch, streams):
     while pos < chunk.size:
         take = min(_STREAM_PIECE, chunk.size - pos)
         piece = scratch[held : held + take]
-        files.read_into(chunk.file, chunk.offset + pos, [piece])
+        files.read_into(chunk.file, chunk.offset + pos, [piece], tensor=names[0], what=names[1])
         crcs.feed(piece, pos)
         pos += take
         t = time.perf_counter()

@@ -550,3 +550,31 @@ def test_pinning_failure_gives_back_the_slots_it_got(tmp_path, sim, monkeypatch)
     with pytest.raises(DeviceMemoryError, match="/device:GPU:0: out of memory while pinning"):
         _load(prefix, "t", table.shape, "float32", [2, 1], "/gpu:0", chunk_bytes=4096, ring_bytes=4 * 4096)
     assert len(made) == 2 and pinned_pool_bytes()["lent"] == 0
+
+
+def test_submits_do_not_parse_the_device(tmp_path, monkeypatch, mode_sim):
+    """A token takes the load's canonical device string: no ``Device`` is built per submit."""
+    from gpuload.backend import cuda
+
+    table = np.random.default_rng(3).standard_normal((1000, 16)).astype(np.float32)
+    prefix = _ckpt(tmp_path, {"t": table})
+    real = cuda.Device
+    made = []
+
+    class Counting:
+        @staticmethod
+        def gpu(index):
+            made.append(index)
+            return real.gpu(index)
+
+    monkeypatch.setattr(cuda, "Device", Counting)
+    cfg = dict(chunk_bytes=4096, ring_bytes=3 * 4096)
+    _load(prefix, "t", table.shape, "float32", None, "/gpu:1", **cfg)  # opens the backend, pins the ring
+    gpuload.reset_default_graph()
+    made.clear()
+    before = _backend(1).stats["submits"]
+    v = _load(prefix, "t", table.shape, "float32", None, "/gpu:1", **cfg)
+    np.testing.assert_array_equal(v.numpy(), table)
+    submits = _backend(1).stats["submits"] - before
+    assert submits >= 10
+    assert made == [], f"{len(made)} devices parsed for {submits} submits"

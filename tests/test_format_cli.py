@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,36 @@ def test_usage_errors():
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+def test_a_data_file_gone_after_opening_is_reported_per_tensor(golden_ckpts, tmp_path, capsys, monkeypatch):
+    """--tensor and --verify report the tensors of a data file deleted after opening, and go on."""
+    d = copy_golden("sharded", tmp_path)
+    with Bundle.open(d) as b:
+        gone = b.shard_path(2)
+        lost = [e for e in b.data_entries() if e.shard_id == 2]
+        kept = next(n for n in b.names() if b.entry(n).shard_id != 2 and not b.entry(n).slices)
+        lost_name = b.tensor_of(lost[0])
+        n_entries = len(b.data_entries())
+    opened = Bundle.open.__func__
+
+    def open_then_lose(cls, *args, **kwargs):
+        bundle = opened(cls, *args, **kwargs)
+        if os.path.exists(gone):
+            os.rename(gone, gone + ".moved")
+        return bundle
+
+    monkeypatch.setattr(Bundle, "open", classmethod(open_then_lose))
+    assert lost and not lost[0].key.startswith("\x00")
+    assert main(["inspect", str(d), "--tensor", lost_name, "--tensor", kept]) == 1
+    captured = capsys.readouterr()
+    assert f"{lost_name}: error: data file {gone!r} (shard 2 of 3), which holds tensor {lost_name!r}, is missing" in (
+        captured.err
+    )
+    assert f"{kept}: " in captured.out  # printed after the error: the command went on
+    os.rename(gone + ".moved", gone)
+    assert main(["inspect", str(d), "--verify", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    unreadable = [line for line in out.splitlines() if line.startswith("UNREADABLE")]
+    assert len(unreadable) == len(lost) and all("(shard 2 of 3)" in line for line in unreadable)
+    assert f"verify: {len(lost)} of {n_entries} stored entries are corrupt or unreadable" in out

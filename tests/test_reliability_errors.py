@@ -112,9 +112,9 @@ def test_truncation_is_one_error_class_before_and_during_run(tmp_path, ckpt, mon
 
     real = reader_mod.ShardFiles._pread_full
 
-    def cut(self, fd, index, view, offset, allow_short=False):
+    def cut(self, fd, index, view, offset, allow_short=False, **names):
         os.truncate(self.paths[index], 8)
-        return real(self, fd, index, view, offset, allow_short)
+        return real(self, fd, index, view, offset, allow_short, **names)
 
     monkeypatch.setattr(reader_mod.ShardFiles, "_pread_full", cut)
     with pytest.raises(errors.TruncatedCheckpointError) as during:
@@ -127,6 +127,7 @@ def test_truncation_is_one_error_class_before_and_during_run(tmp_path, ckpt, mon
         assert isinstance(e, ValueError) and isinstance(e, OSError)
         assert isinstance(e, errors.CheckpointFormatError) and isinstance(e, errors.ShardReadError)
         assert "data-00000-of-00001" in str(e) and "truncated" in str(e)
+        assert e.tensor == "w"
     assert os.path.getsize(data) == 8
 
 

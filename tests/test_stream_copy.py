@@ -33,7 +33,7 @@ class _BytesFiles:
         self.data = data
         self.reads = []
 
-    def read_into(self, index, offset, buffers):
+    def read_into(self, index, offset, buffers, *, tensor=None, what=None):
         for buf in buffers:
             n = len(buf)
             np.frombuffer(buf, np.uint8)[:] = self.data[offset : offset + n]

@@ -118,10 +118,10 @@ class CudaToken:
 
     __slots__ = ("_cupy", "_device", "_events", "_index", "_keep")
 
-    def __init__(self, cupy, index: int, events: list, keep: tuple) -> None:
+    def __init__(self, cupy, index: int, device: str, events: list, keep: tuple) -> None:
         self._cupy = cupy
         self._index = index
-        self._device = str(Device.gpu(index))
+        self._device = device  # the load's canonical device string, parsed once per backend
         self._events = events
         self._keep = keep
 
@@ -710,7 +710,7 @@ class CudaLoad:
                         st["kernel_launches"] += 1
                         st["gather_copies"] += len(group)
                 events.append(ks.record(cp.cuda.Event(disable_timing=True)))
-        token = CudaToken(cp, self.index, events, (chunk, tuple(dests)))
+        token = CudaToken(cp, self.index, self.device, events, (chunk, tuple(dests)))
         slot.last = token
         self._backend._add_stats(submits=1, submit_seconds=time.perf_counter() - t0, **st)
         return token

@@ -83,12 +83,17 @@ class Bundle(BundleIndex):
         """Fill uint8 array ``dest`` from ``entry.offset + start``; extend ``crc`` unless None."""
         n = dest.size
         mv = memoryview(dest)
-        tensor = self.owner_of(entry)
+        tensor, part = self.describe(entry)  # a slice's errors name the slice; .tensor is its tensor
+        what = None if part is None else f"tensor {tensor!r} slice {part}"
         pos = 0
         while pos < n:
             want = min(n - pos, READ_PIECE_BYTES)
             self._files.pread(
-                entry.shard_id, entry.offset + start + pos, mv[pos : pos + want] if want < n else mv, tensor
+                entry.shard_id,
+                entry.offset + start + pos,
+                mv[pos : pos + want] if want < n else mv,
+                tensor=tensor,
+                what=what,
             )
             if crc is not None:
                 crc = crc32c(dest[pos : pos + want], crc)
@@ -178,12 +183,14 @@ class Bundle(BundleIndex):
         self._pread(entry, buf, 0, crc=None)
         data = buf.tobytes()
         del buf
+        tensor, part = self.describe(entry)
         values, crc = _strings.decode(
             data,
             entry.num_elements,
             big_endian=self.big_endian,
             path=self.shard_path(entry.shard_id),
-            tensor=self.owner_of(entry),
+            tensor=tensor,
+            part=part,
             offset=entry.offset,
             crc=verify,
         )

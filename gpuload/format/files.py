@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import stat
 import threading
 import weakref
 from collections.abc import Sequence
 
-from gpuload.errors import CheckpointFileError, ShardReadError, TruncatedCheckpointError
+from gpuload.errors import CheckpointFileError, MissingDataFileError, ShardReadError, TruncatedCheckpointError
 
 __all__ = [
     "open_regular",
@@ -102,6 +103,16 @@ def read_regular(path) -> tuple[bytes, os.stat_result]:
     return data, st
 
 
+_DATA_NAME = re.compile(r"\.data-(\d+)-of-(\d+)$")
+
+
+def _shard_number(path) -> tuple[int | None, int | None]:
+    """``(shard, num_shards)`` of a data file, from its name ``P.data-%05d-of-%05d`` (TF's
+    ``DataFilename``); ``(None, None)`` for a name not of that form."""
+    m = _DATA_NAME.search(os.fsdecode(path))
+    return (int(m[1]), int(m[2])) if m else (None, None)
+
+
 def _close_all(fds: dict) -> None:
     for fd in list(fds.values()):
         try:
@@ -132,8 +143,10 @@ class ShardFiles:
     ------
     CheckpointFileError
         A file is not a regular file (a FIFO, a device...).
+    MissingDataFileError
+        A file is missing (both a ``CheckpointNotFoundError`` and a ``ShardReadError``).
     ShardReadError
-        A file cannot be opened or read (missing, I/O error).
+        A file cannot be opened or read (permissions, I/O error).
     TruncatedCheckpointError
         A file ends before the bytes asked for.
     """
@@ -145,7 +158,7 @@ class ShardFiles:
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _close_all, self._fds)
 
-    def _fd(self, index: int) -> int:
+    def _fd(self, index: int, tensor: str | None, what: str | None) -> int:
         fd = self._fds.get(index)
         if fd is None:
             with self._lock:
@@ -156,7 +169,14 @@ class ShardFiles:
                     try:
                         fd = self._open(path, flags)
                     except NotRegularFileError as exc:
-                        raise CheckpointFileError.not_regular("checkpoint data file", path, exc) from None
+                        raise CheckpointFileError.not_regular(
+                            "checkpoint data file", path, exc, tensor=tensor
+                        ) from None
+                    except FileNotFoundError:
+                        shard, num_shards = _shard_number(path)
+                        raise MissingDataFileError.missing(
+                            path=path, shard=shard, num_shards=num_shards, tensor=tensor, what=what
+                        ) from None
                     except OSError as exc:
                         raise ShardReadError(
                             exc.errno, f"cannot open checkpoint data file: {exc.strerror}", path
@@ -175,13 +195,18 @@ class ShardFiles:
                 return open_regular(path)
             raise
 
-    def read(self, index: int, offset: int, size: int, slot) -> memoryview:
+    def read(
+        self, index: int, offset: int, size: int, slot, *, tensor: str | None = None, what: str | None = None
+    ) -> memoryview:
         """Read ``size`` bytes at ``offset`` of file ``index`` into ``slot``; return their view.
 
         With ``O_DIRECT`` the read covers the aligned superset and the returned view starts
-        inside the slot at the requested byte.
+        inside the slot at the requested byte. ``tensor`` (the tensor whose bytes these are,
+        the errors' ``.tensor``) and ``what`` (how messages say it, when that is more than
+        ``tensor 'name'``: a stored slice, several tensors) are named by the errors, as in
+        every read below.
         """
-        fd = self._fd(index)
+        fd = self._fd(index, tensor, what)
         buf = memoryview(slot).cast("B")
         if self.direct:
             start = offset - offset % ALIGN
@@ -189,57 +214,59 @@ class ShardFiles:
             got = 0
             while start + got < stop:
                 n = min(DIRECT_REQUEST, stop - start - got)
-                piece = self._pread_full(fd, index, buf[got : got + n], start + got, allow_short=True)
+                piece = self._pread_full(
+                    fd, index, buf[got : got + n], start + got, allow_short=True, tensor=tensor, what=what
+                )
                 got += piece
                 if piece < n:
                     break
             if got < offset + size - start:
                 raise TruncatedCheckpointError.short_read(
-                    path=self.paths[index], offset=offset, expected=size, end=start + got
+                    path=self.paths[index], offset=offset, expected=size, end=start + got, tensor=tensor, what=what
                 )
             skip = offset - start
             return buf[skip : skip + size]
-        self._pread_full(fd, index, buf[:size], offset)
+        self._pread_full(fd, index, buf[:size], offset, tensor=tensor, what=what)
         return buf[:size]
 
-    def read_into(self, index: int, offset: int, buffers) -> None:
+    def read_into(
+        self, index: int, offset: int, buffers, *, tensor: str | None = None, what: str | None = None
+    ) -> None:
         """Read consecutive bytes at ``offset`` of file ``index`` into ``buffers``, in order.
 
         The scatter form lets a chunk that lands whole in destination memory skip the ring
         (the host backend's zero-copy path). Not used with ``O_DIRECT``, whose alignment
-        rules destination buffers do not meet.
+        rules destination buffers do not meet. ``tensor``, ``what``: as for :meth:`read`.
         """
-        fd = self._fd(index)
+        fd = self._fd(index, tensor, what)
         for buf in buffers:
             view = memoryview(buf).cast("B")
-            self._pread_full(fd, index, view, offset)
+            self._pread_full(fd, index, view, offset, tensor=tensor, what=what)
             offset += len(view)
 
-    def pread(self, index: int, offset: int, view: memoryview, tensor: str | None = None) -> None:
-        """Fill ``view`` (a writable byte ``memoryview``) from ``offset`` of file ``index``.
+    def pread(self, index: int, offset: int, buf, *, tensor: str | None = None, what: str | None = None) -> None:
+        """Fill ``buf`` (a writable buffer, all its bytes) from ``offset`` of file ``index``.
 
-        ``tensor`` (the tensor whose bytes these are) is named by the errors.
+        ``tensor``, ``what``: as for :meth:`read`.
         """
-        self._pread_full(self._fd(index), index, view, offset, tensor=tensor)
+        view = memoryview(buf).cast("B")  # lengths below are bytes, whatever the buffer's format
+        self._pread_full(self._fd(index, tensor, what), index, view, offset, tensor=tensor, what=what)
 
-    def _pread_full(self, fd, index, view, offset, allow_short=False, *, tensor=None) -> int:
+    def _pread_full(self, fd, index, view, offset, allow_short=False, *, tensor=None, what=None) -> int:
         done = 0
         total = len(view)
         while done < total:
             try:
                 n = os.preadv(fd, [view[done:] if done else view], offset + done)
             except OSError as exc:
-                who = "" if tensor is None else f" (tensor {tensor!r})"
-                raise ShardReadError(
-                    exc.errno,
-                    f"read of {total} bytes at offset {offset}{who} failed: {exc.strerror}",
-                    self.paths[index],
+                raise ShardReadError.failed_read(
+                    exc, path=self.paths[index], offset=offset, size=total, tensor=tensor, what=what
                 ) from exc
             if n == 0:
                 if allow_short:
                     return done
                 raise TruncatedCheckpointError.short_read(
-                    path=self.paths[index], offset=offset, expected=total, end=offset + done, tensor=tensor
+                    path=self.paths[index], offset=offset, expected=total, end=offset + done, tensor=tensor, what=what
                 )
             done += n
         return done

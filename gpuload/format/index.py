@@ -29,6 +29,7 @@ from gpuload.errors import (
     CheckpointFileError,
     CheckpointFormatError,
     CheckpointNotFoundError,
+    MissingDataFileError,
     TruncatedCheckpointError,
     UnsupportedCheckpointError,
 )
@@ -309,7 +310,11 @@ class BundleIndex:
         for key, e in all_entries.items():
             if e.slices:
                 continue
-            self._check_data_entry(e, slice_owner.get(key, (key, None))[0], offsets[key])
+            owner = slice_owner.get(key)
+            if owner is None:
+                self._check_data_entry(e, key, offsets[key])
+            else:
+                self._check_data_entry(e, owner[0], offsets[key], what=f"tensor {owner[0]!r} slice {owner[1]}")
         key_bytes = [b""] + [r[0] for r in rows]
         self._set_keys(
             bytearray(b"".join(key_bytes)),
@@ -478,7 +483,7 @@ class BundleIndex:
             raw.append((start, length))
         return Box(tuple(starts), tuple(lengths)), raw
 
-    def _check_data_entry(self, e: TensorEntry, tensor: str, voff: int):
+    def _check_data_entry(self, e: TensorEntry, tensor: str, voff: int, *, what: str | None = None):
         if not 0 <= e.shard_id < self.num_shards:
             raise self._format_error(
                 f"shard_id {e.shard_id} is out of range: the checkpoint has {self.num_shards} shard(s)", tensor, voff
@@ -504,10 +509,15 @@ class BundleIndex:
                         tensor,
                         voff,
                     )
-        shard_size = self.shard_size(e.shard_id, tensor=tensor)
+        shard_size = self.shard_size(e.shard_id, tensor=tensor, what=what)
         if e.offset + e.size > shard_size:
             raise TruncatedCheckpointError.short_read(
-                path=self.shard_path(e.shard_id), offset=e.offset, expected=e.size, end=shard_size, tensor=tensor
+                path=self.shard_path(e.shard_id),
+                offset=e.offset,
+                expected=e.size,
+                end=shard_size,
+                tensor=tensor,
+                what=what,
             )
 
     # --- metadata ---------------------------------------------------------------------
@@ -519,13 +529,16 @@ class BundleIndex:
         """Path of data file ``shard_id``."""
         return data_filename(self.prefix, shard_id, self.num_shards)
 
-    def shard_size(self, shard_id: int, *, tensor: str | None = None) -> int:
+    def shard_size(self, shard_id: int, *, tensor: str | None = None, what: str | None = None) -> int:
         """Real size in bytes of data file ``shard_id`` (``os.stat``, cached).
+
+        ``tensor`` and ``what`` (see :meth:`describe`) name what was wanted from the file in
+        the error.
 
         Raises
         ------
-        CheckpointNotFoundError
-            The data file is missing.
+        MissingDataFileError
+            The data file is missing (a ``CheckpointNotFoundError``).
         """
         size = self._shard_sizes.get(shard_id)
         if size is None:
@@ -542,10 +555,8 @@ class BundleIndex:
                     )
                 size = st.st_size
             except FileNotFoundError:
-                who = f", which holds tensor {tensor!r}," if tensor is not None else ""
-                raise CheckpointNotFoundError(
-                    f"data file {path!r} (shard {shard_id} of {self.num_shards}){who} is missing; "
-                    f"checkpoint {self.prefix!r} is incomplete"
+                raise MissingDataFileError.missing(
+                    path=path, shard=shard_id, num_shards=self.num_shards, tensor=tensor, what=what
                 ) from None
             self._shard_sizes[shard_id] = size
         return size
@@ -630,10 +641,11 @@ class BundleIndex:
             return [StoredPiece(Box.full(e.shape), e)]
         return list(self._pieces[name])
 
-    def owner_of(self, entry: TensorEntry) -> str:
-        """The tensor whose bytes ``entry`` holds: its own key, or its partitioned tensor's."""
+    def describe(self, entry: TensorEntry) -> tuple[str, str | None]:
+        """``(tensor, part)`` for errors about ``entry``'s bytes: the tensor that owns them and,
+        for a stored slice, the slice (``"[0:4, 0:8]"``; ``None`` for a whole tensor)."""
         owner = self._slice_owner.get(entry.key)
-        return entry.key if owner is None else owner[0]
+        return (entry.key, None) if owner is None else (owner[0], str(owner[1]))
 
     def tensor_of(self, entry: TensorEntry) -> str:
         """Public tensor name (plus slice, for slice entries) for messages."""

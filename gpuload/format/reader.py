@@ -95,6 +95,13 @@ class CheckpointReader:
             :func:`load_variable`).
         ChecksumError
             Stored bytes do not match their CRC32C (when ``verify_crc``).
+        MissingDataFileError
+            The tensor's data file is gone (deleted or renamed since the checkpoint was
+            opened): a ``CheckpointNotFoundError`` and an ``OSError`` (ENOENT).
+        TruncatedCheckpointError
+            The data file ends before the tensor's bytes (truncated since it was opened).
+        ShardReadError
+            The data file cannot be read (an I/O error).
         """
         return self._bundle.read_tensor(tensor_str, verify=self.verify_crc)
 

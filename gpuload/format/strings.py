@@ -60,7 +60,9 @@ def write(f, strings) -> int:
     return mask(crc)
 
 
-def decode(data: bytes, count: int, *, big_endian: bool, path, tensor: str, offset: int, crc: bool):
+def decode(
+    data: bytes, count: int, *, big_endian: bool, path, tensor: str, offset: int, crc: bool, part: str | None = None
+):
     """Decode the stored bytes ``data`` of a string entry of ``count`` elements.
 
     The length checksum is always checked (it guards the lengths that the decoding trusts).
@@ -69,6 +71,8 @@ def decode(data: bytes, count: int, *, big_endian: bool, path, tensor: str, offs
     ----------
     path, tensor, offset:
         The data file, the tensor and the entry's offset in the file, for errors.
+    part:
+        For a stored slice of ``tensor``, the slice (``"[0:2, 0:8]"``), also for errors.
     crc:
         Also compute the entry's CRC (to compare with the index's).
 
@@ -85,15 +89,17 @@ def decode(data: bytes, count: int, *, big_endian: bool, path, tensor: str, offs
         The length checksum does not match the lengths.
     """
     ctx = Context(path, offset, tensor)
+    kind = "string tensor" if part is None else f"string tensor slice {part}"
     pos = 0
     lengths = []
     end = len(data)
+    what = "string length" if part is None else f"{kind}: string length"
     for _ in range(count):
-        length, pos = decode_varint(data, pos, end, ctx, "string length")
+        length, pos = decode_varint(data, pos, end, ctx, what)
         lengths.append(length)
     if pos + 4 > end:
         raise CheckpointFormatError(
-            f"string tensor: no room for the 4-byte length checksum after {count} lengths",
+            f"{kind}: no room for the 4-byte length checksum after {count} lengths",
             path=path,
             tensor=tensor,
             offset=offset + pos,
@@ -102,7 +108,7 @@ def decode(data: bytes, count: int, *, big_endian: bool, path, tensor: str, offs
     lcrc = _lengths_crc(lengths, big_endian)
     if stored != lcrc:
         raise ChecksumError(
-            f"string tensor: the length checksum does not match: stored 0x{stored:08x}, computed "
+            f"{kind}: the length checksum does not match: stored 0x{stored:08x}, computed "
             f"0x{lcrc:08x}; the data file may be truncated or corrupt",
             path=path,
             tensor=tensor,
@@ -111,7 +117,7 @@ def decode(data: bytes, count: int, *, big_endian: bool, path, tensor: str, offs
     total = sum(lengths)
     if total > end - pos - 4:
         raise CheckpointFormatError(
-            f"string tensor: lengths add up to {total} bytes but only {end - pos - 4} follow the lengths",
+            f"{kind}: lengths add up to {total} bytes but only {end - pos - 4} follow the lengths",
             path=path,
             tensor=tensor,
             offset=offset + pos + 4,
