@@ -125,11 +125,11 @@ def test_file_truncated_mid_load(tmp_path, monkeypatch):
     original = reader_mod.ShardFiles._pread_full
     calls = []
 
-    def pread_full(self, fd, index, view, offset, allow_short=False):
+    def pread_full(self, fd, index, view, offset, allow_short=False, **names):
         calls.append(offset)
         if len(calls) == 3:
             os.truncate(self.paths[index], offset + 10)
-        return original(self, fd, index, view, offset, allow_short)
+        return original(self, fd, index, view, offset, allow_short, **names)
 
     monkeypatch.setattr(reader_mod.ShardFiles, "_pread_full", pread_full)
     with config.set(chunk_bytes=4096, ring_bytes=3 * 4096, reader_threads=1, verify_crc=False):
@@ -137,6 +137,7 @@ def test_file_truncated_mid_load(tmp_path, monkeypatch):
             gpuload.global_variables_initializer().run()
     assert isinstance(info.value, OSError)
     assert "data-00000-of-00001" in str(info.value) and "ends at byte" in str(info.value)
+    assert info.value.tensor == "big" and "tensor 'big'" in str(info.value)
     for part in v:
         with pytest.raises(Exception, match="not initialized"):
             part.value()
