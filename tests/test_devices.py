@@ -160,3 +160,23 @@ def test_partial_or_foreign_specs_are_still_no_device(spec):
 def test_task_of_refuses_what_is_no_device_name(bad):
     with pytest.raises(ValueError, match="names more than one task|not a device string"):
         task_of(bad)
+
+
+def test_the_cpu_name_is_defined_once():
+    """Every layer takes the CPU's canonical name from gpuload.devices, none spells it itself."""
+    import ast
+
+    from conftest import REPO
+
+    from gpuload.devices import CPU_NAME
+    from gpuload.graph import store
+
+    literal = []
+    for path in sorted((REPO / "gpuload").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+                if node.value.value == "/device:CPU:0":
+                    literal.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert literal == []
+    assert CPU_NAME == str(CPU) == "/device:CPU:0"
+    assert placement.CPU is CPU_NAME and store.CPU_NAME is CPU_NAME
