@@ -48,7 +48,7 @@ def _consumer_bucket(frames, text) -> str:
         return "plan / setup / assign (outside the stream)"
     if "Condition.wait" in text or "cond.wait" in text:
         return "wait for reads"
-    if "crc32c_combine" in text or "_verify" in text:
+    if "crc32c_combine" in text or "verify_check" in text:
         return "crc combine / verify"
     if "submit" in text or "box_copy" in text or "copyto" in text:
         return "copy out of the ring (backend submit)"

@@ -33,7 +33,7 @@ import gpuload.backend.host as _host  # the CPU backend, built by backend_for
 from gpuload import config as config_mod
 from gpuload.backend.contract import converts
 from gpuload.backend.placement import backend_for, canonical_device
-from gpuload.devices import CPU, Device
+from gpuload.devices import CPU_NAME, Device
 from gpuload.errors import ArgumentTypeError, DeviceUnavailableError, InvalidArgumentError, TargetError
 from gpuload.format import dtypes as _dt
 from gpuload.format.reader import CheckpointReader
@@ -42,9 +42,19 @@ from gpuload.plan import Request as PlanRequest
 from gpuload.plan import build_plan
 from gpuload.scheduler import LoadStats, execute
 
-__all__ = ["Spec", "Request", "LoadResult", "load", "plan_load", "last_load", "normalize_requests"]
+__all__ = [
+    "Spec",
+    "Request",
+    "LoadResult",
+    "load",
+    "plan_load",
+    "last_load",
+    "normalize_requests",
+    "check_remap_target",
+    "open_checkpoints",
+]
 
-_CPU = str(CPU)
+_CPU = CPU_NAME
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +298,85 @@ def normalize_requests(requests) -> list[tuple[str, Request]]:
     return out
 
 
+def check_remap_target(name: str, request: Request) -> None:
+    """Refuse a remap request whose target is not an array holding its starting values.
+
+    :func:`load`'s rule, for clients that run a plan themselves
+    (:mod:`gpuload.distributed`): the rows a remap leaves alone keep the target's values,
+    so a :class:`Spec` (or no target) would hand them out uninitialised.
+    :func:`plan_load` alone takes a :class:`Spec` there.
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``request`` has a ``remap`` and a :class:`Spec` target, or none.
+    """
+    target = Spec() if request.target is None else request.target
+    if request.remap is not None and isinstance(target, Spec):
+        raise InvalidArgumentError(
+            f"request {name!r}: a remap request needs an array target holding the starting values, got {target!r}"
+        )
+
+
+def open_checkpoints(checkpoints, allow_cast: bool | Mapping = False, *, caller: str) -> list[tuple[Any, Any, bool]]:
+    """A multi-checkpoint load's ``{checkpoint: requests}`` as ``(bundle, requests, allow_cast)``, in order.
+
+    The argument check shared by :func:`gpuload.loader.load_checkpoints` and
+    :func:`gpuload.distributed.load.collective_load`: each checkpoint (a prefix or an
+    opened :class:`~gpuload.format.bundle.Bundle`) is opened, at most once, with its own
+    ``allow_cast``.
+
+    Parameters
+    ----------
+    checkpoints:
+        ``{checkpoint: requests}``.
+    allow_cast:
+        One flag for every checkpoint, or ``{checkpoint: bool}`` keyed like
+        ``checkpoints`` (a checkpoint left out: ``False``): a cast allowed for one
+        checkpoint's requests allows none of another's.
+    caller:
+        The function's name, for the messages.
+
+    Raises
+    ------
+    ArgumentTypeError
+        ``checkpoints`` is not a dict, or ``allow_cast`` neither a bool nor a dict of bools.
+    InvalidArgumentError
+        Two entries name the same checkpoint, or ``allow_cast`` names a checkpoint that
+        ``checkpoints`` does not have.
+    """
+    from gpuload.format.bundle import Bundle
+
+    if not isinstance(checkpoints, Mapping):
+        raise ArgumentTypeError(
+            f"{caller}: checkpoints must be a dict {{checkpoint: requests}}, got {type(checkpoints).__name__}"
+        )
+    if isinstance(allow_cast, Mapping):
+        flags = dict(allow_cast)
+        unknown = [k for k in flags if k not in checkpoints]
+        if unknown:
+            raise InvalidArgumentError(
+                f"{caller}: allow_cast names checkpoints that are not loaded: {', '.join(map(str, unknown))}"
+            )
+    elif isinstance(allow_cast, (bool, np.bool_)):
+        flags = dict.fromkeys(checkpoints, bool(allow_cast))
+    else:
+        raise ArgumentTypeError(
+            f"{caller}: allow_cast must be a bool or a dict {{checkpoint: bool}}, got {type(allow_cast).__name__}"
+        )
+    out, seen = [], set()
+    for checkpoint, requests in checkpoints.items():
+        cast = flags.get(checkpoint, False)
+        if not isinstance(cast, (bool, np.bool_)):
+            raise ArgumentTypeError(f"{caller}: allow_cast of checkpoint {checkpoint} must be a bool, got {cast!r}")
+        bundle = checkpoint if isinstance(checkpoint, Bundle) else Bundle.open(checkpoint)
+        if bundle.prefix in seen:
+            raise InvalidArgumentError(f"{caller}: checkpoint {bundle.prefix} is given twice")
+        seen.add(bundle.prefix)
+        out.append((bundle, requests, bool(cast)))
+    return out
+
+
 def _box(name, r: Request, shape) -> Box:
     given = [x is not None for x in (r.box, r.rows, r.columns)]
     if sum(given) > 1:
@@ -374,10 +463,8 @@ def _prepare(bundle, items, cfg, allow_cast, *, allocate: bool = True, spec_for_
             device, dtype, tgt, fin = _from_spec(name, r, target, box, stored, canonical_device, allocate)
         else:
             device, dtype, tgt, fin = _from_array(name, r, target, box)
-        if r.remap is not None and isinstance(target, Spec) and not spec_for_remap:
-            raise InvalidArgumentError(
-                f"request {name!r}: a remap request needs an array target holding the starting values, got {target!r}"
-            )
+        if not spec_for_remap:
+            check_remap_target(name, r)
         if dtype != stored and not allow_cast:
             raise TargetError(
                 f"request {name!r}: tensor {r.key!r} is {stored.name} but the target "

@@ -36,13 +36,15 @@ import traceback
 
 import numpy as np
 
+from gpuload.devices import Device
 from gpuload.errors import DeviceError, DeviceMemoryError, OutOfMemoryError
 from gpuload.format import crc as crcmod
+from gpuload.format.files import ALIGN
 from gpuload.format.keys import describe_key
 from gpuload.io.reader import ShardFiles
-from gpuload.io.ring import ALIGN, Ring, RingClosed
+from gpuload.io.ring import Ring, RingClosed
 
-__all__ = ["LoadStats", "execute"]
+__all__ = ["LoadStats", "execute", "verify_check"]
 
 
 @dataclasses.dataclass
@@ -248,12 +250,14 @@ def _attach_cleanup_error(exc: BaseException, cleanup: BaseException) -> None:
         exc.add_note(f"while cleaning up after this error: {type(cleanup).__name__}: {cleanup}")
 
 
-def _ring_backend(plan, backends):
-    """Pinned slots as soon as any destination is on a GPU; page-aligned host memory otherwise."""
-    for d in plan.destinations:
-        b = backends[d.device]
-        if not d.device.startswith("/device:CPU"):
-            return b
+def _ring_backend(plan, backends, on_cpu):
+    """Pinned slots as soon as any destination is on a GPU; page-aligned host memory otherwise.
+
+    ``on_cpu``: whether each destination is on the CPU (its device parsed once).
+    """
+    for d, cpu in zip(plan.destinations, on_cpu):
+        if not cpu:
+            return backends[d.device]
     return backends[plan.destinations[0].device]
 
 
@@ -279,7 +283,9 @@ class _Stream:
         chunks = self.chunks
         self.nslots = max(1, min(config.ring_slots, len(chunks)))
         self.slot_bytes = max(c.size for c in chunks) + (2 * ALIGN if config.direct_io else 0)
-        self.ring_backend = _ring_backend(plan, backends)
+        # Each destination's device parsed once (any spelling a plan carries), not per chunk.
+        on_cpu = [Device.parse(d.device).kind == "CPU" for d in plan.destinations]
+        self.ring_backend = _ring_backend(plan, backends, on_cpu)
         self.files = ShardFiles(plan.files, direct=config.direct_io)
         # Each chunk's copies grouped by device, computed once.
         self.by_device = []
@@ -288,7 +294,7 @@ class _Stream:
             for cp in c.copies:
                 groups[plan.destinations[cp.dest].device].append(cp)
             self.by_device.append(list(groups.items()))
-        self.direct = [None if config.direct_io else _direct_targets(plan, c, dests) for c in chunks]
+        self.direct = [None if config.direct_io else _direct_targets(plan, c, dests, on_cpu) for c in chunks]
         # Backends that work synchronously on host memory (the CPU backend) apply a chunk's
         # copies in the reader thread that read it: the copies then run in parallel, on data
         # that is still warm in the CPU caches, and the slot is free again at once.
@@ -505,7 +511,7 @@ class _Stream:
             seen[span.check] += span.size
             check = plan.checks[span.check]
             if seen[span.check] == check.size:
-                _verify(plan, check, running[span.check])
+                verify_check(plan, check, running[span.check])
         stats.submit_s += time.perf_counter() - ts
         stats.chunks += 1
         stats.bytes_read += chunk.size
@@ -604,12 +610,13 @@ def _join_launched(thread, timeout: float = 10.0) -> None:
             time.sleep(0.001)
 
 
-def _direct_targets(plan, chunk, dests):
+def _direct_targets(plan, chunk, dests, on_cpu):
     """Destination byte ranges that tile ``chunk`` exactly, when it can be read in place.
 
     That is the case when every copy goes, without a dtype change, to host memory as one
     dense run, and the runs cover the chunk in order (row partitions of a tensor saved
     whole): the reader then fills the destinations itself and no copy is needed.
+    ``on_cpu``: whether each destination is on the CPU.
     """
     pos = 0
     out = []
@@ -617,7 +624,7 @@ def _direct_targets(plan, chunk, dests):
         d = plan.destinations[cp.dest]
         if (
             d.src_dtype != d.dtype
-            or not d.device.startswith("/device:CPU")
+            or not on_cpu[cp.dest]
             or not cp.is_contiguous()
             or cp.src_offset != pos
             or not isinstance(dests[cp.dest], np.ndarray)
@@ -752,7 +759,14 @@ def _read_crc_stream(files, chunk, scratch, streams, names=(None, None)):
     return crcs.values, crcs.seconds, copy_s, time.perf_counter() - t0
 
 
-def _verify(plan, check, raw_crc: int) -> None:
+def verify_check(plan, check, raw_crc: int) -> None:
+    """Check one entry's combined raw CRC32C against the index (the plan's ``check``).
+
+    Raises
+    ------
+    ChecksumError
+        The CRC differs from the stored one; the message names the file, tensor and range.
+    """
     crcmod.check_entry(
         raw_crc,
         masked_crc=check.masked_crc,

@@ -134,3 +134,49 @@ def test_task_of_ignores_what_is_not_a_string():
     assert task_of(None) is None
     assert task_of(lambda i: "/gpu:0") is None
     assert task_of(Device("GPU", 0, 5)) == 5
+
+
+@pytest.mark.parametrize(
+    ("spec", "task"),
+    [("/job:worker/task:1", 1), ("/job:w/task:1/device:TPU:0", 1), ("/job:w/replica:0/task:4", 4),
+     ("task:2", 2), ("/task:3/device:XLA_GPU:1", 3), ("/job:ps", None), ("/device:TPU:0", None), ("", None),
+     ("/job:w/task:5/device:GPU:0", 5)],
+)  # fmt: skip
+def test_task_of_takes_partial_specs_and_any_device_type(spec, task):
+    """As TF's DeviceSpec: the task of a name without a device part, or of a device gpuload does not fill."""
+    assert task_of(spec) == task
+    assert Device.parse_task(spec) == task
+
+
+@pytest.mark.parametrize("spec", ["/job:worker/task:1", "/job:w/task:1/device:TPU:0", "/device:TPU:0", "task:2"])
+def test_partial_or_foreign_specs_are_still_no_device(spec):
+    with pytest.raises(ValueError, match=f"not a device string: {spec!r}"):
+        Device.parse(spec)
+    with pytest.raises(ValueError, match="not a device string"):
+        placement.canonical_device(spec)
+
+
+@pytest.mark.parametrize("bad", ["/job:w/task:0gpu:0", "/task:x", "gpu 0", "/job:w/task:1/task:2"])
+def test_task_of_refuses_what_is_no_device_name(bad):
+    with pytest.raises(ValueError, match="names more than one task|not a device string"):
+        task_of(bad)
+
+
+def test_the_cpu_name_is_defined_once():
+    """Every layer takes the CPU's canonical name from gpuload.devices, none spells it itself."""
+    import ast
+
+    from conftest import REPO
+
+    from gpuload.devices import CPU_NAME
+    from gpuload.graph import store
+
+    literal = []
+    for path in sorted((REPO / "gpuload").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+                if node.value.value == "/device:CPU:0":
+                    literal.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert literal == []
+    assert CPU_NAME == str(CPU) == "/device:CPU:0"
+    assert placement.CPU is CPU_NAME and store.CPU_NAME is CPU_NAME

@@ -551,11 +551,13 @@ def _fake_load(monkeypatch, fn):
     from gpuload.api import LoadResult
     from gpuload.scheduler import LoadStats
 
-    def load_checkpoints(checkpoints, *, config=None, allow_cast=False, failed=None):
+    def load_checkpoints(checkpoints, *, config=None, allow_cast=False, failed=None, commit=None):
         out = {}
         for bundle, requests in checkpoints.items():
             out[bundle.prefix] = r = LoadResult(fn(requests))
             r.stats = LoadStats()
+        if commit is not None:
+            commit(out)
         return out
 
     monkeypatch.setattr(gpuload.loader, "load_checkpoints", load_checkpoints)
@@ -606,6 +608,51 @@ def test_loader_that_skips_a_variable_is_caught(monkeypatch, sourced):
     with pytest.raises(UninitializedVariableError, match="without values for 1 variables: src:0"):
         global_variables_initializer().run()
     assert not v.is_initialized() and not sourced.is_initialized()
+
+
+def test_allow_cast_of_one_checkpoint_allows_no_cast_from_another(monkeypatch, tmp_path):
+    """Each checkpoint's requests load with its own variables' allow_cast, never another checkpoint's."""
+    import gpuload.loader
+    from gpuload.format.writer import save_checkpoint
+    from gpuload.graph.init_from_checkpoint import init_from_checkpoint
+
+    pa, pb = str(tmp_path / "a" / "m.ckpt"), str(tmp_path / "b" / "m.ckpt")
+    save_checkpoint(pa, {"h": np.arange(2, dtype=np.float16)})
+    save_checkpoint(pb, {"f": np.arange(3, dtype=np.float32)})
+    va, vb = get_variable("va", [2]), get_variable("vb", [3])
+    init_from_checkpoint(pa, {"h": "va"}, allow_cast=True)
+    init_from_checkpoint(pb, {"f": "vb"})
+    real, seen = gpuload.loader.load_checkpoints, []
+
+    def spy(checkpoints, **kwargs):
+        seen.append({b.prefix: c for b, c in kwargs["allow_cast"].items()})
+        return real(checkpoints, **kwargs)
+
+    monkeypatch.setattr(gpuload.loader, "load_checkpoints", spy)
+    global_variables_initializer().run()
+    assert seen == [{pa: True, pb: False}]
+    assert va.numpy().tolist() == [0.0, 1.0] and vb.numpy().tolist() == [0.0, 1.0, 2.0]
+
+
+def test_a_failed_assignment_leaves_last_stats_of_the_previous_step(monkeypatch, sourced):
+    from gpuload import loader
+
+    global_variables_initializer().run()
+    before = loader.last_stats()
+    assert len(before) == 1
+    v = get_variable("v", [2])
+
+    def broken(self, array):
+        raise RuntimeError("assign failed")
+
+    monkeypatch.setattr(Variable, "_assign", broken)
+    with pytest.raises(RuntimeError, match="assign failed"):
+        variables_initializer([sourced, v]).run()
+    assert loader.last_stats() == before and loader.last_stats()[0] is before[0]
+
+
+def test_plan_for_is_no_public_name_of_the_op_module():
+    assert "plan_for" not in ops.__all__ and callable(ops.plan_for)  # tests plan with it
 
 
 def test_run_initializers_is_overridable(monkeypatch):

@@ -85,3 +85,31 @@ def test_shard_reader_o_direct_unaligned_range(tmp_path):
     view = files.read(0, 5000, 7000, slot)
     assert bytes(view) == data[5000:12000].tobytes()
     files.close()
+
+
+def _module_constants(name):
+    """``(module path, line)`` of every module-level assignment to ``name`` under gpuload/."""
+    import ast
+
+    from conftest import REPO
+
+    out = []
+    for path in sorted((REPO / "gpuload").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                out.append((str(path.relative_to(REPO)), node.lineno))
+    return out
+
+
+def test_the_o_direct_alignment_is_defined_once():
+    """The ring's O_DIRECT slack and the reader's alignment are one number (format.files.ALIGN)."""
+    from gpuload import scheduler
+    from gpuload.format import files
+
+    assert [p for p, _ in _module_constants("ALIGN")] == ["gpuload/format/files.py"]
+    assert scheduler.ALIGN is files.ALIGN
+    pytest.importorskip("mpi4py")  # gpuload.distributed.load imports it
+    from gpuload.distributed import load as dload
+
+    assert dload.ALIGN is files.ALIGN

@@ -296,3 +296,93 @@ def test_plan_load_takes_a_spec_for_a_remap_requests_starting_values(tmp_path):
     start = np.full((3, 4), -7, np.float32)
     r = gpuload.load(pa, {"v": gpuload.Request("a", target=start, remap=Remap(0, rows), box=(slice(0, 3),))})
     assert np.array_equal(r["v"], np.stack([a[3], np.full(4, -7, np.float32), a[0]]))
+
+
+def test_load_checkpoints_refuses_one_checkpoint_given_twice(tmp_path):
+    """Results are keyed by prefix: a second entry for the same checkpoint would be dropped silently."""
+    from gpuload import loader
+    from gpuload.errors import InvalidArgumentError
+    from gpuload.format.bundle import Bundle
+
+    (pa, _), (pb, _) = _two_checkpoints(tmp_path)
+    loader.load_checkpoints({pb: ["b"]})
+    before = loader.last_stats()
+    out = np.zeros((10, 4), np.float32)
+    with pytest.raises(InvalidArgumentError, match=rf"load_checkpoints: checkpoint {pa} is given twice"):
+        loader.load_checkpoints({pa: {"x": ("a", out)}, Bundle.open(pa): ["a"]})
+    assert not out.any()  # refused before anything loaded
+    assert loader.last_stats() == before
+
+
+def test_load_checkpoints_allow_cast_is_per_checkpoint(tmp_path):
+    """A cast allowed for checkpoint A's requests allows none of checkpoint B's."""
+    from gpuload import loader
+    from gpuload.errors import TargetError
+
+    (pa, a), (pb, _) = _two_checkpoints(tmp_path)
+    pc = str(tmp_path / "c" / "m.ckpt")
+    gpuload.save_checkpoint(pc, {"c": np.arange(3, dtype=np.float32)})
+    f64 = ("a", gpuload.Spec(dtype="float64"))
+    with pytest.raises(TargetError, match=r"tensor 'c' is float32 but the target .* is float16; pass allow_cast"):
+        loader.load_checkpoints(
+            {pa: {"f64": f64}, pc: {"f16": ("c", gpuload.Spec(dtype="float16"))}}, allow_cast={pa: True}
+        )
+    with pytest.raises(TargetError, match="pass allow_cast"):
+        loader.load_checkpoints(
+            {pa: {"f64": f64}, pc: {"f16": ("c", gpuload.Spec(dtype="float16"))}}, allow_cast={pa: True, pc: False}
+        )
+    r = loader.load_checkpoints({pa: {"f64": f64}, pc: ["c"]}, allow_cast={pa: True})
+    assert r[pa]["f64"].dtype == np.float64 and np.array_equal(r[pa]["f64"], a)
+    r = loader.load_checkpoints({pa: {"f64": f64}, pc: {"f16": ("c", gpuload.Spec(dtype="float16"))}}, allow_cast=True)
+    assert r[pc]["f16"].dtype == np.float16  # one flag still covers every checkpoint
+
+
+@pytest.mark.parametrize(
+    ("allow_cast", "error", "match"),
+    [({"elsewhere": True}, "InvalidArgumentError", "allow_cast names checkpoints that are not loaded: elsewhere"),
+     ("yes", "ArgumentTypeError", r"allow_cast must be a bool or a dict \{checkpoint: bool\}, got str"),
+     (None, "ArgumentTypeError", "allow_cast must be a bool or a dict"),
+     ({"A": 1}, "ArgumentTypeError", "allow_cast of checkpoint .* must be a bool, got 1")],
+)  # fmt: skip
+def test_load_checkpoints_checks_allow_cast(tmp_path, allow_cast, error, match):
+    from gpuload import errors, loader
+
+    (pa, _), _ = _two_checkpoints(tmp_path)
+    if isinstance(allow_cast, dict) and "A" in allow_cast:
+        allow_cast = {pa: allow_cast["A"]}
+    with pytest.raises(getattr(errors, error), match=match):
+        loader.load_checkpoints({pa: ["a"]}, allow_cast=allow_cast)
+
+
+def test_last_stats_describe_only_a_step_whose_commit_succeeded(tmp_path):
+    from gpuload import loader
+
+    (pa, _), (pb, _) = _two_checkpoints(tmp_path)
+    first = loader.load_checkpoints({pb: ["b"]})
+    assert loader.last_stats() == [first[pb].stats]
+
+    def assign(results):
+        assert list(results) == [pa] and results[pa]["a"].shape == (10, 4)
+        raise RuntimeError("assignment failed")
+
+    with pytest.raises(RuntimeError, match="assignment failed"):
+        loader.load_checkpoints({pa: ["a"]}, commit=assign)
+    assert loader.last_stats() == [first[pb].stats]  # the failed step reports nothing
+    seen = []
+    r = loader.load_checkpoints({pa: ["a"]}, commit=seen.append)
+    assert seen == [r] and loader.last_stats() == [r[pa].stats]
+
+
+def test_verify_check_is_the_schedulers_public_crc_check(tmp_path):
+    """The collective load checks its combined CRCs with the same function as the scheduler."""
+    from gpuload import scheduler
+    from gpuload.format import crc as crcmod
+
+    (pa, a), _ = _two_checkpoints(tmp_path)
+    plan = gpuload.plan_load(pa, ["a"])
+    (check,) = plan.checks
+    good = crcmod.crc32c(a.tobytes())
+    scheduler.verify_check(plan, check, good)
+    with pytest.raises(ChecksumError, match=r"'a'"):
+        scheduler.verify_check(plan, check, good ^ 1)
+    assert "verify_check" in scheduler.__all__

@@ -38,7 +38,7 @@ STAGES = {
     "crc": (crc_mod, "crc32c", "before"),
     "copy": (host_mod.StreamCopy, "feed", "before"),  # column parts: copied out as each piece streams
     "consumer": (crc_mod, "crc32c_combine", "before"),
-    "verify": (sched_mod, "_verify", "before"),
+    "verify": (sched_mod, "verify_check", "before"),
     "releaser": (host_mod.CompletedToken, "wait", "before"),
     "assign": (variables_mod.Variable, "_assign", "before"),
 }

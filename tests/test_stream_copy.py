@@ -164,3 +164,41 @@ def test_a_corrupt_byte_in_a_streamed_chunk_fails_the_load(tmp_path, monkeypatch
     with config.set(chunk_bytes=4096, ring_bytes=3 * 4096), pytest.raises(ChecksumError, match="crc32c mismatch"):
         gpuload.load(prefix, _column_requests((512, 16), [0, 4, 8, 12, 16]))
     assert feeds
+
+
+# ---- the CPU test of a destination: its device parsed, not its spelling
+
+
+@pytest.mark.parametrize("spelling", ["/device:CPU:0", "cpu", "/job:localhost/replica:0/task:0/device:CPU:0"])
+def test_row_parts_of_any_cpu_spelling_are_read_in_place(tmp_path, monkeypatch, spelling):
+    """A plan's destination device may be any CPU spelling: its row chunks still land in place."""
+    from gpuload.format.bundle import Bundle
+    from gpuload.format.slices import Box
+    from gpuload.plan import Request, build_plan
+
+    prefix = str(tmp_path / "m.ckpt")
+    table = np.arange(64 * 16, dtype=np.float32).reshape(64, 16)
+    gpuload.save_checkpoint(prefix, {"t": table})
+    req = Request("r", "t", Box((16, 0), (32, 16)), np.dtype(np.float32), spelling)
+    plan = build_plan(Bundle.open(prefix), [req], chunk_bytes=1024)
+    streamed = []
+    real = sched_mod._read_crc_stream
+    monkeypatch.setattr(sched_mod, "_read_crc_stream", lambda *a: streamed.append(a[1]) or real(*a))
+    (out,) = sched_mod.execute(plan, {spelling: HostBackend()}, config=config.get())
+    np.testing.assert_array_equal(out, table[16:48])
+    assert len([c for c in plan.chunks if c.copies]) == 2
+    assert [c for c in streamed if c.copies] == []  # read straight into the destination, no copy
+
+
+def test_the_ring_is_pinned_for_a_gpu_whatever_the_cpus_spelling():
+    """Any destination on a GPU takes the ring from its backend, also after a CPU spelled 'cpu'."""
+    from types import SimpleNamespace
+
+    from gpuload.devices import Device
+
+    dests = [SimpleNamespace(device=d) for d in ("cpu", "/device:GPU:0", "/cpu:0")]
+    plan = SimpleNamespace(destinations=dests)
+    backends = {"cpu": "host", "/device:GPU:0": "cuda", "/cpu:0": "host2"}
+    on_cpu = [Device.parse(d.device).kind == "CPU" for d in dests]
+    assert sched_mod._ring_backend(plan, backends, on_cpu) == "cuda"
+    assert sched_mod._ring_backend(SimpleNamespace(destinations=dests[::2]), backends, [True, True]) == "host"

@@ -15,7 +15,7 @@ import re
 import threading
 import warnings
 
-from gpuload.devices import Device
+from gpuload.devices import CPU_NAME, Device
 from gpuload.errors import DeviceUnavailableError
 
 __all__ = [
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 #: The canonical CPU device string.
-CPU = str(Device("CPU"))
+CPU = CPU_NAME
 
 _INSTALL_HINT = (
     "install CuPy with NVRTC and the CUDA runtime for your CUDA version (in a gpuload checkout: "

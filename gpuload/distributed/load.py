@@ -33,12 +33,13 @@ import concurrent.futures
 import dataclasses
 import sys
 import time
+from collections.abc import Mapping
 
 import numpy as np
 from mpi4py import MPI
 
 from gpuload import config as config_mod
-from gpuload.api import LoadResult, Spec, normalize_requests, plan_load
+from gpuload.api import LoadResult, Spec, check_remap_target, normalize_requests, open_checkpoints, plan_load
 from gpuload.backend.placement import CPU, backend_for
 from gpuload.devices import Device
 from gpuload.distributed.assign import collective_plan
@@ -46,12 +47,12 @@ from gpuload.distributed.comm import ABORT_TAG, CollectiveError, coordinator_for
 from gpuload.errors import InvalidArgumentError, TargetError
 from gpuload.format import crc as crcmod
 from gpuload.format.bundle import Bundle
+from gpuload.format.files import ALIGN
 from gpuload.format.reader import CheckpointReader
 from gpuload.io.reader import ShardFiles
-from gpuload.io.ring import ALIGN
 from gpuload.plan import GatherCopy, build_plan
 from gpuload.plan import Request as PlanRequest
-from gpuload.scheduler import LoadStats, _verify
+from gpuload.scheduler import LoadStats, verify_check
 
 __all__ = ["CollectiveStats", "collective_load", "use_nccl_for"]
 
@@ -74,7 +75,9 @@ class CollectiveStats(LoadStats):
     transport: str = "mpi"  # "nccl" when chunks moved GPU to GPU
 
 
-def collective_load(checkpoints, *, config=None, allow_cast: bool = False, failed=None) -> dict[str, LoadResult]:
+def collective_load(
+    checkpoints, *, config=None, allow_cast: bool | Mapping = False, failed=None
+) -> dict[str, LoadResult]:
     """:func:`gpuload.load` over every rank of ``config.communicator``: each needed chunk read once.
 
     Every rank of the communicator must call this, each with its own requests (an empty
@@ -94,7 +97,9 @@ def collective_load(checkpoints, *, config=None, allow_cast: bool = False, faile
         :func:`gpuload.config.get`. ``chunk_bytes``, ``gap_bytes`` and ``verify_crc`` must
         be the same on every rank.
     allow_cast:
-        As for :func:`gpuload.load`.
+        As for :func:`gpuload.load`: one flag for every checkpoint of this rank, or
+        ``{checkpoint: bool}`` keyed like ``checkpoints`` (left out: ``False``). Each
+        rank's requests are checked against its own flags.
     failed:
         An error this rank hit before the load (e.g. while building its requests); it is
         sent as this rank's answer in the first exchange, so every rank raises at once,
@@ -117,6 +122,9 @@ def collective_load(checkpoints, *, config=None, allow_cast: bool = False, faile
         A rank did not take part within ``cfg.collective_timeout`` seconds.
     TargetError
         A target the collective load does not fill (a torch or JAX one).
+    InvalidArgumentError
+        A remap request without an array of starting values (as :func:`gpuload.load`), or
+        a checkpoint given twice.
     """
     cfg = config or config_mod.get()
     if cfg.communicator is None:
@@ -129,18 +137,15 @@ def collective_load(checkpoints, *, config=None, allow_cast: bool = False, faile
             raise failed  # handled below as a planning error of this rank
         needs = {}
         devices = []
-        for checkpoint, requests in checkpoints.items():
-            bundle = checkpoint if isinstance(checkpoint, Bundle) else Bundle.open(checkpoint)
-            if bundle.prefix in needs:
-                raise InvalidArgumentError(f"collective_load: checkpoint {bundle.prefix} is given twice")
+        for bundle, requests, cast in open_checkpoints(checkpoints, allow_cast, caller="collective_load"):
             items = normalize_requests(requests)
             # Planned here too so that a bad request fails on its own rank with the usual error.
-            plan = plan_load(bundle, dict(items), config=cfg, allow_cast=allow_cast)
+            plan = plan_load(bundle, dict(items), config=cfg, allow_cast=cast)
             needs[bundle.prefix] = (
                 [PlanRequest(d.name, d.source, d.box, d.dtype, d.device, d.remap) for d in plan.destinations],
-                allow_cast,
+                cast,
             )
-            targets[bundle.prefix] = [_target(name, r.target) for name, r in items]
+            targets[bundle.prefix] = [_target(name, r) for name, r in items]
             devices += [d.device for d in plan.destinations]
         payload = {
             "needs": needs,
@@ -185,8 +190,14 @@ def collective_load(checkpoints, *, config=None, allow_cast: bool = False, faile
     return results
 
 
-def _target(name, target):
-    """The array request ``name`` fills in place, ``None`` to allocate one; refuses other kinds."""
+def _target(name, request):
+    """The array request ``name`` fills in place, ``None`` to allocate one; refuses other kinds.
+
+    A remap request needs its array of starting values, as in :func:`gpuload.load`
+    (:func:`~gpuload.api.plan_load`, which planned it, takes a Spec there).
+    """
+    check_remap_target(name, request)
+    target = request.target
     if target is None or (isinstance(target, Spec) and isinstance(target.device, str)):
         return None
     cp = sys.modules.get("cupy")  # a CuPy array exists only once CuPy is imported
@@ -228,7 +239,7 @@ def _check_crcs(co, plan, answers) -> None:
         for i, check in enumerate(plan.checks):
             if seen[i] != check.size:
                 raise CollectiveError(f"internal: {seen[i]} of {check.size} bytes of entry {check.key!r} were CRCed")
-            _verify(plan, check, running[i])
+            verify_check(plan, check, running[i])
     except Exception:
         co.retire("CRC mismatch")
         raise
@@ -245,7 +256,7 @@ def _load_one(co, cfg, prefix, everyone, targets):
         reqs, cast = e["needs"].get(prefix, ([], False))
         requests.extend(reqs)
         owners.extend([r] * len(reqs))
-        allow_cast |= cast
+        allow_cast |= cast  # each rank checked its own requests against its own flag (plan_load)
     bundle = Bundle.open(prefix)
     plan = build_plan(
         bundle,

@@ -21,7 +21,7 @@ state: nothing below the graph layer sees a variable.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from gpuload import config as config_mod
 from gpuload import loader
@@ -37,7 +37,6 @@ __all__ = [
     "InitOp",
     "check_sources_unchanged",
     "global_variables_initializer",
-    "plan_for",
     "requests_for",
     "variables_initializer",
 ]
@@ -123,10 +122,11 @@ def _run_initializers(variables: Sequence[Variable]) -> None:
         raise
     before = [(v, v._value) for v in sourced]
     try:
-        loaded = []
         if sourced or collective:  # with a communicator every rank joins, even with nothing to load
-            loaded = _load(groups, cfg)
-        _assign_all([*loaded, *zip(own, values)])
+            # Assigned inside the load step: the step (loader.last_stats) counts only if it succeeds.
+            _load(groups, cfg, lambda loaded: _assign_all([*loaded, *zip(own, values)]))
+        else:
+            _assign_all(list(zip(own, values)))
     except BaseException:
         for v, old in before:  # the loaded ones too: all or nothing
             v._value = old
@@ -147,28 +147,37 @@ def _checkpoint_groups(sourced) -> list[tuple[Bundle, list[Variable], dict]]:
     return out
 
 
-def _load(groups, cfg) -> list[tuple[Variable, object]]:
-    """Load every group's requests (one step, all checkpoints); ``(variable, array)`` pairs."""
-    allow_cast = any(v._init_source.allow_cast for _, group, _ in groups for v in group)
-    results = loader.load_checkpoints(
-        {bundle: requests for bundle, _, requests in groups}, config=cfg, allow_cast=allow_cast
+def _load(groups, cfg, assign: Callable[[list[tuple[Variable, object]]], None]) -> None:
+    """Load every group's requests (one step, all checkpoints) and ``assign`` the ``(variable, array)`` pairs.
+
+    Each checkpoint's requests load with that checkpoint's ``allow_cast`` (any of its
+    variables' ``init_from_checkpoint(..., allow_cast=True)``), never another's.
+    """
+
+    def commit(results) -> None:
+        pairs: list[tuple[Variable, object]] = []
+        for bundle, group, _ in groups:
+            result = results.get(bundle.prefix)
+            if result is None:
+                pairs.extend((v, None) for v in group)
+                continue
+            _count_vocab(result.stats, group)
+            pairs.extend((v, result.get(v.op.name)) for v in group)
+        missing = [v.name for v, a in pairs if a is None]
+        if missing:
+            raise UninitializedVariableError(
+                f"the checkpoint load returned without values for {len(missing)} variables: "
+                + ", ".join(missing[:10])
+                + (" ..." if len(missing) > 10 else "")
+            )
+        assign(pairs)
+
+    loader.load_checkpoints(
+        {bundle: requests for bundle, _, requests in groups},
+        config=cfg,
+        allow_cast={bundle: any(v._init_source.allow_cast for v in group) for bundle, group, _ in groups},
+        commit=commit,
     )
-    pairs: list[tuple[Variable, object]] = []
-    for bundle, group, _ in groups:
-        result = results.get(bundle.prefix)
-        if result is None:
-            pairs.extend((v, None) for v in group)
-            continue
-        _count_vocab(result.stats, group)
-        pairs.extend((v, result.get(v.op.name)) for v in group)
-    missing = [v.name for v, a in pairs if a is None]
-    if missing:
-        raise UninitializedVariableError(
-            f"the checkpoint load returned without values for {len(missing)} variables: "
-            + ", ".join(missing[:10])
-            + (" ..." if len(missing) > 10 else "")
-        )
-    return pairs
 
 
 def _count_vocab(stats, group) -> None:

@@ -37,6 +37,7 @@ import traceback
 
 import numpy as np
 
+from gpuload.devices import CPU_NAME
 from gpuload.graph import initializers as _init
 from gpuload.graph.initializers import PartitionInfo, device_kind_index
 from gpuload.graph.partition import part_boxes, validate_partitions
@@ -49,7 +50,7 @@ from gpuload.graph.scopes import (
     _task_of,
     get_variable_scope,
 )
-from gpuload.graph.variables import CPU, PartitionedVariable, SaveSliceInfo, Variable
+from gpuload.graph.variables import PartitionedVariable, SaveSliceInfo, Variable
 
 __all__ = [
     "Graph",
@@ -439,7 +440,7 @@ class _VariableStore:
         """One canonical, available device per part (strings: the CPU)."""
         if _is_string(dtype):
             # String tensors live on the host; TensorFlow soft-places them there too.
-            return [CPU] * n
+            return [CPU_NAME] * n
         placement = _placement()
         if device is None:
             devs = [_context_device()] * n

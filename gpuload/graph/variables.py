@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PartitionedVariable", "SaveSliceInfo", "Variable"]
 
-CPU = "/device:CPU:0"
-
 
 def _placement():
     # Imported late: the device layer may import CuPy, and the store must import without it.

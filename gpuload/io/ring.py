@@ -16,10 +16,6 @@ import time
 
 __all__ = ["Ring", "RingClosed"]
 
-#: O_DIRECT needs 4096-aligned file offsets, sizes and buffers: a slot holds this much
-#: slack on each side of a chunk so an aligned superset of the chunk fits.
-ALIGN = 4096
-
 
 class RingClosed(Exception):
     """Raised in a thread waiting on the ring after the load was aborted."""
