@@ -29,6 +29,7 @@ import collections
 import dataclasses
 import errno
 import queue
+import signal
 import sys
 import threading
 import time
@@ -452,9 +453,7 @@ class _Stream:
                 # a reader thread never makes CUDA calls.
                 ring.allocate_all()
             bar = _progress(config, self.plan.bytes_read)
-            for t in [*threads, rel_thread]:
-                launched.append(t)
-                t.start()
+            _start_all([*threads, rel_thread], launched)
             for idx, chunk in enumerate(chunks):
                 self._consume(idx, chunk)
                 if bar is not None:
@@ -588,6 +587,33 @@ def _stop(ring, release_q, launched, files, bar, sessions, failure):
                     break  # a real failure of this step: go on with the next
                 # an interrupt hit the step itself: do it again, it is still needed
     return first, ring_bytes[0]
+
+
+def _start_all(threads, launched: list) -> None:
+    """Start ``threads`` (each appended to ``launched`` first) with SIGINT held until all run.
+
+    CPython's ``Thread.start()`` registers the thread before it creates it; a
+    KeyboardInterrupt landing between the two leaves a thread that never runs and that
+    ``join()`` refuses forever (and ``threading.active_count()`` counts it for the rest of
+    the process). So in the main thread a Ctrl-C during the starts is held back, and
+    re-raised through the previous handler as soon as every thread is running.
+    """
+    # Signals reach only the main thread; a handler installed from C cannot be restored.
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        for t in threads:
+            launched.append(t)
+            t.start()
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        for t in threads:
+            launched.append(t)
+            t.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # the previous handler: KeyboardInterrupt by default
 
 
 def _join_launched(thread, timeout: float = 10.0) -> None:

@@ -206,3 +206,39 @@ def _setup_big(prefix):
     )
     gpuload.init_from_checkpoint(prefix, {"emb": "emb"})
     return emb._get_variable_list()
+
+
+def test_ctrl_c_inside_thread_start_leaves_no_unstartable_thread(tmp_path, monkeypatch):
+    """CPython's Thread.start() registers a thread, then creates it; a Ctrl-C between the two
+    used to leave a thread that never runs and can never be joined (the load then waited
+    10 s in cleanup and ``threading.active_count()`` stayed one too high). Reproduced
+    deterministically: the interrupt lands just before the first reader thread is created."""
+    import _thread
+
+    prefix = str(tmp_path / "t.ckpt")
+    table = np.arange(1024 * 256, dtype=np.float32).reshape(1024, 256)
+    gpuload.save_checkpoint(prefix, {"emb": table})
+    names = [n for n in ("_start_new_thread", "_start_joinable_thread") if hasattr(threading, n)]
+    fired = []
+
+    def wrap(real):
+        def start(*args, **kwargs):
+            if not fired and threading.current_thread() is threading.main_thread():
+                fired.append(1)
+                _thread.interrupt_main()  # what a Ctrl-C does; raised at the next bytecode boundary
+            return real(*args, **kwargs)
+
+        return start
+
+    for n in names:
+        monkeypatch.setattr(threading, n, wrap(getattr(threading, n)))
+    before = threading.active_count()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), config.set(chunk_bytes=16384, reader_threads=3):
+        gpuload.load(prefix, {"e": "emb"})
+    assert fired
+    assert time.monotonic() - t0 < 5  # no 10 s wait on a thread that never ran
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before, threading.enumerate()
