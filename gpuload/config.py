@@ -10,7 +10,10 @@ field                 environment variable       default       memory cost
                                                                plus the same again on each GPU loaded into
 ``chunk_bytes``       ``GPULOAD_CHUNK_BYTES``    32 MiB        none by itself: the ring holds
                                                                ``ring_bytes // chunk_bytes`` slots (>= 3)
-``reader_threads``    ``GPULOAD_READER_THREADS`` min(4, CPUs)  none (threads reading into ring slots)
+``reader_threads``    ``GPULOAD_READER_THREADS`` min(4, CPUs)  up to 2 MiB each: loading into host memory,
+                                                               a reader streams chunks through its own
+                                                               window buffer (counted in ``ring_bytes``
+                                                               of ``LoadStats``)
 ``verify_crc``        ``GPULOAD_VERIFY_CRC``     on            none; reads whole stored entries so that
                                                                their CRC32C can be checked
 ``direct_io``         ``GPULOAD_DIRECT_IO``      off           none; ``O_DIRECT`` reads bypass the page cache

@@ -17,7 +17,9 @@ Threads and hand-offs
 * A releaser thread waits on the backends' tokens (CUDA events) in submission order and
   returns slots to the ring, so a slot is reused only when no device reads it any more.
 
-Host memory is the ring (``ring_bytes``) whatever the checkpoint's size. Destination
+Host memory is the ring (``ring_bytes``) whatever the checkpoint's size, plus, for chunks
+copied to host destinations as they stream, one window buffer per reader thread (at most
+2 MiB each, never more than the largest chunk). Destination
 buffers are allocated up front and handed back only when every chunk has landed and every
 CRC matched: a failed load hands out no buffer it allocated. Caller-provided ``targets``
 are written in place, so after a failed load they may hold partial data.
@@ -309,6 +311,7 @@ class _Stream:
         self.errors: list[BaseException] = []
         self.read_s = self.crc_s = self.copy_s = 0.0
         self.scratch_bytes = 0
+        self.largest_chunk = max(c.size for c in chunks)
         self.running = [0] * len(plan.checks)  # running raw CRC per check
         self.seen = [0] * len(plan.checks)  # bytes folded into it so far
         self.release_q: queue.SimpleQueue = queue.SimpleQueue()
@@ -330,7 +333,8 @@ class _Stream:
                     return
                 streams = self._streams(idx)
                 if streams is not None and scratch is None:
-                    scratch = np.empty(2 * _STREAM_PIECE, np.uint8)
+                    # A window is a run of one chunk, so a load of small chunks needs no more.
+                    scratch = np.empty(min(2 * _STREAM_PIECE, self.largest_chunk), np.uint8)
                     with self.lock:
                         self.scratch_bytes += scratch.nbytes
                 view, crcs, times = self._read(idx, slot, streams, scratch)
@@ -605,7 +609,13 @@ def _start_all(threads, launched: list) -> None:
             t.start()
         return
     held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    except ValueError:  # the main thread of a subinterpreter: no handler may be set there
+        for t in threads:
+            launched.append(t)
+            t.start()
+        return
     try:
         for t in threads:
             launched.append(t)

@@ -242,3 +242,24 @@ def test_ctrl_c_inside_thread_start_leaves_no_unstartable_thread(tmp_path, monke
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert threading.active_count() == before, threading.enumerate()
+
+
+def test_thread_start_without_signal_handlers_still_loads(tmp_path, monkeypatch):
+    """In a subinterpreter's main thread ``signal.signal`` raises ValueError: the load must
+    start its threads anyway, without holding SIGINT (there is no handler to hold it with)."""
+    import signal
+
+    prefix = str(tmp_path / "t.ckpt")
+    table = np.arange(4096 * 8, dtype=np.float32).reshape(4096, 8)  # 128 KiB: 32 chunks
+    gpuload.save_checkpoint(prefix, {"emb": table})
+    real = signal.signal
+
+    def refuse(signum, handler):
+        if signum == signal.SIGINT:
+            raise ValueError("signal only works in main thread of the main interpreter")
+        return real(signum, handler)
+
+    monkeypatch.setattr(signal, "signal", refuse)
+    with config.set(chunk_bytes=4096, reader_threads=3):
+        out = gpuload.load(prefix, {"e": "emb"})
+    np.testing.assert_array_equal(out["e"], table)

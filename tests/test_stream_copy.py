@@ -202,3 +202,15 @@ def test_the_ring_is_pinned_for_a_gpu_whatever_the_cpus_spelling():
     on_cpu = [Device.parse(d.device).kind == "CPU" for d in dests]
     assert sched_mod._ring_backend(plan, backends, on_cpu) == "cuda"
     assert sched_mod._ring_backend(SimpleNamespace(destinations=dests[::2]), backends, [True, True]) == "host"
+
+
+def test_streaming_buffer_is_no_larger_than_the_largest_chunk(tmp_path):
+    """Each reader's window buffer is at most 2 MiB and never more than a chunk: a small
+    column load must not cost megabytes of staging (LoadStats.ring_bytes counts it)."""
+    prefix = str(tmp_path / "small.ckpt")
+    table = np.arange(32 * 8, dtype=np.float32).reshape(32, 8)  # 1 KiB
+    gpuload.save_checkpoint(prefix, {"t": table})
+    with gpuload.config.set(reader_threads=4):
+        r = gpuload.load(prefix, {"c": gpuload.Request("t", columns=(2, 5))})
+    np.testing.assert_array_equal(r["c"], table[:, 2:5])
+    assert 0 < r.stats.ring_bytes <= 4 * table.nbytes, r.stats.ring_bytes

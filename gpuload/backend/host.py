@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import threading
 import time
 from typing import Any
 
@@ -208,7 +209,7 @@ class StreamCopy:
     chunk byte still needed, which the reader keeps in its buffer for the next window.
     """
 
-    __slots__ = ("_backend", "_slabs", "_next", "_chunk_nbytes", "_written", "_ncopies")
+    __slots__ = ("_backend", "_slabs", "_next", "_chunk_nbytes", "_written", "_ncopies", "_seconds")
 
     def __init__(self, backend: HostBackend, slabs: list[_Slabs], chunk_nbytes: int, written: int, ncopies: int):
         self._backend = backend
@@ -217,6 +218,7 @@ class StreamCopy:
         self._chunk_nbytes = chunk_nbytes
         self._written = written
         self._ncopies = ncopies
+        self._seconds = 0.0  # copy time, counted in the backend's stats once the chunk is whole
 
     def feed(self, window: np.ndarray, base: int) -> int:
         """Copy what ``window`` (the chunk's bytes ``base .. base + len(window) - 1``) completes.
@@ -240,18 +242,14 @@ class StreamCopy:
                 self._next[i] = k0 = k1
             if k0 < s.count:
                 need = min(need, s.start + k0 * s.step)
-        self._backend.stats["copy_seconds"] += time.perf_counter() - t0
+        self._seconds += time.perf_counter() - t0
         return need
 
     def finish(self) -> None:
         """Check that every slab was copied; count the chunk in the backend's stats."""
         if any(k < s.count for k, s in zip(self._next, self._slabs)):
             raise RuntimeError("the chunk was not streamed whole: some slabs were never copied")
-        st = self._backend.stats
-        st["submits"] += 1
-        st["copies"] += self._ncopies
-        st["chunk_bytes"] += self._chunk_nbytes
-        st["bytes_written"] += self._written
+        self._backend._count(self._ncopies, self._chunk_nbytes, self._written, self._seconds)
 
 
 def _box_offsets(shape, strides) -> np.ndarray:
@@ -377,6 +375,7 @@ class HostBackend:
 
     def __init__(self) -> None:
         self.stats: dict = {"submits": 0, "copies": 0, "chunk_bytes": 0, "bytes_written": 0, "copy_seconds": 0.0}
+        self._stats_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"HostBackend(device={self.device!r})"
@@ -451,13 +450,18 @@ class HostBackend:
             else:
                 box_copy(chunk, src_dtype, dests[c.dest], dst_dtype, c)
             written += c.size * np.dtype(dst_dtype).itemsize
-        st = self.stats
-        st["submits"] += 1
-        st["copies"] += len(copies)
-        st["chunk_bytes"] += int(chunk.nbytes)
-        st["bytes_written"] += written
-        st["copy_seconds"] += time.perf_counter() - t0
+        self._count(len(copies), int(chunk.nbytes), written, time.perf_counter() - t0)
         return _COMPLETED
+
+    def _count(self, copies: int, chunk_bytes: int, written: int, seconds: float) -> None:
+        # Reader threads run copies in parallel: read-modify-write of the totals under a lock.
+        with self._stats_lock:
+            st = self.stats
+            st["submits"] += 1
+            st["copies"] += copies
+            st["chunk_bytes"] += chunk_bytes
+            st["bytes_written"] += written
+            st["copy_seconds"] += seconds
 
     def stream(
         self,
