@@ -382,7 +382,7 @@ class _Stream:
         c = self.chunks[idx]
         names = _chunk_tensors(self.plan, c)
         if streams is not None:
-            crcs, tc, tcopy, total = _read_crc_stream(self.files, c, scratch, streams, names)
+            crcs, tc, tcopy, total = _read_crc_stream(self.files, c, scratch, streams, names, self.ring.check_open)
             return None, crcs, (total - tc - tcopy, tc, tcopy)
         # The slot's memory is taken (allocated on first use) outside the read's clock: that
         # time is pin_s, not read_s.
@@ -759,7 +759,7 @@ def _read_crc(files, chunk, buffers, names=(None, None)):
     return crcs.values, crcs.seconds
 
 
-def _read_crc_stream(files, chunk, scratch, streams, names=(None, None)):
+def _read_crc_stream(files, chunk, scratch, streams, names=(None, None), check_open=None):
     """Read ``chunk`` through ``scratch`` piece by piece: CRC each piece, then copy out what it completes.
 
     ``scratch`` holds a window of the chunk: the bytes still needed by a slab that began
@@ -767,6 +767,9 @@ def _read_crc_stream(files, chunk, scratch, streams, names=(None, None)):
     checksummed and handed to ``streams`` (:class:`~gpuload.backend.host.StreamCopy`)
     while it is still in the CPU cache, so the chunk never goes through memory on its way
     into the destinations.
+
+    ``check_open`` (the ring's) runs before every piece: a failed or interrupted load stops
+    this reader within one piece, not one chunk (RingClosed).
 
     Returns the spans' raw CRCs, the seconds spent on CRC and on copies, and in all.
     """
@@ -777,6 +780,8 @@ def _read_crc_stream(files, chunk, scratch, streams, names=(None, None)):
     held = 0  # bytes of the chunk held at the start of scratch
     pos = 0  # chunk bytes read so far
     while pos < chunk.size:
+        if check_open is not None:
+            check_open()
         take = min(_STREAM_PIECE, chunk.size - pos)
         piece = scratch[held : held + take]
         files.read_into(chunk.file, chunk.offset + pos, [piece], tensor=names[0], what=names[1])

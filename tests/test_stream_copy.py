@@ -214,3 +214,30 @@ def test_streaming_buffer_is_no_larger_than_the_largest_chunk(tmp_path):
         r = gpuload.load(prefix, {"c": gpuload.Request("t", columns=(2, 5))})
     np.testing.assert_array_equal(r["c"], table[:, 2:5])
     assert 0 < r.stats.ring_bytes <= 4 * table.nbytes, r.stats.ring_bytes
+
+
+def test_an_aborted_load_stops_a_streaming_reader_within_one_piece(monkeypatch):
+    """A failed or interrupted load closes the ring; a reader in the middle of a streamed
+    chunk must stop at the next piece, not read (and copy) the rest of the chunk."""
+    from gpuload.io.ring import Ring, RingClosed
+
+    piece = 64
+    monkeypatch.setattr(sched_mod, "_STREAM_PIECE", piece)
+    table = np.arange(64 * 8, dtype=np.float32).reshape(64, 8)  # 2 KiB: 32 pieces
+    raw = table.view(np.uint8).reshape(-1)
+    dest = np.zeros((64, 4), np.float32)
+    copy = gpuload.plan.copies.BoxCopy(0, 64, (4, 1), 0, (4, 1), (64, 4))
+    stream = HostBackend().stream(raw.nbytes, [copy], [dest], [(np.float32, np.float32)], piece)
+    chunk = Chunk(file=0, offset=0, size=raw.nbytes, copies=(copy,), crc_spans=(CrcSpan(0, 0, raw.nbytes),))
+    files = _BytesFiles(raw)
+    ring = Ring(HostBackend(), 1, 4096)
+
+    def abort_after_three_pieces():
+        if len(files.reads) == 3:
+            ring.abort()
+        ring.check_open()
+
+    with pytest.raises(RingClosed):
+        sched_mod._read_crc_stream(files, chunk, np.empty(2 * piece, np.uint8), [stream], (None, None),
+                                   abort_after_three_pieces)  # fmt: skip
+    assert len(files.reads) == 3

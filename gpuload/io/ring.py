@@ -100,6 +100,11 @@ class Ring:
         """Wake every waiter with RingClosed (the load failed)."""
         self._closed.set()
 
+    def check_open(self) -> None:
+        """Raise RingClosed once :meth:`abort` or :meth:`close` ran (for work between acquires)."""
+        if self._closed.is_set():
+            raise RingClosed()
+
     def close(self, reuse: bool = True) -> None:
         """Hand the slots back to the backend. Idempotent.
 
