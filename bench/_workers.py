@@ -449,6 +449,26 @@ def _seq_readinto(files, buf) -> float:
     return time.perf_counter() - t
 
 
+def _run_timed(threads, fds, errors) -> float:
+    """Start ``threads``, join them, close ``fds``; the seconds from first start to last join.
+
+    The first error a thread recorded in ``errors`` is raised once all have ended.
+    """
+    try:
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        dt = time.perf_counter() - t
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    if errors:
+        raise errors[0]
+    return dt
+
+
 def _pread_threads(files, nthreads, chunk, direct=False, into_dest=False) -> float:
     """Seconds for ``nthreads`` threads to ``preadv`` ``files`` whole in ``chunk`` requests.
 
@@ -487,20 +507,7 @@ def _pread_threads(files, nthreads, chunk, direct=False, into_dest=False) -> flo
         except BaseException as exc:
             errors.append(exc)
 
-    try:
-        threads = [threading.Thread(target=work, args=(b,)) for b in bufs]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        dt = time.perf_counter() - t
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-    if errors:
-        raise errors[0]
-    return dt
+    return _run_timed([threading.Thread(target=work, args=(b,)) for b in bufs], fds, errors)
 
 
 # The read+CRC limits (issue #9): the pieces gpuload's readers would read and checksum.
@@ -568,19 +575,7 @@ def read_crc_threads(files, nthreads: int, piece: int, alloc) -> tuple[float, np
         except BaseException as exc:
             errors.append(exc)
 
-    try:
-        threads = [threading.Thread(target=work) for _ in range(nthreads)]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        dt = time.perf_counter() - t
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-    if errors:
-        raise errors[0]
+    dt = _run_timed([threading.Thread(target=work) for _ in range(nthreads)], fds, errors)
     return dt, dest, crcs
 
 

@@ -38,16 +38,9 @@ class Bundle(BundleIndex):
     Use :meth:`open` (see :meth:`BundleIndex.open <gpuload.format.index.BundleIndex.open>`:
     every entry is validated there). Reads are thread-safe (``pread`` on shared
     descriptors). Close with :meth:`close` or a ``with`` block; descriptors are also closed
-    when the object is garbage-collected.
-
-    Attributes
-    ----------
-    prefix:
-        The checkpoint prefix.
-    num_shards:
-        Number of data files.
-    big_endian:
-        Whether tensor bytes are stored big-endian (swapped to native on read).
+    when the object is garbage-collected. Attributes: those of
+    :class:`~gpuload.format.index.BundleIndex` (``prefix``, ``num_shards``, ``big_endian``,
+    ``shard_paths``).
     """
 
     def __init__(self, prefix, num_shards, big_endian, index_path):
